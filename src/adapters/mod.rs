@@ -1,0 +1,1 @@
+//! Adapters behind the ports: the store and the Stripe client.

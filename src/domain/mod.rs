@@ -1,0 +1,5 @@
+//! Pure domain: no tonic, sqlx or Stripe imports.
+
+mod status;
+
+pub use status::PaymentStatus;

@@ -1,0 +1,4 @@
+//! # paybridge
+pub mod adapters;
+pub mod app;
+pub mod domain;
