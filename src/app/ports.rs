@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+pub use crate::domain::LastPaymentError;
 use crate::domain::PaymentStatus;
 
 /// A customer to create at the provider.
@@ -31,13 +32,6 @@ pub struct NewPaymentIntent {
     /// Sent as Stripe's `Idempotency-Key`; derived from the payment id so that a retry after a
     /// crash can never make a second intent.
     pub idempotency_key: String,
-}
-
-/// Why the last payment attempt failed, as the provider reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastPaymentError {
-    pub code: Option<String>,
-    pub message: Option<String>,
 }
 
 /// The provider's view of a PaymentIntent.
