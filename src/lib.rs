@@ -1,4 +1,25 @@
 //! # paybridge
+//!
+//! A gRPC payment service for internal platforms: collects money for their invoices through
+//! Stripe. See `README.md` and `DESIGN.md` for the whole picture.
+//!
+//! # Layout
+//! - [`config`]: flags and `PAYBRIDGE_*` variables, checked at start.
+//! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`startup`]: builds the application (binds listeners) and runs it until a signal.
+//! - [`pb`]: generated protobuf and gRPC code, fenced off.
+//! - [`domain`]: pure rules — payment status machine, money, ids, validated request values.
+//! - [`tenants`]: the tenants file and bearer-token authentication.
+//! - [`app`]: use cases (create, get, list, cancel) and the ports they need.
+//! - [`adapters`]: the store (SQLite or PostgreSQL through sqlx) and the Stripe client.
+//! - [`transport`]: the gRPC service (conversion, auth, error mapping).
+
 pub mod adapters;
 pub mod app;
+pub mod config;
 pub mod domain;
+pub mod pb;
+pub mod startup;
+pub mod telemetry;
+pub mod tenants;
+pub mod transport;

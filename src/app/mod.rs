@@ -1,3 +1,67 @@
-//! Use cases and the ports they need.
+//! Use cases and the ports they need. Each use case is a method of [`Payments`]; the transport
+//! layer authenticates the caller, parses the request into the command types here, and calls them.
 
+mod cancel;
+mod create;
+mod error;
+mod locks;
 pub mod ports;
+mod query;
+mod sync;
+
+use std::sync::Arc;
+
+use crate::adapters::store::Store;
+use crate::domain::Payment;
+use locks::PaymentLocks;
+use ports::PaymentProvider;
+
+pub use create::{CreatePaymentCommand, CreatedPayment};
+pub(crate) use error::error_chain;
+pub use error::AppError;
+pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
+
+/// Settings the use cases hand to callers.
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    /// The Stripe publishable key the platform's page initialises Stripe.js with.
+    pub publishable_key: String,
+    /// The gateway's public return URL, for `stripe.confirmPayment`'s `return_url`.
+    pub return_url: String,
+}
+
+/// The payment use cases.
+#[derive(Debug)]
+pub struct Payments {
+    store: Store,
+    provider: Arc<dyn PaymentProvider>,
+    settings: PaymentSettings,
+    locks: PaymentLocks,
+}
+
+impl Payments {
+    pub fn new(store: Store, provider: Arc<dyn PaymentProvider>, settings: PaymentSettings) -> Self {
+        Payments {
+            store,
+            provider,
+            settings,
+            locks: PaymentLocks::default(),
+        }
+    }
+
+    /// One payment of `tenant` (any tenant's when `None`, for the gateway).
+    async fn load(&self, tenant: Option<&str>, payment_id: &str) -> Result<Payment, AppError> {
+        self.store
+            .get_payment(tenant, payment_id)
+            .await?
+            .ok_or(AppError::NotFound)
+    }
+}
+
+/// Now, in unix milliseconds.
+fn now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -51,9 +51,17 @@ impl PaymentStatus {
         }
     }
 
-    /// Parses the stored name; `None` for anything else.
-    pub fn parse(s: &str) -> Option<PaymentStatus> {
-        PaymentStatus::ALL.into_iter().find(|status| status.as_str() == s)
+}
+
+impl std::str::FromStr for PaymentStatus {
+    type Err = ();
+
+    /// Parses the stored name.
+    fn from_str(s: &str) -> Result<PaymentStatus, ()> {
+        PaymentStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or(())
     }
 }
 

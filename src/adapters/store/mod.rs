@@ -1,0 +1,611 @@
+//! The payment store on sqlx's `Any` driver: one implementation for SQLite (the embedded default)
+//! and PostgreSQL (production). Both speak the same SQL here (`$n` parameters, partial unique
+//! indexes, `on conflict`), so the only differences are the migrations, the connection set-up and
+//! how a write transaction begins.
+
+mod rows;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+use crate::domain::{LastPaymentError, Payment, PaymentStatus, StatusChange};
+use rows::PaymentRow;
+
+/// Which database engine the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Reads the engine from the URL scheme.
+    pub fn from_url(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres://`.
+    #[error("database URL must start with sqlite: or postgres://")]
+    UnsupportedUrl,
+    /// A unique index refused the write: a concurrent writer got there first.
+    #[error("a concurrent write took the same unique key")]
+    Conflict,
+    /// The database could not be reached (connection refused, pool timed out, I/O).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A stored row could not be read back into the domain (a bug or a hand-edited row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// What the idempotency table remembers of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request_fingerprint: String,
+    pub payment_id: String,
+}
+
+/// Where a status change came from; stored in `payment_event.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    Create,
+    Return,
+    Webhook,
+    Reconcile,
+    Cancel,
+    Refresh,
+}
+
+impl EventSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Create => "create",
+            EventSource::Return => "return",
+            EventSource::Webhook => "webhook",
+            EventSource::Reconcile => "reconcile",
+            EventSource::Cancel => "cancel",
+            EventSource::Refresh => "refresh",
+        }
+    }
+}
+
+/// A position in the newest-first listing: the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: i64,
+    pub payment_id: String,
+}
+
+/// Filter and page of `list_payments`.
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    pub tenant: &'a str,
+    pub invoice_id: Option<&'a str>,
+    pub status: Option<PaymentStatus>,
+    pub after: Option<ListCursor>,
+    pub limit: u32,
+}
+
+/// The payment store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const PAYMENT_COLUMNS: &str = "payment_id, tenant, invoice_id, amount, currency, status, \
+     stripe_payment_intent_id, stripe_customer_id, client_secret, description, metadata, \
+     success_url, failure_url, last_payment_error_code, last_payment_error_message, \
+     created_at, updated_at";
+
+impl Store {
+    /// Connects (creating the SQLite file if needed). Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5));
+        let pool = match backend {
+            Backend::Sqlite => {
+                // WAL lets readers run beside the one writer; busy_timeout makes a writer wait for
+                // the lock instead of failing the caller.
+                options
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "pragma journal_mode = wal; pragma busy_timeout = 10000; \
+                                 pragma foreign_keys = on; pragma synchronous = normal;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_url_creating_file(url))
+                    .await?
+            }
+            Backend::Postgres => options.connect(url).await?,
+        };
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers and every migration this binary knows is applied.
+    pub async fn is_ready(&self) -> Result<bool, StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        let applied: Vec<(i64,)> =
+            match sqlx::query_as("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(rows) => rows,
+                // No migration table yet: reachable but not migrated.
+                Err(sqlx::Error::Database(_)) => return Ok(false),
+                Err(other) => return Err(other.into()),
+            };
+        Ok(migrator
+            .iter()
+            .all(|m| applied.iter().any(|(version,)| *version == m.version)))
+    }
+
+    /// Closes the pool (on shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            // Take the write lock at the start, so the busy timeout applies instead of a
+            // deadlock error when two readers both try to upgrade.
+            Backend::Sqlite => self.pool.begin_with("begin immediate").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub async fn find_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "select request_fingerprint, payment_id from idempotency_key \
+             where tenant = $1 and idempotency_key = $2",
+        )
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(request_fingerprint, payment_id)| IdempotencyRecord {
+            request_fingerprint,
+            payment_id,
+        }))
+    }
+
+    /// The payment of an invoice that is open or succeeded (at most one, by the unique index).
+    pub async fn find_live_payment_for_invoice(
+        &self,
+        tenant: &str,
+        invoice_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        let sql = format!(
+            "select {PAYMENT_COLUMNS} from payment \
+             where tenant = $1 and invoice_id = $2 and status <> 'canceled'"
+        );
+        let row: Option<PaymentRow> = sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(invoice_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Payment::try_from).transpose()
+    }
+
+    /// One payment by id, only if it belongs to `tenant` (when given).
+    pub async fn get_payment(
+        &self,
+        tenant: Option<&str>,
+        payment_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        let sql = format!(
+            "select {PAYMENT_COLUMNS} from payment \
+             where payment_id = $1 and ($2 is null or tenant = $2)"
+        );
+        let row: Option<PaymentRow> = sqlx::query_as(&sql)
+            .bind(payment_id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Payment::try_from).transpose()
+    }
+
+    /// Writes a new payment (in `Creating`), its idempotency key and its first event in one
+    /// transaction. `Conflict` when the key or the invoice was taken concurrently.
+    pub async fn insert_payment(
+        &self,
+        payment: &Payment,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let metadata = serde_json::to_string(&payment.metadata)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sql = format!(
+            "insert into payment ({PAYMENT_COLUMNS}) values \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        );
+        let error = payment.last_payment_error.clone().unwrap_or_default();
+        sqlx::query(&sql)
+            .bind(&payment.id)
+            .bind(&payment.tenant)
+            .bind(&payment.invoice_id)
+            .bind(payment.amount)
+            .bind(&payment.currency)
+            .bind(payment.status.as_str())
+            .bind(&payment.stripe_payment_intent_id)
+            .bind(&payment.stripe_customer_id)
+            .bind(&payment.client_secret)
+            .bind(&payment.description)
+            .bind(metadata)
+            .bind(&payment.success_url)
+            .bind(&payment.failure_url)
+            .bind(error.code)
+            .bind(error.message)
+            .bind(payment.created_at)
+            .bind(payment.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_idempotency_key(
+            &mut tx,
+            &payment.tenant,
+            idempotency_key,
+            request_fingerprint,
+            &payment.id,
+            payment.created_at,
+        )
+        .await?;
+        insert_event(
+            &mut tx,
+            &payment.id,
+            EventSource::Create,
+            None,
+            payment.status,
+            None,
+            payment.created_at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Points another idempotency key at an existing payment (a second key for an invoice whose
+    /// open payment matches). `Conflict` when the key was taken concurrently.
+    pub async fn insert_idempotency_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+        payment_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_idempotency_key(
+            &mut tx,
+            tenant,
+            idempotency_key,
+            request_fingerprint,
+            payment_id,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the intent Stripe created for a `Creating` payment, with the status it reported.
+    /// Returns the payment as stored afterwards (unchanged if another writer finished it first).
+    pub async fn attach_intent(
+        &self,
+        payment_id: &str,
+        intent_id: &str,
+        client_secret: Option<&str>,
+        change: &StatusChange,
+        now: i64,
+    ) -> Result<Payment, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let error = change.last_payment_error.clone().unwrap_or_default();
+        let updated = sqlx::query(
+            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
+             last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
+             where payment_id = $7 and status = 'creating'",
+        )
+        .bind(intent_id)
+        .bind(client_secret)
+        .bind(change.to.as_str())
+        .bind(error.code)
+        .bind(error.message)
+        .bind(now)
+        .bind(payment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            insert_event(
+                &mut tx,
+                payment_id,
+                EventSource::Create,
+                Some(PaymentStatus::Creating),
+                change.to,
+                None,
+                now,
+            )
+            .await?;
+        }
+        let payment = fetch_payment(&mut tx, payment_id).await?;
+        tx.commit().await?;
+        Ok(payment)
+    }
+
+    /// Applies a status change if the payment is still in `change.from` (compare-and-set), and
+    /// appends the event. Returns the payment as stored afterwards and whether this call changed it.
+    pub async fn apply_change(
+        &self,
+        payment_id: &str,
+        change: &StatusChange,
+        source: EventSource,
+        stripe_event_id: Option<&str>,
+        now: i64,
+    ) -> Result<(Payment, bool), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let error = change.last_payment_error.clone().unwrap_or_default();
+        let updated = sqlx::query(
+            "update payment set status = $1, last_payment_error_code = $2, \
+             last_payment_error_message = $3, updated_at = $4 \
+             where payment_id = $5 and status = $6",
+        )
+        .bind(change.to.as_str())
+        .bind(error.code)
+        .bind(error.message)
+        .bind(now)
+        .bind(payment_id)
+        .bind(change.from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let changed = updated == 1;
+        if changed {
+            insert_event(
+                &mut tx,
+                payment_id,
+                source,
+                Some(change.from),
+                change.to,
+                stripe_event_id,
+                now,
+            )
+            .await?;
+        }
+        let payment = fetch_payment(&mut tx, payment_id).await?;
+        tx.commit().await?;
+        Ok((payment, changed))
+    }
+
+    /// A tenant's payments, newest first.
+    pub async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
+        let (after_created, after_id) = match &query.after {
+            Some(cursor) => (Some(cursor.created_at), Some(cursor.payment_id.as_str())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "select {PAYMENT_COLUMNS} from payment \
+             where tenant = $1 \
+               and ($2 is null or invoice_id = $2) \
+               and ($3 is null or status = $3) \
+               and ($4 is null or created_at < $4 or (created_at = $4 and payment_id < $5)) \
+             order by created_at desc, payment_id desc \
+             limit $6"
+        );
+        let rows: Vec<PaymentRow> = sqlx::query_as(&sql)
+            .bind(query.tenant)
+            .bind(query.invoice_id)
+            .bind(query.status.map(PaymentStatus::as_str))
+            .bind(after_created)
+            .bind(after_id)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Payment::try_from).collect()
+    }
+
+    /// The Stripe customer created earlier for this tenant and email.
+    pub async fn find_customer(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "select stripe_customer_id from customer where tenant = $1 and email = $2",
+        )
+        .bind(tenant)
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// Remembers the Stripe customer of a tenant's email; the first writer wins and every caller
+    /// gets the winner's id back.
+    pub async fn remember_customer(
+        &self,
+        tenant: &str,
+        email: &str,
+        stripe_customer_id: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "insert into customer (tenant, email, stripe_customer_id, created_at) \
+             values ($1, $2, $3, $4) on conflict (tenant, email) do nothing",
+        )
+        .bind(tenant)
+        .bind(email)
+        .bind(stripe_customer_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (id,): (String,) = sqlx::query_as(
+            "select stripe_customer_id from customer where tenant = $1 and email = $2",
+        )
+        .bind(tenant)
+        .bind(email)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The statuses a payment went through, oldest first, with their sources.
+    pub async fn payment_events(
+        &self,
+        payment_id: &str,
+    ) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "select source, from_status, to_status from payment_event \
+             where payment_id = $1 order by payment_event_id",
+        )
+        .bind(payment_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+async fn insert_idempotency_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    idempotency_key: &str,
+    request_fingerprint: &str,
+    payment_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into idempotency_key \
+         (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant)
+    .bind(idempotency_key)
+    .bind(request_fingerprint)
+    .bind(payment_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    payment_id: &str,
+    source: EventSource,
+    from: Option<PaymentStatus>,
+    to: PaymentStatus,
+    stripe_event_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into payment_event \
+         (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(payment_id)
+    .bind(source.as_str())
+    .bind(from.map(PaymentStatus::as_str))
+    .bind(to.as_str())
+    .bind(stripe_event_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn fetch_payment(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    payment_id: &str,
+) -> Result<Payment, StoreError> {
+    let sql = format!("select {PAYMENT_COLUMNS} from payment where payment_id = $1");
+    let row: PaymentRow = sqlx::query_as(&sql)
+        .bind(payment_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Payment::try_from(row)
+}
+
+/// `sqlite:path` → `sqlite:path?mode=rwc`, so the file is created on first start.
+fn sqlite_url_creating_file(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn parse_metadata(text: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))
+}
+
+fn parse_status(text: &str) -> Result<PaymentStatus, StoreError> {
+    PaymentStatus::from_str(text).map_err(|()| StoreError::Corrupt(format!("status {text:?}")))
+}
+
+fn last_payment_error(code: Option<String>, message: Option<String>) -> Option<LastPaymentError> {
+    (code.is_some() || message.is_some()).then_some(LastPaymentError { code, message })
+}

@@ -1,0 +1,55 @@
+//! Row ⇄ domain conversion for the payment table.
+
+use crate::domain::Payment;
+
+use super::{StoreError, last_payment_error, parse_metadata, parse_status};
+
+/// One `payment` row as the database returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PaymentRow {
+    payment_id: String,
+    tenant: String,
+    invoice_id: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    stripe_payment_intent_id: Option<String>,
+    stripe_customer_id: Option<String>,
+    client_secret: Option<String>,
+    description: Option<String>,
+    metadata: String,
+    success_url: String,
+    failure_url: String,
+    last_payment_error_code: Option<String>,
+    last_payment_error_message: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = StoreError;
+
+    fn try_from(row: PaymentRow) -> Result<Payment, StoreError> {
+        Ok(Payment {
+            status: parse_status(&row.status)?,
+            metadata: parse_metadata(&row.metadata)?,
+            last_payment_error: last_payment_error(
+                row.last_payment_error_code,
+                row.last_payment_error_message,
+            ),
+            id: row.payment_id,
+            tenant: row.tenant,
+            invoice_id: row.invoice_id,
+            amount: row.amount,
+            currency: row.currency,
+            stripe_payment_intent_id: row.stripe_payment_intent_id,
+            stripe_customer_id: row.stripe_customer_id,
+            client_secret: row.client_secret,
+            description: row.description,
+            success_url: row.success_url,
+            failure_url: row.failure_url,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}

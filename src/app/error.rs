@@ -1,0 +1,77 @@
+//! The use cases' error: one variant per answer a caller can get. Only the transport layer turns
+//! it into a gRPC status.
+
+use crate::adapters::store::StoreError;
+use crate::app::ports::ProviderError;
+use crate::domain::{PaymentStatus, ValidationError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad input. → `INVALID_ARGUMENT` with `BadRequest` field violations.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No such payment for this caller (also when it exists but is another tenant's).
+    /// → `NOT_FOUND`.
+    #[error("payment not found")]
+    NotFound,
+    /// The idempotency key was used before with a different request. → `FAILED_PRECONDITION`.
+    #[error("idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// The invoice has a succeeded payment: the double-charge guard. → `FAILED_PRECONDITION`.
+    #[error("invoice is already paid by payment {payment_id}")]
+    AlreadyPaid { payment_id: String },
+    /// The invoice has an open payment for another amount or currency. → `FAILED_PRECONDITION`.
+    #[error(
+        "invoice has an open payment {payment_id} for a different amount or currency; cancel it first"
+    )]
+    InvoiceHasOpenPayment { payment_id: String },
+    /// The payment is in a status that does not allow the operation. → `FAILED_PRECONDITION`.
+    #[error("payment is {status} and cannot be cancelled")]
+    NotCancelable { status: PaymentStatus },
+    /// Stripe refused to create the payment (for example an unknown customer); the payment is
+    /// recorded as cancelled. → `FAILED_PRECONDITION`.
+    #[error("Stripe refused the payment: {message}")]
+    ProviderRejected { message: String },
+    /// Stripe could not be reached; retry later with the same idempotency key. → `UNAVAILABLE`.
+    #[error("Stripe is unavailable; retry with the same idempotency key")]
+    ProviderUnavailable(#[source] ProviderError),
+    /// The database could not be reached. → `UNAVAILABLE`.
+    #[error("database unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// Anything else: logged with its cause, answered without it. → `INTERNAL`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => AppError::StoreUnavailable(error),
+            other => AppError::Internal(error_chain(&other)),
+        }
+    }
+}
+
+impl From<ProviderError> for AppError {
+    fn from(error: ProviderError) -> Self {
+        match error {
+            ProviderError::Unavailable(_) => AppError::ProviderUnavailable(error),
+            ProviderError::Rejected { message, .. } => AppError::ProviderRejected { message },
+            ProviderError::NotFound | ProviderError::Unexpected(_) => {
+                AppError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+/// An error and its sources, one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

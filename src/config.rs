@@ -1,0 +1,210 @@
+//! The whole configuration: command-line flags, each with a `PAYBRIDGE_*` environment variable.
+//! Defaults work on a laptop; a bad setting stops start-up with one line that names it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+use url::Url;
+
+use crate::tenants::Tenants;
+
+/// paybridge: collects money for internal platforms' invoices through Stripe.
+#[derive(Debug, Parser)]
+#[command(name = "paybridge", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC payment service.
+    Serve(Box<ServeArgs>),
+    /// Applies the database migrations and exits.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TelemetryArgs {
+    /// Log line format.
+    #[arg(long, env = "PAYBRIDGE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,paybridge=debug`).
+    #[arg(long, env = "PAYBRIDGE_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite:FILE` (created on first start) or `postgres://…`.
+    #[arg(long, env = "PAYBRIDGE_DATABASE_URL", default_value = "sqlite:paybridge.db", hide_env_values = true)]
+    pub database_url: String,
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "PAYBRIDGE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address the gRPC service listens on.
+    #[arg(long, env = "PAYBRIDGE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Do not apply migrations at start (they are applied by `paybridge migrate`).
+    #[arg(long, env = "PAYBRIDGE_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Stripe secret key (`sk_…` or restricted `rk_…`).
+    #[arg(long, env = "PAYBRIDGE_STRIPE_SECRET_KEY", value_parser = parse_secret_key, hide_env_values = true)]
+    pub stripe_secret_key: SecretString,
+    /// Stripe publishable key (`pk_…`), handed to the platforms' pages.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_PUBLISHABLE_KEY", value_parser = parse_publishable_key)]
+    pub stripe_publishable_key: String,
+    /// Stripe API base URL (a local Stripe fake in tests).
+    #[arg(long, env = "PAYBRIDGE_STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    pub stripe_api_base: Url,
+    /// Timeout of one Stripe request attempt.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub stripe_timeout: Duration,
+    /// Retries of a failed Stripe request (connection errors, 429, 5xx), with the same key.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_MAX_RETRIES", default_value_t = 2)]
+    pub stripe_max_retries: u32,
+    /// The return gateway's public URL, handed to pages for `stripe.confirmPayment`.
+    #[arg(long, env = "PAYBRIDGE_RETURN_URL", default_value = "http://127.0.0.1:8080/payment/return")]
+    pub return_url: Url,
+    /// The tenants file (TOML).
+    #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]
+    pub tenants_file: PathBuf,
+    /// Longest time a gRPC call may take before it is cut off.
+    #[arg(long, env = "PAYBRIDGE_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
+    pub shutdown_grace: Duration,
+}
+
+/// The settings `serve` runs with, checked. Tests build this directly.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub grpc_addr: SocketAddr,
+    pub migrate: bool,
+    pub stripe_secret_key: SecretString,
+    pub stripe_publishable_key: String,
+    pub stripe_api_base: Url,
+    pub stripe_timeout: Duration,
+    pub stripe_max_retries: u32,
+    pub return_url: Url,
+    pub tenants: Tenants,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// How often health re-checks the database.
+    pub health_interval: Duration,
+}
+
+impl ServeArgs {
+    /// Loads the tenants file and checks what clap cannot; the error names the setting.
+    pub fn into_config(self) -> Result<ServeConfig, String> {
+        let tenants = Tenants::load(&self.tenants_file).map_err(|error| {
+            format!(
+                "PAYBRIDGE_TENANTS_FILE ({}): {error}",
+                self.tenants_file.display()
+            )
+        })?;
+        if !matches!(self.return_url.scheme(), "https" | "http") {
+            return Err("PAYBRIDGE_RETURN_URL: must be an http(s) URL".to_owned());
+        }
+        crate::adapters::store::Backend::from_url(&self.database.database_url)
+            .map_err(|error| format!("PAYBRIDGE_DATABASE_URL: {error}"))?;
+        Ok(ServeConfig {
+            database_url: self.database.database_url,
+            database_max_connections: self.database.database_max_connections,
+            grpc_addr: self.grpc_addr,
+            migrate: !self.no_migrate,
+            stripe_secret_key: self.stripe_secret_key,
+            stripe_publishable_key: self.stripe_publishable_key,
+            stripe_api_base: self.stripe_api_base,
+            stripe_timeout: self.stripe_timeout,
+            stripe_max_retries: self.stripe_max_retries,
+            return_url: self.return_url,
+            tenants,
+            request_timeout: self.request_timeout,
+            shutdown_grace: self.shutdown_grace,
+            health_interval: Duration::from_secs(5),
+        })
+    }
+}
+
+fn parse_secret_key(raw: &str) -> Result<SecretString, String> {
+    // The value is never echoed back: clap prints this message next to the flag's name.
+    if raw.starts_with("sk_") || raw.starts_with("rk_") {
+        Ok(SecretString::from(raw.to_owned()))
+    } else {
+        Err("must start with sk_ or rk_ (value not shown)".to_owned())
+    }
+}
+
+fn parse_publishable_key(raw: &str) -> Result<String, String> {
+    if raw.starts_with("pk_") {
+        Ok(raw.to_owned())
+    } else {
+        Err("must start with pk_".to_owned())
+    }
+}
+
+/// Parses durations like `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s, m or h"))?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 30s"))?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(format!("{raw:?}: unit must be ms, s, m or h")),
+    }
+    .ok_or_else(|| format!("{raw:?} is too long"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn a_bad_secret_key_is_refused_without_echoing_it() {
+        let error = parse_secret_key("pk_live_oops").unwrap_err();
+        assert!(!error.contains("pk_live_oops"));
+    }
+}

@@ -1,0 +1,200 @@
+//! Building and running the `serve` application. `Application::build` binds every listener (port
+//! 0 works) and returns; `run_until_stopped` serves until the shutdown future resolves, then
+//! drains. Tests use exactly this.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::adapters::store::Store;
+use crate::adapters::stripe::{StripeConfig, StripeProvider};
+use crate::app::{PaymentSettings, Payments};
+use crate::config::ServeConfig;
+use crate::pb::v1 as pb;
+use crate::tenants::Tenants;
+use crate::transport::grpc::PaymentGrpcService;
+
+/// The gRPC service name health reports on, beside the overall `""`.
+const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
+
+/// A built, bound, not yet running `serve`.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    grpc_addr: SocketAddr,
+    store: Store,
+    payments: Arc<Payments>,
+    tenants: Arc<Tenants>,
+    request_timeout: Duration,
+    shutdown_grace: Duration,
+    health_interval: Duration,
+}
+
+impl Application {
+    /// Connects the database (migrating unless told not to), builds the Stripe client, and binds
+    /// the gRPC listener.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Application> {
+        let store = Store::connect(&config.database_url, config.database_max_connections)
+            .await
+            .context("PAYBRIDGE_DATABASE_URL: connecting to the database")?;
+        if config.migrate {
+            store.migrate().await.context("applying migrations")?;
+        }
+        let provider = StripeProvider::new(StripeConfig {
+            secret_key: config.stripe_secret_key,
+            api_base: config.stripe_api_base,
+            request_timeout: config.stripe_timeout,
+            max_retries: config.stripe_max_retries,
+        })
+        .context("PAYBRIDGE_STRIPE_*: building the Stripe client")?;
+        let payments = Arc::new(Payments::new(
+            store.clone(),
+            Arc::new(provider),
+            PaymentSettings {
+                publishable_key: config.stripe_publishable_key,
+                return_url: config.return_url.to_string(),
+            },
+        ));
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("PAYBRIDGE_GRPC_ADDR: binding {}", config.grpc_addr))?;
+        let grpc_addr = listener.local_addr()?;
+        Ok(Application {
+            listener,
+            grpc_addr,
+            store,
+            payments,
+            tenants: Arc::new(config.tenants),
+            request_timeout: config.request_timeout,
+            shutdown_grace: config.shutdown_grace,
+            health_interval: config.health_interval,
+        })
+    }
+
+    /// The address the gRPC service is bound to.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, and lets
+    /// in-flight calls finish within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, ServingStatus::NotServing).await;
+        let health_task = tokio::spawn(watch_database(
+            self.store.clone(),
+            health_reporter.clone(),
+            self.health_interval,
+        ));
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let payment_service = pb::payment_service_server::PaymentServiceServer::new(
+            PaymentGrpcService::new(self.payments, self.tenants),
+        );
+
+        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            // Cut off calls that hang (a stuck database or Stripe) instead of piling them up;
+            // a client's shorter grpc-timeout still wins.
+            .timeout(self.request_timeout)
+            // Detect dead peers on idle connections.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(payment_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = stopped.await;
+            });
+        let server = tokio::spawn(server);
+        tracing::info!(grpc_addr = %self.grpc_addr, "paybridge serving");
+
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight calls");
+        health_task.abort();
+        set_health(&health_reporter, ServingStatus::NotServing).await;
+        let _ = stop_accepting.send(());
+        match tokio::time::timeout(self.shutdown_grace, server).await {
+            Ok(joined) => joined
+                .context("gRPC server task")?
+                .context("gRPC server")?,
+            Err(_) => tracing::warn!(
+                grace = ?self.shutdown_grace,
+                "calls still running after the grace period; exiting anyway"
+            ),
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(PAYMENT_SERVICE_NAME, status)
+        .await;
+}
+
+/// SERVING only while the database answers and is migrated.
+async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
+    let mut last = None;
+    loop {
+        let status = match store.is_ready().await {
+            Ok(true) => ServingStatus::Serving,
+            Ok(false) => ServingStatus::NotServing,
+            Err(error) => {
+                tracing::warn!(error = %crate::app::error_chain(&error), "database health check failed");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health");
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "listening for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "listening for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

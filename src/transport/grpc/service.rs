@@ -1,0 +1,83 @@
+//! The `paybridge.v1.PaymentService` implementation: authenticate, parse, call the use case,
+//! convert the answer.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::auth::authenticate;
+use super::convert;
+use crate::app::Payments;
+use crate::pb::v1 as pb;
+use crate::tenants::Tenants;
+
+/// The gRPC face of [`Payments`].
+#[derive(Debug, Clone)]
+pub struct PaymentGrpcService {
+    payments: Arc<Payments>,
+    tenants: Arc<Tenants>,
+}
+
+impl PaymentGrpcService {
+    pub fn new(payments: Arc<Payments>, tenants: Arc<Tenants>) -> Self {
+        PaymentGrpcService { payments, tenants }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::payment_service_server::PaymentService for PaymentGrpcService {
+    async fn create_invoice_payment(
+        &self,
+        request: Request<pb::CreateInvoicePaymentRequest>,
+    ) -> Result<Response<pb::CreateInvoicePaymentResponse>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let command = convert::create_command(request.into_inner(), tenant)
+            .map_err(crate::app::AppError::from)?;
+        let created = self.payments.create_invoice_payment(tenant, command).await?;
+        Ok(Response::new(convert::created_to_proto(created)))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let request = request.into_inner();
+        let id = convert::payment_id(&request.id).map_err(crate::app::AppError::from)?;
+        let payment = self
+            .payments
+            .get_payment(tenant.id().as_str(), id.as_str(), request.refresh)
+            .await?;
+        Ok(Response::new(convert::payment_to_proto(payment)))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let query = convert::list_query(request.into_inner()).map_err(crate::app::AppError::from)?;
+        let page = self.payments.list_payments(tenant.id().as_str(), query).await?;
+        Ok(Response::new(pb::ListPaymentsResponse {
+            next_page_token: page
+                .next
+                .as_ref()
+                .map(convert::encode_page_token)
+                .unwrap_or_default(),
+            payments: page.payments.into_iter().map(convert::payment_to_proto).collect(),
+        }))
+    }
+
+    async fn cancel_payment(
+        &self,
+        request: Request<pb::CancelPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let id = convert::payment_id(&request.get_ref().id).map_err(crate::app::AppError::from)?;
+        let payment = self
+            .payments
+            .cancel_payment(tenant.id().as_str(), id.as_str())
+            .await?;
+        Ok(Response::new(convert::payment_to_proto(payment)))
+    }
+}
