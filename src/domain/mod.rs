@@ -1,9 +1,27 @@
 //! Pure domain: no tonic, sqlx or Stripe imports.
+//!
+//! Input is parsed once, at the edge, into these types; each has a private field, so holding one
+//! proves the value was checked. Every refusal is a [`FieldViolation`] naming the gRPC request
+//! field it came from.
 
+mod customer;
+mod description;
+mod ids;
+mod metadata;
+mod money;
 mod payment;
+mod redirect;
 mod status;
+mod validation;
 
+pub use customer::{Customer, CustomerName, Email, StripeCustomerId};
+pub use description::Description;
+pub use ids::{IdempotencyKey, InvoiceId, PaymentId, TenantId};
+pub use metadata::Metadata;
+pub use money::{Amount, Currency, Money};
 pub use payment::{
     IntentMismatch, LastPaymentError, Observation, PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
+pub use redirect::{RedirectOrigin, RedirectUrl};
 pub use status::PaymentStatus;
+pub use validation::{FieldViolation, ValidationError, Violations};
