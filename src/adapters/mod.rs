@@ -1,1 +1,3 @@
 //! Adapters behind the ports: the store and the Stripe client.
+
+pub mod stripe;
