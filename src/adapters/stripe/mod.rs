@@ -1,0 +1,309 @@
+//! The Stripe adapter: [`PaymentProvider`] on async-stripe 1.0.0-rc.10 request types, sent
+//! through a pooled keep-alive HTTP client ([`PooledStripeClient`]).
+//!
+//! What is sent to Stripe (form-encoded, `Stripe-Version` fixed by async-stripe):
+//!
+//! | call | request | form fields | `Idempotency-Key` |
+//! |---|---|---|---|
+//! | `create_customer` | `POST /v1/customers` | `email`, `name` (if any), `metadata[k]` | the request's key |
+//! | `create_payment_intent` | `POST /v1/payment_intents` | `amount`, `currency`, `customer` (if any), `description` (if any), `metadata[k]` | the request's key |
+//! | `retrieve_payment_intent` | `GET /v1/payment_intents/{id}` | none | none |
+//! | `cancel_payment_intent` | `POST /v1/payment_intents/{id}/cancel` | none (empty body) | the given key |
+//!
+//! PaymentIntents are created unconfirmed (no `confirm`), without `payment_method_types` or
+//! `automatic_payment_methods`: since API version 2023-08-16 Stripe enables automatic payment
+//! methods by default, and the platform's page confirms with Stripe.js.
+
+mod mapping;
+mod transport;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_core::customer::CreateCustomer;
+use stripe_core::payment_intent::{
+    CancelPaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
+};
+use url::Url;
+
+use self::mapping::{
+    CUSTOMER_REQUIRED, PAYMENT_INTENT_REQUIRED, explain_parse_failure, map_http_error,
+    to_provider_intent,
+};
+pub use self::transport::{ConnectionStats, PooledStripeClient, StripeHttpError};
+use self::transport::{HttpSettings, RecordingClient, RetryPolicy};
+use crate::app::ports::{
+    NewCustomer, NewPaymentIntent, PaymentProvider, ProviderError, ProviderIntent,
+};
+
+/// Stripe's API base.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+/// Default per-attempt timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of retries after the first attempt.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// First backoff step (doubled per retry, with jitter).
+pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
+/// Largest backoff step.
+pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// How to reach Stripe. `Debug` never shows the secret key.
+#[derive(Clone)]
+pub struct StripeConfig {
+    /// `sk_live_…` / `sk_test_…` (or a restricted `rk_…` key).
+    pub secret_key: SecretString,
+    /// Default `https://api.stripe.com`; `http://` is allowed for local fakes (tests, localstripe).
+    pub api_base: Url,
+    /// Per attempt (connect + request + response body); retries get a fresh budget.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt on connection errors, timeouts, 409, 429 and 5xx.
+    pub max_retries: u32,
+}
+
+impl StripeConfig {
+    /// The defaults: Stripe's API base, 10 s per attempt, 2 retries.
+    pub fn new(secret_key: SecretString) -> Self {
+        Self {
+            secret_key,
+            api_base: Url::parse(DEFAULT_API_BASE).expect("valid default URL"),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+        }
+    }
+}
+
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("secret_key", &"[redacted]")
+            .field("api_base", &self.api_base.as_str())
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+/// Why a [`StripeConfig`] cannot be used. Never contains the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeConfigError {
+    #[error("Stripe secret key must start with `sk_` or `rk_` and contain only visible ASCII")]
+    InvalidSecretKey,
+    #[error("Stripe API base `{0}` must be an http(s) URL with a host and no query or fragment")]
+    InvalidApiBase(String),
+    #[error("Stripe request timeout must be greater than zero")]
+    InvalidTimeout,
+    #[error("could not set up the Stripe HTTP client: {0}")]
+    Client(String),
+}
+
+/// [`PaymentProvider`] backed by Stripe. Cheap to clone (clones share the connection pool).
+#[derive(Clone)]
+pub struct StripeProvider {
+    client: PooledStripeClient,
+}
+
+impl fmt::Debug for StripeProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeProvider")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl StripeProvider {
+    /// Validates the configuration and builds the pooled client (no network access yet).
+    pub fn new(config: StripeConfig) -> Result<Self, StripeConfigError> {
+        Self::with_retry_backoff(config, DEFAULT_RETRY_BASE_DELAY, DEFAULT_RETRY_MAX_DELAY)
+    }
+
+    /// Like [`StripeProvider::new`] with other backoff steps (tests use milliseconds).
+    pub fn with_retry_backoff(
+        config: StripeConfig,
+        base_delay: Duration,
+        max_delay: Duration,
+    ) -> Result<Self, StripeConfigError> {
+        let key = config.secret_key.expose_secret();
+        let key_ok = (key.starts_with("sk_") || key.starts_with("rk_"))
+            && key.len() > 3
+            && key.bytes().all(|b| b.is_ascii_graphic());
+        if !key_ok {
+            return Err(StripeConfigError::InvalidSecretKey);
+        }
+        let mut authorization = HeaderValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| StripeConfigError::InvalidSecretKey)?;
+        authorization.set_sensitive(true);
+
+        let base = &config.api_base;
+        if !matches!(base.scheme(), "http" | "https")
+            || base.host_str().is_none()
+            || base.query().is_some()
+            || base.fragment().is_some()
+            || !base.username().is_empty()
+            || base.password().is_some()
+        {
+            return Err(StripeConfigError::InvalidApiBase(base.to_string()));
+        }
+        if config.request_timeout.is_zero() {
+            return Err(StripeConfigError::InvalidTimeout);
+        }
+        let client = PooledStripeClient::new(HttpSettings {
+            api_base: base.as_str().trim_end_matches('/').to_owned(),
+            authorization,
+            request_timeout: config.request_timeout,
+            retry: RetryPolicy {
+                max_retries: config.max_retries,
+                base_delay,
+                max_delay: max_delay.max(base_delay),
+            },
+        })
+        .map_err(StripeConfigError::Client)?;
+        Ok(Self { client })
+    }
+
+    /// Requests sent and connections opened so far.
+    pub fn stats(&self) -> ConnectionStats {
+        self.client.stats()
+    }
+
+    /// The underlying client, for other async-stripe requests.
+    pub fn client(&self) -> &PooledStripeClient {
+        &self.client
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, ProviderError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| ProviderError::Unexpected(format!("unusable idempotency key: {e}")))
+}
+
+/// Stripe object ids are `[A-Za-z0-9_]`; anything else cannot exist there (and must not be
+/// spliced into a URL path).
+fn valid_object_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl StripeProvider {
+    /// Sends a PaymentIntent request; on a parse failure, names what was wrong with the body.
+    async fn send_intent<R>(
+        &self,
+        request: &R,
+        strategy: RequestStrategy,
+    ) -> Result<ProviderIntent, ProviderError>
+    where
+        R: StripeRequest<Output = stripe_shared::PaymentIntent>,
+    {
+        let recorder = RecordingClient::new(&self.client);
+        match request
+            .customize()
+            .request_strategy(strategy)
+            .send(&recorder)
+            .await
+        {
+            Ok(pi) => {
+                let intent = to_provider_intent(pi)?;
+                tracing::Span::current().record("payment_intent", intent.id.as_str());
+                tracing::Span::current().record("status", intent.status.as_str());
+                Ok(intent)
+            }
+            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
+                "PaymentIntent",
+                recorder.take_body().as_deref(),
+                PAYMENT_INTENT_REQUIRED,
+            )),
+            Err(e) => Err(map_http_error(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for StripeProvider {
+    #[tracing::instrument(skip_all, fields(idempotency_key = %customer.idempotency_key, customer_id))]
+    async fn create_customer(&self, customer: NewCustomer) -> Result<String, ProviderError> {
+        let mut request = CreateCustomer::new().email(customer.email);
+        if let Some(name) = customer.name {
+            request = request.name(name);
+        }
+        if !customer.metadata.is_empty() {
+            request = request.metadata(customer.metadata.into_iter().collect::<HashMap<_, _>>());
+        }
+        let recorder = RecordingClient::new(&self.client);
+        match request
+            .customize()
+            .request_strategy(idempotent(&customer.idempotency_key)?)
+            .send(&recorder)
+            .await
+        {
+            Ok(created) => {
+                let id = created.id.as_str().to_owned();
+                tracing::Span::current().record("customer_id", id.as_str());
+                Ok(id)
+            }
+            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
+                "Customer",
+                recorder.take_body().as_deref(),
+                CUSTOMER_REQUIRED,
+            )),
+            Err(e) => Err(map_http_error(e)),
+        }
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            amount = intent.amount,
+            currency = %intent.currency,
+            idempotency_key = %intent.idempotency_key,
+            payment_intent,
+            status,
+        )
+    )]
+    async fn create_payment_intent(
+        &self,
+        intent: NewPaymentIntent,
+    ) -> Result<ProviderIntent, ProviderError> {
+        let strategy = idempotent(&intent.idempotency_key)?;
+        let currency = stripe_types::Currency::from_str(&intent.currency)
+            .unwrap_or_else(|never| match never {});
+        let mut request = CreatePaymentIntent::new(intent.amount, currency);
+        if let Some(customer) = intent.customer {
+            request = request.customer(customer);
+        }
+        if let Some(description) = intent.description {
+            request = request.description(description);
+        }
+        if !intent.metadata.is_empty() {
+            request = request.metadata(intent.metadata.into_iter().collect::<HashMap<_, _>>());
+        }
+        self.send_intent(&request, strategy).await
+    }
+
+    #[tracing::instrument(skip_all, fields(payment_intent = %id, status))]
+    async fn retrieve_payment_intent(&self, id: &str) -> Result<ProviderIntent, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        self.send_intent(&RetrievePaymentIntent::new(id), RequestStrategy::Once)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(payment_intent = %id, status))]
+    async fn cancel_payment_intent(
+        &self,
+        id: &str,
+        idempotency_key: &str,
+    ) -> Result<ProviderIntent, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        let strategy = idempotent(idempotency_key)?;
+        self.send_intent(&CancelPaymentIntent::new(id), strategy)
+            .await
+    }
+}
