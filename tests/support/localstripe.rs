@@ -1,0 +1,169 @@
+//! localstripe behind the project's compat layer (`tests/support/localstripe/compat.py`), one
+//! process per test, on a free port. It speaks the current Stripe API to the production client,
+//! counts requests (`/_test/requests`) and injects faults (`/_test/faults`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SECRET_KEY: &str = "sk_test_paybridge";
+pub const CARD_SUCCEEDS: &str = "4242424242424242";
+pub const CARD_DECLINED: &str = "4000000000000341";
+pub const CARD_NEEDS_AUTHENTICATION: &str = "4000002760003184";
+
+pub struct LocalStripe {
+    pub base_url: String,
+    http: reqwest::Client,
+    _child: Child,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    match std::env::var_os("PAYBRIDGE_TEST_LOCALSTRIPE_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => repo_root().join(".tools/localstripe-venv/bin/python"),
+    }
+}
+
+impl LocalStripe {
+    pub async fn start() -> LocalStripe {
+        let python = python();
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/test (or tests/support/localstripe/setup.sh) first",
+            python.display()
+        );
+        let quiet = std::env::var_os("TEST_LOG").is_none();
+        let mut child = Command::new(&python)
+            .arg(repo_root().join("tests/support/localstripe/compat.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting localstripe");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("localstripe did not start within 60 s")
+            .expect("reading localstripe's stdout")
+            .expect("localstripe exited before listening");
+        let addr = line
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected first line from localstripe: {line}"))
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        LocalStripe {
+            base_url: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            _child: child,
+        }
+    }
+
+    /// Every `/v1` request localstripe has received, by route.
+    pub async fn requests(&self) -> Value {
+        self.http
+            .get(format!("{}/_test/requests", self.base_url))
+            .send()
+            .await
+            .expect("localstripe /_test/requests")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// How many requests a route (`"POST /v1/payment_intents"`) has received.
+    pub async fn count(&self, route: &str) -> u64 {
+        self.requests().await["by_route"][route].as_u64().unwrap_or(0)
+    }
+
+    /// Makes the next matching requests fail (see the compat layer's README).
+    pub async fn inject_fault(&self, fault: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_test/faults", self.base_url))
+            .json(&fault)
+            .send()
+            .await
+            .expect("localstripe /_test/faults");
+        assert!(response.status().is_success(), "{:?}", response.text().await);
+    }
+
+    pub async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/_test/faults", self.base_url))
+            .send()
+            .await
+            .expect("localstripe /_test/faults");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, key: &str, form: &[(&str, &str)]) -> Value {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(key)
+            .form(form)
+            .send()
+            .await
+            .expect("localstripe request");
+        let status = response.status();
+        let body: Value = response.json().await.expect("json body");
+        assert!(status.is_success() || body["error"].is_object(), "{status}: {body}");
+        body
+    }
+
+    /// Reads a PaymentIntent as Stripe holds it (counted like any other request).
+    pub async fn payment_intent(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/v1/payment_intents/{id}"), SECRET_KEY, &[])
+            .await
+    }
+
+    /// All PaymentIntents at the fake.
+    pub async fn payment_intents(&self) -> Vec<Value> {
+        let list = self
+            .call(reqwest::Method::GET, "/v1/payment_intents?limit=100", SECRET_KEY, &[])
+            .await;
+        list["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Pays as Stripe.js would in the browser: a card PaymentMethod made with the publishable
+    /// key, then confirm with the client secret. Returns the confirmed intent (or the error).
+    pub async fn pay(&self, intent_id: &str, client_secret: &str, card_number: &str) -> Value {
+        let method = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/payment_methods",
+                super::PUBLISHABLE_KEY,
+                &[
+                    ("type", "card"),
+                    ("card[number]", card_number),
+                    ("card[exp_month]", "12"),
+                    ("card[exp_year]", "2034"),
+                    ("card[cvc]", "123"),
+                ],
+            )
+            .await;
+        let method_id = method["id"].as_str().expect("payment method id").to_owned();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/payment_intents/{intent_id}/confirm"),
+            super::PUBLISHABLE_KEY,
+            &[
+                ("payment_method", &method_id),
+                ("client_secret", client_secret),
+                ("return_url", super::RETURN_URL),
+            ],
+        )
+        .await
+    }
+}

@@ -1,0 +1,277 @@
+//! Test support: `TestApp::spawn` owns the real parts of one test — a database (a SQLite file or
+//! a fresh database in a throwaway PostgreSQL cluster), a localstripe process behind the
+//! project's compat layer, and `paybridge serve` on port 0 — and tears them down on drop.
+//! Logs stay silent unless `TEST_LOG` is set.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod localstripe;
+pub mod postgres;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use paybridge::config::ServeConfig;
+use paybridge::pb::v1 as pb;
+use paybridge::pb::v1::payment_service_client::PaymentServiceClient;
+use paybridge::startup::Application;
+use paybridge::tenants::Tenants;
+use secrecy::SecretString;
+use tonic::transport::Channel;
+
+pub use localstripe::LocalStripe;
+
+/// The database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub const BILLING_TOKEN: &str = "billing-test-token";
+pub const ORDERS_TOKEN: &str = "orders-test-token";
+pub const PUBLISHABLE_KEY: &str = "pk_test_paybridge";
+pub const RETURN_URL: &str = "https://pay.example.com/payment/return";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+pub fn tenants_toml() -> String {
+    format!(
+        r#"
+[[tenants]]
+id = "billing"
+token_sha256 = "{}"
+allowed_redirect_origins = ["https://billing.example.com", "billingapp:"]
+success_url = "https://billing.example.com/paid"
+failure_url = "https://billing.example.com/payment-failed"
+
+[[tenants]]
+id = "orders"
+token_sha256 = "{}"
+allowed_redirect_origins = ["https://orders.example.com"]
+success_url = "https://orders.example.com/thanks"
+failure_url = "https://orders.example.com/sorry"
+"#,
+        sha256_hex(BILLING_TOKEN),
+        sha256_hex(ORDERS_TOKEN)
+    )
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,paybridge=debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// One running paybridge with its parts.
+pub struct TestApp {
+    pub client: PaymentServiceClient<Channel>,
+    pub channel: Channel,
+    pub stripe: LocalStripe,
+    pub database_url: String,
+    pub db: Db,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// What a test may change in the configuration before the app starts.
+pub struct Options {
+    pub stripe_timeout: Duration,
+    pub stripe_max_retries: u32,
+    pub health_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            stripe_timeout: Duration::from_secs(10),
+            stripe_max_retries: 2,
+            health_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> TestApp {
+        TestApp::spawn_with(db, Options::default()).await
+    }
+
+    pub async fn spawn_with(db: Db, options: Options) -> TestApp {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stripe = LocalStripe::start().await;
+        let database_url = match db {
+            Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
+            Db::Postgres => postgres::fresh_database().await,
+        };
+        let config = ServeConfig {
+            database_url: database_url.clone(),
+            database_max_connections: 16,
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            migrate: true,
+            stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
+            stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),
+            stripe_api_base: stripe.base_url.parse().expect("stripe url"),
+            stripe_timeout: options.stripe_timeout,
+            stripe_max_retries: options.stripe_max_retries,
+            return_url: RETURN_URL.parse().expect("return url"),
+            tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            health_interval: options.health_interval,
+        };
+        let app = Application::build(config).await.expect("app builds");
+        let addr = app.grpc_addr();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+        TestApp {
+            client: PaymentServiceClient::new(channel.clone()),
+            channel,
+            stripe,
+            database_url,
+            db,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server gracefully and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.take().expect("running").await.expect("joined")
+    }
+
+    /// Creates a payment as the billing tenant.
+    pub async fn create(
+        &self,
+        request: pb::CreateInvoicePaymentRequest,
+    ) -> Result<pb::CreateInvoicePaymentResponse, tonic::Status> {
+        self.client
+            .clone()
+            .create_invoice_payment(as_tenant(BILLING_TOKEN, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn get(&self, id: &str, refresh: bool) -> Result<pb::Payment, tonic::Status> {
+        self.client
+            .clone()
+            .get_payment(as_tenant(
+                BILLING_TOKEN,
+                pb::GetPaymentRequest {
+                    id: id.to_owned(),
+                    refresh,
+                },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<pb::Payment, tonic::Status> {
+        self.client
+            .clone()
+            .cancel_payment(as_tenant(
+                BILLING_TOKEN,
+                pb::CancelPaymentRequest { id: id.to_owned() },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn list(
+        &self,
+        request: pb::ListPaymentsRequest,
+    ) -> Result<pb::ListPaymentsResponse, tonic::Status> {
+        self.client
+            .clone()
+            .list_payments(as_tenant(BILLING_TOKEN, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A request carrying a tenant's bearer token.
+pub fn as_tenant<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// A valid create request for `invoice_id`, with `key` as idempotency key.
+pub fn create_request(key: &str, invoice_id: &str) -> pb::CreateInvoicePaymentRequest {
+    pb::CreateInvoicePaymentRequest {
+        idempotency_key: key.to_owned(),
+        invoice_id: invoice_id.to_owned(),
+        amount: 4200,
+        currency: "usd".to_owned(),
+        customer: None,
+        description: "Invoice for tests".to_owned(),
+        metadata: [("order".to_owned(), "o-17".to_owned())].into(),
+        success_url: String::new(),
+        failure_url: String::new(),
+    }
+}
+
+/// The `google.rpc.BadRequest` field names of an INVALID_ARGUMENT status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Runs each named `async fn(Db)` as a test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
