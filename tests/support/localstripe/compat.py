@@ -917,8 +917,8 @@ async def _idempotent(request, handler, key):
             _ctx.get()['replayed'] = True
             return web.Response(
                 body=rec['body'], status=rec['status'],
-                content_type='application/json',
-                headers={'Idempotent-Replayed': 'true',
+                headers={'Content-Type': rec['content_type'],
+                         'Idempotent-Replayed': 'true',
                          'Original-Request': rec['request_id']})
         resp = await handler(request)
         status = resp.status
@@ -931,6 +931,8 @@ async def _idempotent(request, handler, key):
                                'path': request.path,
                                'fingerprint': fingerprint,
                                'status': status, 'body': bytes(body),
+                               'content_type': resp.headers.get(
+                                   'Content-Type', 'application/json'),
                                'request_id': _ctx.get()['request_id']}
         return resp
 
