@@ -1,0 +1,741 @@
+#!/usr/bin/env python3
+"""Self-check of the localstripe compatibility layer (compat.py).
+
+    <venv>/bin/python tests/support/localstripe/selfcheck.py [--fixtures PATH] [-v]
+
+Starts compat.py (twice, to check isolation), drives the flows paybridge uses
+over plain HTTP, and checks:
+  * every top-level key of resources.{payment_intent,charge,customer,
+    payment_method,event} in Stripe's fixtures3.json is present in every such
+    object the layer returned, with the same JSON type (null only where the
+    fixture has null, or where the key is listed in NULLABLE below because no
+    value makes sense here); nested objects are checked the same way;
+  * card outcomes, 3-D Secure, cancel, capture, webhooks (signature + shape);
+  * Idempotency-Key replay / mismatch / concurrency;
+  * /_test/requests counting and /_test/faults injection;
+  * no pickle file is written; two instances do not share state.
+Exits non-zero on any gap. Stdlib only.
+"""
+
+import argparse
+import fnmatch
+import hashlib
+import hmac
+import http.client
+import http.server
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..'))
+KEY = 'sk_test_selfcheck'
+RESOURCES = ('payment_intent', 'charge', 'customer', 'payment_method', 'event')
+
+# Paths (dotted, * wildcard) where the layer may answer null although the
+# fixture shows a value: the value makes no sense for this object's state
+# (no error yet, not canceled, no address given, no 3DS, ...).
+NULLABLE = {
+    'payment_intent': [
+        'automatic_payment_methods', 'canceled_at', 'last_payment_error',
+        'next_action', 'payment_method_configuration_details', 'processing',
+        'shipping', 'transfer_data', 'latest_charge', 'payment_method',
+        'description', 'customer', 'cancellation_reason',
+        'excluded_payment_method_types',
+    ],
+    'charge': [
+        'balance_transaction', 'description', 'outcome', 'receipt_url',
+        'shipping', 'transfer_data', 'source', 'payment_method_details',
+        'billing_details.name', 'failure_code', 'failure_message',
+        'payment_method_details.card.amount_authorized',
+        'payment_method_details.card.installments',
+        'payment_method_details.card.three_d_secure',
+        'payment_method_details.card.wallet', 'payment_intent', 'customer',
+    ],
+    'customer': [
+        'address', 'currency', 'discount', 'shipping',
+        'invoice_settings.rendering_options', 'email', 'name',
+    ],
+    'payment_method': [
+        'billing_details.address.*', 'billing_details.email',
+        'billing_details.phone', 'billing_details.name',
+        'card.generated_from', 'card.wallet', 'customer',
+    ],
+    'event': ['request.id', 'request.idempotency_key'],
+}
+# Paths whose contents are free-form or another resource; only their own
+# presence/type is checked, not their keys.
+NO_RECURSE = {
+    'payment_intent': ['metadata', 'payment_method_options',
+                       'last_payment_error.*', 'next_action.*'],
+    'charge': ['metadata', 'source', 'fraud_details', 'refunds.data'],
+    'customer': ['metadata', 'discount.*'],
+    'payment_method': ['metadata'],
+    'event': ['data.object'],
+}
+
+
+# Keys whose fixture value is null but whose type is known: ids of related
+# objects (an object only when expanded), and keys that must be gone.
+ID_OR_NULL = {
+    'payment_intent': ['latest_charge', 'customer', 'payment_method'],
+    'charge': ['payment_intent', 'customer', 'balance_transaction',
+               'payment_method'],
+    'customer': ['default_source'],
+    'payment_method': ['customer'],
+    'event': [],
+}
+FORBIDDEN = {
+    'payment_intent': ['charges', 'invoice'],
+    'charge': ['invoice'],
+    'customer': ['account_balance', 'sources', 'subscriptions'],
+    'payment_method': [],
+    'event': [],
+}
+
+
+def id_gaps(kind, obj):
+    gaps = ['%s: must be an id string or null, got %s' % (k, jtype(obj.get(k)))
+            for k in ID_OR_NULL[kind] if jtype(obj.get(k)) not in
+            ('string', 'null')]
+    gaps += ['%s: present, current API has no such field' % k
+             for k in FORBIDDEN[kind] if k in obj]
+    return gaps
+
+
+def jtype(v):
+    if v is None:
+        return 'null'
+    if isinstance(v, bool):
+        return 'bool'
+    if isinstance(v, (int, float)):
+        return 'number'
+    if isinstance(v, str):
+        return 'string'
+    if isinstance(v, list):
+        return 'array'
+    if isinstance(v, dict):
+        return 'object'
+    return type(v).__name__
+
+
+def _match(path, patterns):
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def shape_gaps(kind, fixture, ours, path=''):
+    gaps = []
+    for key, fval in fixture.items():
+        p = key if not path else path + '.' + key
+        if key not in ours:
+            gaps.append('%s: missing' % p)
+            continue
+        oval = ours[key]
+        ft, ot = jtype(fval), jtype(oval)
+        if ft == 'null':
+            continue
+        if ot == 'null':
+            if not _match(p, NULLABLE.get(kind, [])):
+                gaps.append('%s: null, fixture has %s' % (p, ft))
+            continue
+        if ft != ot:
+            gaps.append('%s: %s, fixture has %s' % (p, ot, ft))
+            continue
+        if _match(p, NO_RECURSE.get(kind, [])):
+            continue
+        if ft == 'object':
+            gaps += shape_gaps(kind, fval, oval, p)
+        elif ft == 'array' and fval and oval and \
+                isinstance(fval[0], dict) and isinstance(oval[0], dict):
+            gaps += shape_gaps(kind, fval[0], oval[0], p + '[]')
+    return gaps
+
+
+def find_fixtures(explicit):
+    candidates = [explicit, os.environ.get('PAYBRIDGE_STRIPE_FIXTURES'),
+                  os.path.join(REPO, 'tests', 'fixtures', 'stripe',
+                               'fixtures3.json'),
+                  os.path.join(REPO, '..', 'shared', 'stripe',
+                               'fixtures3.json')]
+    for c in candidates:
+        if c and os.path.isfile(c):
+            return c
+    sys.exit('selfcheck: fixtures3.json not found (tried %s)'
+             % [c for c in candidates if c])
+
+
+class Server:
+    def __init__(self, verbose):
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, 'compat.py'), '--host',
+             '127.0.0.1', '--port', '0'],
+            stdout=subprocess.PIPE, stderr=None if verbose else self.log,
+            text=True)
+        q = queue.Queue()
+        threading.Thread(target=lambda: q.put(self.proc.stdout.readline()),
+                         daemon=True).start()
+        try:
+            line = q.get(timeout=30)
+        except queue.Empty:
+            line = ''
+        if not line.startswith('LISTENING '):
+            self.stop()
+            raise SystemExit('selfcheck: compat.py did not print LISTENING '
+                             '(got %r); stderr:\n%s' % (line, self.stderr()))
+        host, port = line.split()[1].rsplit(':', 1)
+        self.host, self.port = host, int(port)
+        self.first_line = line
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors='replace')[-4000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def request(self, method, path, params=None, headers=None, auth=True,
+                body=None, timeout=15):
+        conn = http.client.HTTPConnection(self.host, self.port,
+                                          timeout=timeout)
+        hdrs = {'Stripe-Version': '2026-09-30.endive'}
+        if auth:
+            hdrs['Authorization'] = 'Bearer ' + KEY
+        hdrs.update(headers or {})
+        if params is not None:
+            enc = urllib.parse.urlencode(params)
+            if method in ('GET', 'DELETE'):
+                path = path + '?' + enc
+            else:
+                body = enc
+                hdrs['Content-Type'] = 'application/x-www-form-urlencoded'
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = raw.decode(errors='replace')
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, \
+                data
+        finally:
+            conn.close()
+
+
+class Checker:
+    def __init__(self, fixtures, verbose):
+        self.fixtures = fixtures
+        self.verbose = verbose
+        self.passed = 0
+        self.failed = []
+        self.seen = {k: [] for k in RESOURCES}
+
+    def check(self, cond, what, detail=''):
+        if cond:
+            self.passed += 1
+            if self.verbose:
+                print('ok   ' + what)
+        else:
+            self.failed.append(what + (': ' + str(detail) if detail else ''))
+            print('FAIL ' + what + (': ' + str(detail)[:600] if detail
+                                    else ''))
+        return cond
+
+    def collect(self, label, data):
+        """Remember every object of the five kinds found in a response."""
+        if isinstance(data, dict):
+            kind = data.get('object')
+            if isinstance(kind, str) and kind in self.seen and 'id' in data:
+                self.seen[kind].append((label, data))
+            for k, v in data.items():
+                self.collect(label + '.' + k, v)
+        elif isinstance(data, list):
+            for i, v in enumerate(data):
+                self.collect('%s[%d]' % (label, i), v)
+
+
+def form_card(number, prefix='card'):
+    return [('%s[number]' % prefix, number), ('%s[exp_month]' % prefix, '12'),
+            ('%s[exp_year]' % prefix, '2034'), ('%s[cvc]' % prefix, '123')]
+
+
+class WebhookSink:
+    def __init__(self):
+        self.events = []
+        sink = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get('Content-Length', 0))
+                sink.events.append((self.headers.get('Stripe-Signature'),
+                                    self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+        self.url = 'http://127.0.0.1:%d/hook' % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def run(c, s, s2):
+    R = s.request
+    ok = c.check
+
+    # -- auth -------------------------------------------------------------
+    st, _, _ = R('GET', '/v1/customers', auth=False)
+    ok(st == 401, 'no Authorization -> 401', st)
+    st, _, _ = R('GET', '/v1/customers', auth=False,
+                 headers={'Authorization': 'Token abc'})
+    ok(st == 401, 'odd Authorization scheme -> 401 (not 500)', st)
+
+    # -- webhooks ---------------------------------------------------------
+    sink = WebhookSink()
+    secret = 'whsec_selfcheck'
+    st, _, _ = R('POST', '/_config/webhooks/selfcheck',
+                 [('url', sink.url), ('secret', secret)])
+    ok(st == 200, 'register webhook', st)
+
+    # -- customer ---------------------------------------------------------
+    st, _, cus = R('POST', '/v1/customers',
+                   [('email', 'jane@example.com'), ('name', 'Jane'),
+                    ('metadata[tenant]', 'billing')])
+    ok(st == 200 and cus.get('object') == 'customer', 'create customer',
+       (st, cus))
+    c.collect('customer.create', cus)
+    st, _, got = R('GET', '/v1/customers/' + cus['id'])
+    ok(st == 200 and got['id'] == cus['id'], 'retrieve customer')
+    c.collect('customer.get', got)
+
+    # -- payment method ---------------------------------------------------
+    st, _, pm = R('POST', '/v1/payment_methods',
+                  [('type', 'card')] + form_card('4242424242424242'))
+    ok(st == 200 and pm['id'].startswith('pm_'), 'create card pm', (st, pm))
+    c.collect('pm.create', pm)
+    st, _, got = R('GET', '/v1/payment_methods/' + pm['id'])
+    c.collect('pm.get', got)
+
+    # -- create (no pm), then confirm with payment_method -----------------
+    st, _, pi = R('POST', '/v1/payment_intents', [
+        ('amount', '1099'), ('currency', 'eur'), ('customer', cus['id']),
+        ('description', 'Invoice INV-1'), ('metadata[invoice_id]', 'INV-1'),
+        ('allowed_payment_method_types[]', 'card'),
+        ('expand[]', 'customer')])
+    ok(st == 200 and pi.get('status') == 'requires_payment_method',
+       'create PI without pm -> requires_payment_method', (st, pi))
+    ok(pi.get('description') == 'Invoice INV-1', 'description stored')
+    ok(pi.get('payment_method_types') == ['card'],
+       'allowed_payment_method_types -> payment_method_types')
+    ok(isinstance(pi.get('customer'), dict), 'expand[]=customer expands')
+    c.collect('pi.create.expanded', pi)
+    st, _, pi2 = R('POST', '/v1/payment_intents/%s/confirm' % pi['id'],
+                   [('payment_method', pm['id']),
+                    ('return_url', 'https://app.test/return')])
+    ok(st == 200 and pi2.get('status') == 'succeeded',
+       'confirm with payment_method -> succeeded', (st, pi2))
+    ok(isinstance(pi2.get('latest_charge'), str) and
+       pi2['latest_charge'].startswith('ch_'), 'latest_charge is an id')
+    ok('charges' not in pi2, 'no inlined charges list')
+    ok(pi2.get('amount_received') == 1099 and
+       pi2.get('amount_capturable') == 0, 'amount_received/capturable')
+    c.collect('pi.confirm', pi2)
+    st, _, pi3 = R('GET', '/v1/payment_intents/' + pi['id'],
+                   [('expand[]', 'latest_charge')])
+    ok(st == 200 and isinstance(pi3.get('latest_charge'), dict) and
+       pi3['latest_charge'].get('object') == 'charge',
+       'expand[]=latest_charge gives the charge', pi3.get('latest_charge'))
+    c.collect('pi.get.expanded', pi3)
+    st, _, ch = R('GET', '/v1/charges/' + pi2['latest_charge'])
+    ok(st == 200 and ch.get('amount_captured') == 1099 and
+       ch.get('payment_intent') == pi['id'], 'charge retrieve', ch)
+    c.collect('charge.get', ch)
+
+    # -- automatic_payment_methods + payment_method_data -------------------
+    st, _, pa = R('POST', '/v1/payment_intents', [
+        ('amount', '2000'), ('currency', 'usd'),
+        ('automatic_payment_methods[enabled]', 'true'),
+        ('excluded_payment_method_types[]', 'sepa_debit')])
+    ok(st == 200 and pa.get('automatic_payment_methods') == {'enabled': True}
+       and pa.get('excluded_payment_method_types') == ['sepa_debit'],
+       'automatic_payment_methods / excluded types accepted', (st, pa))
+    c.collect('pi.auto', pa)
+    st, _, pa2 = R('POST', '/v1/payment_intents/%s/confirm' % pa['id'],
+                   [('payment_method_data[type]', 'card')] +
+                   form_card('4242424242424242', 'payment_method_data[card]'))
+    ok(st == 200 and pa2.get('status') == 'succeeded',
+       'confirm with payment_method_data -> succeeded', (st, pa2))
+    c.collect('pi.auto.confirm', pa2)
+
+    # -- no types given -> card -------------------------------------------
+    st, _, pd = R('POST', '/v1/payment_intents',
+                  [('amount', '300'), ('currency', 'eur'),
+                   ('payment_method', 'pm_card_visa'), ('confirm', 'true')])
+    ok(st == 200 and pd['payment_method_types'] == ['card'] and
+       pd['status'] == 'succeeded', 'default types = card, pm_card_visa',
+       (st, pd))
+
+    # -- declined card ----------------------------------------------------
+    st, _, pmd = R('POST', '/v1/payment_methods',
+                   [('type', 'card')] + form_card('4000000000000341'))
+    st, _, err = R('POST', '/v1/payment_intents', [
+        ('amount', '1500'), ('currency', 'eur'), ('payment_method', pmd['id']),
+        ('confirm', 'true'), ('metadata[case]', 'decline')])
+    e = (err or {}).get('error', {})
+    ok(st == 402 and e.get('type') == 'card_error' and
+       e.get('code') == 'card_declined', 'decline -> 402 card_error', (st, err))
+    epi = e.get('payment_intent') or {}
+    ok(epi.get('status') == 'requires_payment_method' and
+       isinstance(epi.get('last_payment_error'), dict),
+       'decline error carries the PaymentIntent', epi)
+    c.collect('decline.error', err)
+    st, _, dpi = R('GET', '/v1/payment_intents/' + epi.get('id', 'x'))
+    lpe = dpi.get('last_payment_error') or {}
+    ok(st == 200 and lpe.get('type') == 'card_error' and
+       lpe.get('code') == 'card_declined' and
+       isinstance(dpi.get('latest_charge'), str),
+       'declined PI: last_payment_error + latest_charge id', dpi)
+    c.collect('decline.get', dpi)
+    st, _, dch = R('GET', '/v1/charges/' + dpi['latest_charge'])
+    ok(st == 200 and dch.get('status') == 'failed' and
+       dch.get('amount_captured') == 0, 'failed charge', dch)
+    c.collect('decline.charge', dch)
+    st, _, retry = R('POST', '/v1/payment_intents/%s/confirm' % dpi['id'],
+                     [('payment_method', pm['id'])])
+    ok(st == 200 and retry.get('status') == 'succeeded' and
+       retry.get('latest_charge') != dpi['latest_charge'],
+       're-confirm declined PI with another card -> succeeded', (st, retry))
+
+    # -- 3-D Secure -------------------------------------------------------
+    st, _, p3 = R('POST', '/v1/payment_methods',
+                  [('type', 'card')] + form_card('4000002760003184'))
+    st, _, a = R('POST', '/v1/payment_intents', [
+        ('amount', '4200'), ('currency', 'eur'), ('payment_method', p3['id']),
+        ('confirm', 'true'), ('return_url', 'https://app.test/ret?x=1')])
+    na = a.get('next_action') or {}
+    ok(st == 200 and a.get('status') == 'requires_action' and
+       na.get('type') == 'redirect_to_url' and
+       na['redirect_to_url']['return_url'] == 'https://app.test/ret?x=1',
+       '3DS card with return_url -> requires_action redirect_to_url', (st, a))
+    c.collect('3ds.create', a)
+    st, _, a2 = R('POST', '/v1/payment_intents/%s/_authenticate' % a['id'],
+                  [('client_secret', a['client_secret']), ('success', 'true')])
+    ok(st == 200 and a2.get('status') == 'succeeded',
+       '_authenticate success=true -> succeeded', (st, a2))
+    c.collect('3ds.auth', a2)
+    # 3DS page of the layer (browser flow)
+    st, _, b = R('POST', '/v1/payment_intents', [
+        ('amount', '4300'), ('currency', 'eur'), ('payment_method', p3['id']),
+        ('confirm', 'true'), ('return_url', 'https://app.test/ret')])
+    url = urllib.parse.urlsplit(b['next_action']['redirect_to_url']['url'])
+    st, h, _ = R('GET', url.path + '?' + url.query + '&success=true',
+                 auth=False)
+    loc = urllib.parse.urlsplit(h.get('location', ''))
+    q = dict(urllib.parse.parse_qsl(loc.query))
+    ok(st == 303 and loc.netloc == 'app.test' and
+       q.get('payment_intent') == b['id'] and
+       q.get('payment_intent_client_secret') == b['client_secret'] and
+       q.get('redirect_status') == 'succeeded',
+       '/_test/3ds page redirects to return_url', (st, h.get('location')))
+    st, _, d = R('POST', '/v1/payment_intents', [
+        ('amount', '4400'), ('currency', 'eur'), ('payment_method', p3['id']),
+        ('confirm', 'true')])
+    ok(st == 200 and (d.get('next_action') or {}).get('type') ==
+       'use_stripe_sdk', '3DS without return_url -> use_stripe_sdk', d)
+    st, _, d2 = R('POST', '/v1/payment_intents/%s/_authenticate' % d['id'],
+                  [('client_secret', d['client_secret']),
+                   ('success', 'false')])
+    lpe = (d2 or {}).get('last_payment_error') or {}
+    ok(st == 200 and d2.get('status') == 'requires_payment_method' and
+       lpe.get('code') == 'payment_intent_authentication_failure' and
+       'type' in lpe, '_authenticate success=false -> failure', (st, d2))
+    c.collect('3ds.fail', d2)
+
+    # -- cancel -----------------------------------------------------------
+    st, _, x = R('POST', '/v1/payment_intents',
+                 [('amount', '900'), ('currency', 'eur')])
+    st, _, x2 = R('POST', '/v1/payment_intents/%s/cancel' % x['id'],
+                  [('cancellation_reason', 'requested_by_customer')])
+    ok(st == 200 and x2.get('status') == 'canceled' and
+       x2.get('cancellation_reason') == 'requested_by_customer' and
+       isinstance(x2.get('canceled_at'), int), 'cancel with reason', (st, x2))
+    c.collect('cancel', x2)
+    st, _, x3 = R('POST', '/v1/payment_intents/%s/cancel' % x['id'])
+    ok(st == 400 and x3['error'].get('code') ==
+       'payment_intent_unexpected_state', 'cancel twice -> 400 unexpected '
+       'state', (st, x3))
+    st, _, x4 = R('POST', '/v1/payment_intents/%s/cancel' % pi['id'])
+    ok(st == 400, 'cancel succeeded PI -> 400', st)
+
+    # -- manual capture ---------------------------------------------------
+    st, _, m = R('POST', '/v1/payment_intents', [
+        ('amount', '800'), ('currency', 'eur'), ('payment_method', pm['id']),
+        ('capture_method', 'manual'), ('confirm', 'true')])
+    ok(st == 200 and m['status'] == 'requires_capture' and
+       m['amount_capturable'] == 800 and m['amount_received'] == 0,
+       'manual capture -> requires_capture', (st, m))
+    c.collect('capture.pending', m)
+    st, _, m2 = R('POST', '/v1/payment_intents/%s/capture' % m['id'])
+    ok(st == 200 and m2['status'] == 'succeeded' and
+       m2['amount_received'] == 800, 'capture -> succeeded', (st, m2))
+
+    # -- parameter validation --------------------------------------------
+    st, _, v = R('POST', '/v1/payment_intents', [
+        ('amount', '100'), ('currency', 'eur'),
+        ('return_url', 'https://app.test/r')])
+    ok(st == 400 and v['error'].get('param') == 'return_url',
+       'return_url without confirm -> 400', (st, v))
+    st, _, v = R('POST', '/v1/payment_intents', [
+        ('amount', '100'), ('currency', 'eur'), ('bogus', '1')])
+    ok(st == 400 and v['error'].get('code') == 'parameter_unknown',
+       'unknown parameter -> 400 parameter_unknown', (st, v))
+    st, _, v = R('GET', '/v1/payment_intents/pi_doesnotexist')
+    ok(st == 404 and v['error'].get('code') == 'resource_missing',
+       'unknown id -> 404 resource_missing', (st, v))
+
+    # -- idempotency ------------------------------------------------------
+    key = 'idem-%d' % time.time_ns()
+    params = [('amount', '1234'), ('currency', 'eur'),
+              ('metadata[invoice_id]', 'INV-IDEM')]
+    st1, h1, r1 = R('POST', '/v1/payment_intents', params,
+                    headers={'Idempotency-Key': key})
+    st2, h2, r2 = R('POST', '/v1/payment_intents', params,
+                    headers={'Idempotency-Key': key})
+    ok(st1 == 200 and 'idempotent-replayed' not in h1,
+       'idempotency: first answer not a replay', h1)
+    ok(st2 == 200 and r2 == r1 and h2.get('idempotent-replayed') == 'true',
+       'idempotency: same key replays the first answer', (st2, h2))
+    st, _, e = R('POST', '/v1/payment_intents',
+                 [('amount', '999'), ('currency', 'eur')],
+                 headers={'Idempotency-Key': key})
+    ok(st == 400 and e['error'].get('type') == 'idempotency_error',
+       'idempotency: other params -> 400 idempotency_error', (st, e))
+    st, _, e = R('POST', '/v1/customers', [('email', 'x@example.com')],
+                 headers={'Idempotency-Key': key})
+    ok(st == 400 and e['error'].get('type') == 'idempotency_error',
+       'idempotency: other path -> 400 idempotency_error', (st, e))
+    # a decline (402) is stored and replayed too
+    dkey = key + '-decline'
+    dparams = [('amount', '1500'), ('currency', 'eur'),
+               ('payment_method', pmd['id']), ('confirm', 'true')]
+    st1, _, r1 = R('POST', '/v1/payment_intents', dparams,
+                   headers={'Idempotency-Key': dkey})
+    st2, h2, r2 = R('POST', '/v1/payment_intents', dparams,
+                    headers={'Idempotency-Key': dkey})
+    ok(st1 == 402 and st2 == 402 and r1 == r2 and
+       h2.get('idempotent-replayed') == 'true', 'idempotency: 402 replayed')
+    # concurrent requests with one key -> one object
+    ckey = key + '-concurrent'
+    results = []
+    lock = threading.Lock()
+    # stall the first request so that the others really arrive meanwhile
+    R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'method': 'POST', 'path_prefix': '/v1/payment_intents', 'times': 1,
+        'status': None, 'delay_ms': 300, 'when': 'before'}))
+
+    def worker():
+        res = R('POST', '/v1/payment_intents',
+                [('amount', '777'), ('currency', 'eur')],
+                headers={'Idempotency-Key': ckey})
+        with lock:
+            results.append(res)
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = {r[2].get('id') for r in results if isinstance(r[2], dict)}
+    fresh = [r for r in results if 'idempotent-replayed' not in r[1]]
+    ok(len(results) == 8 and all(r[0] == 200 for r in results) and
+       len(ids) == 1 and len(fresh) == 1,
+       'idempotency: 8 concurrent requests, one key -> one object',
+       [(r[0], r[2].get('id') if isinstance(r[2], dict) else r[2],
+         r[1].get('idempotent-replayed')) for r in results])
+    R('DELETE', '/_test/faults', auth=False)
+
+    # -- counting ---------------------------------------------------------
+    st, _, z = R('DELETE', '/_test/requests', auth=False)
+    ok(st == 200, 'DELETE /_test/requests')
+    k2 = key + '-count'
+    ids = []
+    for i in range(3):
+        hdr = {'Idempotency-Key': k2} if i < 2 else {}
+        st, _, o = R('POST', '/v1/payment_intents',
+                     [('amount', '100'), ('currency', 'eur')], headers=hdr)
+        ids.append(o['id'])
+    R('GET', '/v1/payment_intents/' + ids[0])
+    R('GET', '/v1/payment_intents/' + ids[2])
+    R('POST', '/v1/payment_intents/%s/cancel' % ids[2])
+    st, _, cnt = R('GET', '/_test/requests', auth=False)
+    br = cnt.get('by_route', {})
+    ok(st == 200 and cnt.get('total') == 6 and
+       br.get('POST /v1/payment_intents') == 3 and
+       br.get('GET /v1/payment_intents/{id}') == 2 and
+       br.get('POST /v1/payment_intents/{id}/cancel') == 1,
+       '/_test/requests counts routes (replays included)', cnt)
+
+    # -- faults -----------------------------------------------------------
+    st, _, f = R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'method': 'POST', 'path_prefix': '/v1/payment_intents', 'times': 2,
+        'status': 503, 'when': 'before'}))
+    ok(st == 200 and f.get('remaining') == 2, 'POST /_test/faults', (st, f))
+    fkey = key + '-fault-before'
+    fp = [('amount', '5100'), ('currency', 'eur')]
+    a1 = R('POST', '/v1/payment_intents', fp, headers={'Idempotency-Key': fkey})
+    a2 = R('POST', '/v1/payment_intents', fp, headers={'Idempotency-Key': fkey})
+    a3 = R('POST', '/v1/payment_intents', fp, headers={'Idempotency-Key': fkey})
+    ok(a1[0] == 503 and a2[0] == 503 and
+       a1[2]['error']['type'] == 'api_error',
+       'fault before: next 2 matching requests -> 503 api_error', (a1, a2))
+    ok(a3[0] == 200 and 'idempotent-replayed' not in a3[1],
+       'fault before: no work done (third request creates, not replays)', a3)
+    st, _, g = R('GET', '/v1/customers/' + cus['id'])
+    ok(st == 200, 'fault does not match other paths')
+    R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'method': 'POST', 'path_prefix': '/v1/payment_intents', 'times': 1,
+        'status': 500, 'when': 'after'}))
+    akey = key + '-fault-after'
+    ap = [('amount', '5200'), ('currency', 'eur')]
+    b1 = R('POST', '/v1/payment_intents', ap, headers={'Idempotency-Key': akey})
+    b2 = R('POST', '/v1/payment_intents', ap, headers={'Idempotency-Key': akey})
+    ok(b1[0] == 500 and b2[0] == 200 and
+       b2[1].get('idempotent-replayed') == 'true' and
+       b2[2].get('amount') == 5200,
+       'fault after: work done, answer lost, retry replays it', (b1, b2))
+    R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'path_prefix': '/v1/payment_intents/', 'method': 'GET',
+        'status': None, 'delay_ms': 400}))
+    t0 = time.monotonic()
+    st, _, _ = R('GET', '/v1/payment_intents/' + b2[2]['id'])
+    ok(st == 200 and time.monotonic() - t0 >= 0.38,
+       'fault delay_ms without status stalls then answers')
+    R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'path_prefix': '/v1/customers', 'status': 0}))
+    try:
+        st, _, _ = R('GET', '/v1/customers/' + cus['id'])
+        dropped = False
+    except (ConnectionError, http.client.HTTPException, OSError):
+        dropped = True
+    ok(dropped, 'fault status 0 drops the connection')
+    R('POST', '/_test/faults', auth=False, body=json.dumps({
+        'status': 429, 'times': 5, 'headers': {'Stripe-Should-Retry': 'false'},
+        'error': {'type': 'invalid_request_error', 'code': 'rate_limit'}}))
+    st, _, fl = R('DELETE', '/_test/faults', auth=False)
+    st, _, fl = R('GET', '/_test/faults', auth=False)
+    st2, _, _ = R('GET', '/v1/customers/' + cus['id'])
+    ok(fl == {'faults': []} and st2 == 200, 'DELETE /_test/faults clears')
+
+    # -- events / webhooks ------------------------------------------------
+    st, _, evs = R('GET', '/v1/events', [('limit', '100')])
+    ok(st == 200 and evs.get('data'), 'list events', st)
+    c.collect('events.list', evs)
+    ev_types = {e['type'] for e in evs.get('data', [])}
+    ok({'payment_intent.succeeded', 'payment_intent.payment_failed'} <=
+       ev_types, 'events of payment_intent.succeeded/payment_failed',
+       ev_types)
+    st, _, one = R('GET', '/v1/events/' + evs['data'][0]['id'])
+    ok(st == 200 and one.get('id') == evs['data'][0]['id'] and
+       isinstance(one.get('request'), dict), 'retrieve event')
+    c.collect('events.get', one)
+    with_key = [e for e in evs['data'] if e['request'].get('idempotency_key')]
+    ok(with_key, 'event.request.idempotency_key recorded')
+    deadline = time.time() + 10
+    while time.time() < deadline and len(sink.events) < 5:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    good_sig = 0
+    for sig, payload in sink.events:
+        parts = dict(p.split('=', 1) for p in (sig or '').split(','))
+        mac = hmac.new(secret.encode(), parts.get('t', '').encode() + b'.' +
+                       payload, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(mac, parts.get('v1', '')):
+            good_sig += 1
+        c.collect('webhook', json.loads(payload))
+    ok(sink.events and good_sig == len(sink.events),
+       'webhooks delivered and signed (%d)' % len(sink.events),
+       (len(sink.events), good_sig))
+    sink.stop()
+
+    # -- no persistence / isolation ---------------------------------------
+    st, _, v = s2.request('GET', '/v1/customers/' + cus['id'])
+    ok(st == 404, 'second instance does not see the first one\'s data', st)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--fixtures')
+    ap.add_argument('-v', '--verbose', action='store_true')
+    args = ap.parse_args()
+    path = find_fixtures(args.fixtures)
+    with open(path) as f:
+        fixtures = json.load(f)['resources']
+    pickle_path = os.path.join('/tmp', 'localstripe.pickle')
+    before = os.stat(pickle_path).st_mtime_ns \
+        if os.path.exists(pickle_path) else None
+
+    c = Checker(fixtures, args.verbose)
+    s = Server(args.verbose)
+    s2 = Server(args.verbose)
+    c.check(s.first_line.strip() == 'LISTENING 127.0.0.1:%d' % s.port,
+            'exactly "LISTENING 127.0.0.1:<port>"', s.first_line)
+    try:
+        run(c, s, s2)
+    except Exception as e:  # a crash is a failure, with context
+        import traceback
+        traceback.print_exc()
+        c.check(False, 'flows ran to the end', repr(e))
+    finally:
+        s.stop()
+        s2.stop()
+    if c.failed and not args.verbose:
+        print('--- compat.py stderr (tail) ---\n' + s.stderr())
+
+    after = os.stat(pickle_path).st_mtime_ns \
+        if os.path.exists(pickle_path) else None
+    c.check(before == after, 'no pickle file written', (before, after))
+
+    # -- the shape criterion ------------------------------------------------
+    for kind in RESOURCES:
+        objs = c.seen[kind]
+        c.check(objs, 'responses contained %s objects (%d)' % (kind,
+                                                                len(objs)))
+        gaps = {}
+        for label, obj in objs:
+            found = shape_gaps(kind, fixtures[kind], obj)
+            if 'expanded' not in label:
+                found += id_gaps(kind, obj)
+            for g in found:
+                gaps.setdefault(g, label)
+        c.check(not gaps, 'shape of %s matches fixtures3.json (%d objects)'
+                % (kind, len(objs)),
+                '; '.join('%s (in %s)' % kv for kv in sorted(gaps.items())))
+    # event payloads: data.object of payment_intent.* events
+    pi_events = [o for _, o in c.seen['event']
+                 if o.get('type', '').startswith('payment_intent.')]
+    c.check(pi_events and all(
+        not shape_gaps('payment_intent', fixtures['payment_intent'],
+                       e['data']['object']) for e in pi_events),
+        'payment_intent.* events carry current-shape PaymentIntents')
+
+    print('selfcheck: %d passed, %d failed' % (c.passed, len(c.failed)))
+    sys.exit(1 if c.failed else 0)
+
+
+if __name__ == '__main__':
+    main()
