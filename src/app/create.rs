@@ -245,14 +245,18 @@ impl Payments {
                 );
                 Ok(payment)
             }
-            Err(ProviderError::Rejected {
-                status,
-                code,
-                message,
-            }) => {
-                // Stripe will give the same refusal for this key: the payment cannot be made.
-                // Record it as cancelled so the invoice is free for a corrected request.
-                tracing::warn!(payment_id = %payment.id, status, ?code, %message, "Stripe refused the payment intent");
+            Err(refusal @ (ProviderError::Rejected { .. } | ProviderError::NotFound)) => {
+                // Stripe will give the same refusal for this key (an unknown customer, say): the
+                // payment cannot be made. Record it as cancelled so the invoice is free for a
+                // corrected request.
+                let (code, message) = match refusal {
+                    ProviderError::Rejected { code, message, .. } => (code, message),
+                    _ => (
+                        Some("resource_missing".to_owned()),
+                        "Stripe has no such object (check the customer id)".to_owned(),
+                    ),
+                };
+                tracing::warn!(payment_id = %payment.id, ?code, %message, "Stripe refused the payment intent");
                 let change = StatusChange {
                     from: PaymentStatus::Creating,
                     to: PaymentStatus::Canceled,

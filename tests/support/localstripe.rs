@@ -108,11 +108,16 @@ impl LocalStripe {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, key: &str, form: &[(&str, &str)]) -> Value {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(key)
-            .form(form)
+        let request = self.http.request(method, format!("{}{path}", self.base_url));
+        // Stripe.js sends the publishable key in the form, the server libraries as a bearer token.
+        let request = if key.starts_with("pk_") {
+            let mut form = form.to_vec();
+            form.push(("key", key));
+            request.form(&form)
+        } else {
+            request.bearer_auth(key).form(form)
+        };
+        let response = request
             .send()
             .await
             .expect("localstripe request");
