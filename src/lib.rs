@@ -2,3 +2,4 @@
 pub mod adapters;
 pub mod app;
 pub mod domain;
+pub mod tenants;
