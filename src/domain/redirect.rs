@@ -9,7 +9,7 @@ use std::fmt;
 
 use url::Url;
 
-use super::validation::FieldViolation;
+use super::validation::{FieldViolation, is_forbidden_char};
 
 /// Schemes that may never be a tenant's app scheme nor a redirect target other than through a
 /// declared web origin: they run code, read local files or are web schemes in disguise.
@@ -139,7 +139,7 @@ impl fmt::Display for RedirectOrigin {
 
 /// An absolute URL under one of a tenant's allowed origins; the only kind of URL paybridge ever
 /// sends a browser to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedirectUrl(Url);
 
 impl RedirectUrl {
@@ -212,6 +212,13 @@ impl RedirectUrl {
     }
 }
 
+/// Shows the URL as text; `url::Url`'s own Debug lists every component.
+impl fmt::Debug for RedirectUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RedirectUrl").field(&self.as_str()).finish()
+    }
+}
+
 impl fmt::Display for RedirectUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -220,8 +227,8 @@ impl fmt::Display for RedirectUrl {
 
 /// Refusals decided on the raw string, before the parser can normalise the trick away.
 fn raw_url_problem(raw: &str) -> Option<&'static str> {
-    if raw.chars().any(|c| c.is_control()) {
-        return Some("must not contain control characters");
+    if raw.chars().any(is_forbidden_char) {
+        return Some("must not contain control or invisible formatting characters");
     }
     if raw.chars().any(char::is_whitespace) {
         return Some("must not contain whitespace (percent-encode it)");
@@ -492,6 +499,8 @@ mod tests {
             "https://billing.exam\tple.com/paid",
             "\u{0}https://billing.example.com/",
             "https://billing.example.com/\u{7F}",
+            "https://billing.example.com\u{200B}/paid",
+            "https://billing.example.com/\u{202E}diap",
         ] {
             assert!(refused(raw).contains("control"), "{raw:?}");
         }
@@ -528,6 +537,15 @@ mod tests {
         let ok = format!("{base}{}", "a".repeat(2048 - base.len()));
         assert!(parse(&ok).is_ok());
         assert!(refused(&format!("{ok}a")).contains("2048"));
+    }
+
+    #[test]
+    fn debug_shows_the_url_as_text() {
+        let url = parse("https://billing.example.com/paid").unwrap();
+        assert_eq!(
+            format!("{url:?}"),
+            r#"RedirectUrl("https://billing.example.com/paid")"#
+        );
     }
 
     #[test]
