@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug(["paybridge.v1.CreateInvoicePaymentResponse"])
         .compile_with_config(
             config,
-            &[std::path::PathBuf::from("proto/paybridge/v1/payments.proto")],
+            &[std::path::PathBuf::from(
+                "proto/paybridge/v1/payments.proto",
+            )],
             &[std::path::PathBuf::from("proto"), well_known],
         )?;
     Ok(())

@@ -40,7 +40,13 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct TelemetryArgs {
     /// Log line format.
-    #[arg(long, env = "PAYBRIDGE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "PAYBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,paybridge=debug`).
     #[arg(long, env = "PAYBRIDGE_LOG", default_value = "info", global = true)]
@@ -50,7 +56,12 @@ pub struct TelemetryArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite:FILE` (created on first start) or `postgres://…`.
-    #[arg(long, env = "PAYBRIDGE_DATABASE_URL", default_value = "sqlite:paybridge.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PAYBRIDGE_DATABASE_URL",
+        default_value = "sqlite:paybridge.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Largest number of pooled database connections.
     #[arg(long, env = "PAYBRIDGE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
@@ -74,7 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYBRIDGE_STRIPE_PUBLISHABLE_KEY", value_parser = parse_publishable_key)]
     pub stripe_publishable_key: String,
     /// Stripe API base URL (a local Stripe fake in tests).
-    #[arg(long, env = "PAYBRIDGE_STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    #[arg(
+        long,
+        env = "PAYBRIDGE_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
     pub stripe_api_base: Url,
     /// Timeout of one Stripe request attempt.
     #[arg(long, env = "PAYBRIDGE_STRIPE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
@@ -83,7 +98,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYBRIDGE_STRIPE_MAX_RETRIES", default_value_t = 2)]
     pub stripe_max_retries: u32,
     /// The return gateway's public URL, handed to pages for `stripe.confirmPayment`.
-    #[arg(long, env = "PAYBRIDGE_RETURN_URL", default_value = "http://127.0.0.1:8080/payment/return")]
+    #[arg(
+        long,
+        env = "PAYBRIDGE_RETURN_URL",
+        default_value = "http://127.0.0.1:8080/payment/return"
+    )]
     pub return_url: Url,
     /// The tenants file (TOML).
     #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]

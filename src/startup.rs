@@ -129,9 +129,7 @@ impl Application {
         set_health(&health_reporter, ServingStatus::NotServing).await;
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.shutdown_grace, server).await {
-            Ok(joined) => joined
-                .context("gRPC server task")?
-                .context("gRPC server")?,
+            Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
             Err(_) => tracing::warn!(
                 grace = ?self.shutdown_grace,
                 "calls still running after the grace period; exiting anyway"

@@ -13,7 +13,10 @@ const CREATE_INTENT: &str = "POST /v1/payment_intents";
 
 async fn create_returns_a_client_secret_and_the_intent_exists_at_stripe_with_metadata(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("key-1", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
     let payment = answer.payment.expect("payment");
     assert!(answer.created);
     assert!(payment.id.starts_with("pay_"), "{}", payment.id);
@@ -25,12 +28,18 @@ async fn create_returns_a_client_secret_and_the_intent_exists_at_stripe_with_met
     assert_eq!(answer.publishable_key, support::PUBLISHABLE_KEY);
     assert_eq!(answer.return_url, support::RETURN_URL);
 
-    let intent = app.stripe.payment_intent(&payment.stripe_payment_intent_id).await;
+    let intent = app
+        .stripe
+        .payment_intent(&payment.stripe_payment_intent_id)
+        .await;
     assert_eq!(intent["client_secret"], answer.client_secret.as_str());
     assert_eq!(intent["amount"], 4200);
     assert_eq!(intent["currency"], "usd");
     assert_eq!(intent["description"], "Invoice for tests");
-    assert_eq!(intent["metadata"]["paybridge_payment_id"], payment.id.as_str());
+    assert_eq!(
+        intent["metadata"]["paybridge_payment_id"],
+        payment.id.as_str()
+    );
     assert_eq!(intent["metadata"]["invoice_id"], "inv-1");
     assert_eq!(intent["metadata"]["tenant"], "billing");
     assert_eq!(intent["metadata"]["order"], "o-17");
@@ -38,8 +47,14 @@ async fn create_returns_a_client_secret_and_the_intent_exists_at_stripe_with_met
 
 async fn a_replay_with_the_same_key_returns_the_first_answer_without_calling_stripe(db: Db) {
     let app = TestApp::spawn(db).await;
-    let first = app.create(create_request("key-1", "inv-1")).await.expect("created");
-    let second = app.create(create_request("key-1", "inv-1")).await.expect("replayed");
+    let first = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
+    let second = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("replayed");
     assert!(!second.created);
     assert_eq!(second.payment, first.payment);
     assert_eq!(second.client_secret, first.client_secret);
@@ -48,7 +63,9 @@ async fn a_replay_with_the_same_key_returns_the_first_answer_without_calling_str
 
 async fn the_same_key_with_a_different_request_is_refused(db: Db) {
     let app = TestApp::spawn(db).await;
-    app.create(create_request("key-1", "inv-1")).await.expect("created");
+    app.create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
     let mut changed = create_request("key-1", "inv-1");
     changed.amount = 4300;
     let status = app.create(changed).await.expect_err("refused");
@@ -63,7 +80,13 @@ async fn twenty_concurrent_creates_with_one_key_make_one_intent(db: Db) {
     let answers = futures::future::join_all(calls).await;
     let ids: std::collections::BTreeSet<String> = answers
         .into_iter()
-        .map(|answer| answer.expect("every call answers").payment.expect("payment").id)
+        .map(|answer| {
+            answer
+                .expect("every call answers")
+                .payment
+                .expect("payment")
+                .id
+        })
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(app.stripe.payment_intents().await.len(), 1);
@@ -87,11 +110,18 @@ async fn twenty_keys_for_one_invoice_make_one_intent(db: Db) {
 
 async fn a_paid_invoice_refuses_a_new_payment(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("key-1", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
     let payment = answer.payment.expect("payment");
     let paid = app
         .stripe
-        .pay(&payment.stripe_payment_intent_id, &answer.client_secret, CARD_SUCCEEDS)
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
         .await;
     assert_eq!(paid["status"], "succeeded", "{paid}");
     let settled = app.get(&payment.id, true).await.expect("refreshed");
@@ -108,7 +138,9 @@ async fn a_paid_invoice_refuses_a_new_payment(db: Db) {
 
 async fn an_open_payment_for_another_amount_blocks_the_invoice(db: Db) {
     let app = TestApp::spawn(db).await;
-    app.create(create_request("key-1", "inv-1")).await.expect("created");
+    app.create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
     let mut other_amount = create_request("key-2", "inv-1");
     other_amount.amount = 5000;
     let status = app.create(other_amount).await.expect_err("refused");
@@ -126,14 +158,23 @@ async fn a_customer_email_makes_one_stripe_customer_reused_across_payments(db: D
         });
         request
     };
-    let first = app.create(with_email("key-1", "inv-1")).await.expect("created");
-    let second = app.create(with_email("key-2", "inv-2")).await.expect("created");
+    let first = app
+        .create(with_email("key-1", "inv-1"))
+        .await
+        .expect("created");
+    let second = app
+        .create(with_email("key-2", "inv-2"))
+        .await
+        .expect("created");
     let first = first.payment.expect("payment");
     let second = second.payment.expect("payment");
     assert!(first.stripe_customer_id.starts_with("cus_"), "{first:?}");
     assert_eq!(first.stripe_customer_id, second.stripe_customer_id);
     assert_eq!(app.stripe.count("POST /v1/customers").await, 1);
-    let intent = app.stripe.payment_intent(&second.stripe_payment_intent_id).await;
+    let intent = app
+        .stripe
+        .payment_intent(&second.stripe_payment_intent_id)
+        .await;
     assert_eq!(intent["customer"], first.stripe_customer_id.as_str());
 }
 
@@ -141,13 +182,18 @@ async fn an_unknown_stripe_customer_is_refused_and_frees_the_invoice(db: Db) {
     let app = TestApp::spawn(db).await;
     let mut request = create_request("key-1", "inv-1");
     request.customer = Some(pb::Customer {
-        who: Some(pb::customer::Who::StripeCustomerId("cus_doesnotexist".to_owned())),
+        who: Some(pb::customer::Who::StripeCustomerId(
+            "cus_doesnotexist".to_owned(),
+        )),
         name: String::new(),
     });
     let status = app.create(request).await.expect_err("refused");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     // The refused payment does not block a corrected request for the same invoice.
-    let answer = app.create(create_request("key-2", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("key-2", "inv-1"))
+        .await
+        .expect("created");
     assert!(answer.created);
 }
 
@@ -169,7 +215,10 @@ async fn stripe_unavailable_answers_unavailable_and_a_retry_makes_one_intent(db:
         .expect_err("Stripe down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let answer = app.create(create_request("key-1", "inv-1")).await.expect("retried");
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("retried");
     assert_eq!(
         answer.payment.expect("payment").status(),
         pb::PaymentStatus::RequiresPaymentMethod
@@ -197,12 +246,19 @@ async fn a_lost_stripe_answer_is_recovered_with_the_same_intent(db: Db) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(app.stripe.payment_intents().await.len(), 1);
 
-    let answer = app.create(create_request("key-1", "inv-1")).await.expect("retried");
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("retried");
     let intents = app.stripe.payment_intents().await;
     assert_eq!(intents.len(), 1);
     assert_eq!(
         intents[0]["id"],
-        answer.payment.expect("payment").stripe_payment_intent_id.as_str()
+        answer
+            .payment
+            .expect("payment")
+            .stripe_payment_intent_id
+            .as_str()
     );
 }
 
@@ -212,7 +268,10 @@ async fn stripe_retries_inside_one_call_reuse_the_idempotency_key(db: Db) {
     app.stripe
         .inject_fault(json!({"method": "POST", "path_prefix": "/v1/payment_intents", "times": 2, "status": 500, "when": "after"}))
         .await;
-    let answer = app.create(create_request("key-1", "inv-1")).await.expect("created after retries");
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created after retries");
     assert!(answer.created);
     assert_eq!(app.stripe.payment_intents().await.len(), 1);
     assert_eq!(app.stripe.count(CREATE_INTENT).await, 3);

@@ -10,7 +10,11 @@ impl Payments {
     /// Cancels a payment that has not succeeded: cancels its PaymentIntent at Stripe and records
     /// `Canceled`. Cancelling a cancelled payment answers it again.
     #[tracing::instrument(skip(self), fields(payment_id = %payment_id))]
-    pub async fn cancel_payment(&self, tenant: &str, payment_id: &str) -> Result<Payment, AppError> {
+    pub async fn cancel_payment(
+        &self,
+        tenant: &str,
+        payment_id: &str,
+    ) -> Result<Payment, AppError> {
         let payment = self.load(Some(tenant), payment_id).await?;
         match payment.status {
             PaymentStatus::Canceled => return Ok(payment),
@@ -56,7 +60,12 @@ impl Payments {
             Err(other) => return Err(other.into()),
         };
         payment
-            .check_intent(&intent.id, intent.amount, &intent.currency, &intent.metadata)
+            .check_intent(
+                &intent.id,
+                intent.amount,
+                &intent.currency,
+                &intent.metadata,
+            )
             .map_err(|mismatch| AppError::Internal(format!("intent mismatch: {mismatch}")))?;
         let payment = self
             .record_observation(payment, &observation_of(&intent), EventSource::Cancel)

@@ -158,7 +158,9 @@ impl Payments {
         }
 
         // 3. A new payment: the row is committed in `Creating` before Stripe hears of it.
-        let stripe_customer_id = self.resolve_customer(tenant, command.customer.as_ref()).await?;
+        let stripe_customer_id = self
+            .resolve_customer(tenant, command.customer.as_ref())
+            .await?;
         let payment = Payment {
             id: PaymentId::generate().as_str().to_owned(),
             tenant: tenant_id.to_owned(),
@@ -216,7 +218,12 @@ impl Payments {
         match result {
             Ok(intent) => {
                 payment
-                    .check_intent(&intent.id, intent.amount, &intent.currency, &intent.metadata)
+                    .check_intent(
+                        &intent.id,
+                        intent.amount,
+                        &intent.currency,
+                        &intent.metadata,
+                    )
                     .map_err(|mismatch| {
                         AppError::Internal(format!(
                             "Stripe answered an intent that is not this payment's: {mismatch}"
@@ -266,7 +273,13 @@ impl Payments {
                     }),
                 };
                 self.store
-                    .apply_change(&payment.id, &change, EventSource::Create, None, now_millis())
+                    .apply_change(
+                        &payment.id,
+                        &change,
+                        EventSource::Create,
+                        None,
+                        now_millis(),
+                    )
                     .await?;
                 Err(AppError::ProviderRejected { message })
             }

@@ -16,7 +16,10 @@ impl PaymentLocks {
     /// Waits for the lock of `payment_id`; released when the guard drops.
     pub(crate) async fn lock(&self, payment_id: &str) -> OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if locks.len() > 1024 {
                 // Forget locks nobody holds or waits for.
                 locks.retain(|_, lock| Arc::strong_count(lock) > 1);

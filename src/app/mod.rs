@@ -17,8 +17,8 @@ use locks::PaymentLocks;
 use ports::PaymentProvider;
 
 pub use create::{CreatePaymentCommand, CreatedPayment};
-pub(crate) use error::error_chain;
 pub use error::AppError;
+pub(crate) use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 
 /// Settings the use cases hand to callers.
@@ -40,7 +40,11 @@ pub struct Payments {
 }
 
 impl Payments {
-    pub fn new(store: Store, provider: Arc<dyn PaymentProvider>, settings: PaymentSettings) -> Self {
+    pub fn new(
+        store: Store,
+        provider: Arc<dyn PaymentProvider>,
+        settings: PaymentSettings,
+    ) -> Self {
         Payments {
             store,
             provider,

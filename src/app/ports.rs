@@ -55,7 +55,10 @@ impl std::fmt::Debug for ProviderIntent {
             .field("status", &self.status)
             .field("amount", &self.amount)
             .field("currency", &self.currency)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("metadata", &self.metadata)
             .field("last_payment_error", &self.last_payment_error)
             .finish()

@@ -52,7 +52,10 @@ impl std::fmt::Debug for Payment {
             .field("currency", &self.currency)
             .field("status", &self.status)
             .field("stripe_payment_intent_id", &self.stripe_payment_intent_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("last_payment_error", &self.last_payment_error)
             .finish_non_exhaustive()
     }
@@ -182,7 +185,11 @@ mod tests {
     fn terminal_statuses_never_change() {
         for terminal in [PaymentStatus::Succeeded, PaymentStatus::Canceled] {
             for next in PaymentStatus::ALL {
-                assert_eq!(payment(terminal).observe(&seen(next)), None, "{terminal} -> {next}");
+                assert_eq!(
+                    payment(terminal).observe(&seen(next)),
+                    None,
+                    "{terminal} -> {next}"
+                );
             }
         }
     }
@@ -213,7 +220,11 @@ mod tests {
                 message: None,
             }),
         };
-        assert!(payment(PaymentStatus::RequiresPaymentMethod).observe(&failed).is_some());
+        assert!(
+            payment(PaymentStatus::RequiresPaymentMethod)
+                .observe(&failed)
+                .is_some()
+        );
     }
 
     #[test]
@@ -230,7 +241,10 @@ mod tests {
         let mut metadata = BTreeMap::new();
         metadata.insert(PAYMENT_ID_METADATA_KEY.to_owned(), "pay_1".to_owned());
         assert_eq!(p.check_intent("pi_1", 1000, "usd", &metadata), Ok(()));
-        assert_eq!(p.check_intent("pi_2", 1000, "usd", &metadata), Err(IntentMismatch::Id));
+        assert_eq!(
+            p.check_intent("pi_2", 1000, "usd", &metadata),
+            Err(IntentMismatch::Id)
+        );
         assert!(matches!(
             p.check_intent("pi_1", 999, "usd", &metadata),
             Err(IntentMismatch::Amount { .. })

@@ -50,7 +50,6 @@ impl PaymentStatus {
             PaymentStatus::Canceled => "canceled",
         }
     }
-
 }
 
 impl std::str::FromStr for PaymentStatus {

@@ -46,7 +46,11 @@ impl LocalStripe {
             .args(["--host", "127.0.0.1", "--port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+            .stderr(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("starting localstripe");
@@ -84,7 +88,9 @@ impl LocalStripe {
 
     /// How many requests a route (`"POST /v1/payment_intents"`) has received.
     pub async fn count(&self, route: &str) -> u64 {
-        self.requests().await["by_route"][route].as_u64().unwrap_or(0)
+        self.requests().await["by_route"][route]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Makes the next matching requests fail (see the compat layer's README).
@@ -96,7 +102,11 @@ impl LocalStripe {
             .send()
             .await
             .expect("localstripe /_test/faults");
-        assert!(response.status().is_success(), "{:?}", response.text().await);
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
     }
 
     pub async fn clear_faults(&self) {
@@ -107,8 +117,16 @@ impl LocalStripe {
             .expect("localstripe /_test/faults");
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, key: &str, form: &[(&str, &str)]) -> Value {
-        let request = self.http.request(method, format!("{}{path}", self.base_url));
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        form: &[(&str, &str)],
+    ) -> Value {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
         // Stripe.js sends the publishable key in the form, the server libraries as a bearer token.
         let request = if key.starts_with("pk_") {
             let mut form = form.to_vec();
@@ -117,26 +135,36 @@ impl LocalStripe {
         } else {
             request.bearer_auth(key).form(form)
         };
-        let response = request
-            .send()
-            .await
-            .expect("localstripe request");
+        let response = request.send().await.expect("localstripe request");
         let status = response.status();
         let body: Value = response.json().await.expect("json body");
-        assert!(status.is_success() || body["error"].is_object(), "{status}: {body}");
+        assert!(
+            status.is_success() || body["error"].is_object(),
+            "{status}: {body}"
+        );
         body
     }
 
     /// Reads a PaymentIntent as Stripe holds it (counted like any other request).
     pub async fn payment_intent(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/v1/payment_intents/{id}"), SECRET_KEY, &[])
-            .await
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/payment_intents/{id}"),
+            SECRET_KEY,
+            &[],
+        )
+        .await
     }
 
     /// All PaymentIntents at the fake.
     pub async fn payment_intents(&self) -> Vec<Value> {
         let list = self
-            .call(reqwest::Method::GET, "/v1/payment_intents?limit=100", SECRET_KEY, &[])
+            .call(
+                reqwest::Method::GET,
+                "/v1/payment_intents?limit=100",
+                SECRET_KEY,
+                &[],
+            )
             .await;
         list["data"].as_array().cloned().unwrap_or_default()
     }

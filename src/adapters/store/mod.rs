@@ -225,10 +225,12 @@ impl Store {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(request_fingerprint, payment_id)| IdempotencyRecord {
-            request_fingerprint,
-            payment_id,
-        }))
+        Ok(
+            row.map(|(request_fingerprint, payment_id)| IdempotencyRecord {
+                request_fingerprint,
+                payment_id,
+            }),
+        )
     }
 
     /// The payment of an invoice that is open or succeeded (at most one, by the unique index).

@@ -27,8 +27,16 @@ pub(super) fn create_command(
     let description = violations.check(Description::parse_optional(&request.description));
     let metadata = violations.check(Metadata::parse(request.metadata));
     let allowed = tenant.allowed_redirect_origins();
-    let success_url = violations.check(optional_redirect("success_url", &request.success_url, allowed));
-    let failure_url = violations.check(optional_redirect("failure_url", &request.failure_url, allowed));
+    let success_url = violations.check(optional_redirect(
+        "success_url",
+        &request.success_url,
+        allowed,
+    ));
+    let failure_url = violations.check(optional_redirect(
+        "failure_url",
+        &request.failure_url,
+        allowed,
+    ));
     violations.finish()?;
     match (
         idempotency_key,
@@ -106,12 +114,15 @@ pub(super) fn payment_id(raw: &str) -> Result<PaymentId, ValidationError> {
 }
 
 /// Parses ListPayments.
-pub(super) fn list_query(request: pb::ListPaymentsRequest) -> Result<ListPaymentsQuery, ValidationError> {
+pub(super) fn list_query(
+    request: pb::ListPaymentsRequest,
+) -> Result<ListPaymentsQuery, ValidationError> {
     let mut violations = Violations::new();
     let invoice_id = if request.invoice_id.is_empty() {
         Some(None)
     } else {
-        violations.check(InvoiceId::parse(&request.invoice_id).map(|id| Some(id.as_str().to_owned())))
+        violations
+            .check(InvoiceId::parse(&request.invoice_id).map(|id| Some(id.as_str().to_owned())))
     };
     let status = violations.check(status_filter(request.status));
     let page_size = violations.check(page_size(request.page_size));

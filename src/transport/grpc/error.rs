@@ -22,7 +22,9 @@ impl From<AppError> for Status {
                 )
             }
             AppError::NotFound => Status::not_found("payment not found"),
-            AppError::IdempotencyKeyReused => precondition(&error, "IDEMPOTENCY_KEY_REUSED", "idempotency_key"),
+            AppError::IdempotencyKeyReused => {
+                precondition(&error, "IDEMPOTENCY_KEY_REUSED", "idempotency_key")
+            }
             AppError::AlreadyPaid { .. } => precondition(&error, "ALREADY_PAID", "invoice_id"),
             AppError::InvoiceHasOpenPayment { .. } => {
                 precondition(&error, "INVOICE_HAS_OPEN_PAYMENT", "invoice_id")

@@ -33,7 +33,10 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         let tenant = authenticate(&self.tenants, &request)?;
         let command = convert::create_command(request.into_inner(), tenant)
             .map_err(crate::app::AppError::from)?;
-        let created = self.payments.create_invoice_payment(tenant, command).await?;
+        let created = self
+            .payments
+            .create_invoice_payment(tenant, command)
+            .await?;
         Ok(Response::new(convert::created_to_proto(created)))
     }
 
@@ -56,15 +59,23 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         let tenant = authenticate(&self.tenants, &request)?;
-        let query = convert::list_query(request.into_inner()).map_err(crate::app::AppError::from)?;
-        let page = self.payments.list_payments(tenant.id().as_str(), query).await?;
+        let query =
+            convert::list_query(request.into_inner()).map_err(crate::app::AppError::from)?;
+        let page = self
+            .payments
+            .list_payments(tenant.id().as_str(), query)
+            .await?;
         Ok(Response::new(pb::ListPaymentsResponse {
             next_page_token: page
                 .next
                 .as_ref()
                 .map(convert::encode_page_token)
                 .unwrap_or_default(),
-            payments: page.payments.into_iter().map(convert::payment_to_proto).collect(),
+            payments: page
+                .payments
+                .into_iter()
+                .map(convert::payment_to_proto)
+                .collect(),
         }))
     }
 
