@@ -707,10 +707,17 @@ fn secret_key_never_shows_in_debug_or_errors() {
 
     let err = StripeProvider::new(StripeConfig {
         api_base: "ftp://api.stripe.com".parse().expect("url"),
-        ..config
+        ..config.clone()
     })
     .expect_err("ftp refused");
     assert!(matches!(err, StripeConfigError::InvalidApiBase(_)));
+
+    let err = StripeProvider::new(StripeConfig {
+        api_base: "https://user:hunter2@api.stripe.com".parse().expect("url"),
+        ..config
+    })
+    .expect_err("credentials in the URL refused");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
 #[test]
