@@ -25,7 +25,6 @@ pub(crate) fn map_status(status: &PaymentIntentStatus) -> Result<PaymentStatus, 
         PaymentIntentStatus::Unknown(other) => Err(ProviderError::Unexpected(format!(
             "unknown PaymentIntent status `{other}`"
         ))),
-        #[allow(unreachable_patterns)]
         other => Err(ProviderError::Unexpected(format!(
             "PaymentIntent status `{}` is not mapped",
             other.as_str()
@@ -182,4 +181,50 @@ pub(crate) fn explain_parse_failure(
     ProviderError::Unexpected(format!(
         "could not parse the {type_name} Stripe sent: {detail}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> StripeHttpError {
+        StripeHttpError::Status {
+            status,
+            code: Some("some_code".to_owned()),
+            message: "m".to_owned(),
+        }
+    }
+
+    #[test]
+    fn http_errors_map_onto_provider_errors() {
+        assert!(matches!(
+            map_http_error(status(404)),
+            ProviderError::NotFound
+        ));
+        assert!(matches!(
+            map_http_error(status(402)),
+            ProviderError::Rejected { status: 402, .. }
+        ));
+        for s in [409, 429, 500, 503] {
+            assert!(matches!(
+                map_http_error(status(s)),
+                ProviderError::Unavailable(_)
+            ));
+        }
+        assert!(matches!(
+            map_http_error(status(302)),
+            ProviderError::Unexpected(_)
+        ));
+        assert!(matches!(
+            map_http_error(StripeHttpError::Timeout(std::time::Duration::from_secs(1))),
+            ProviderError::Unavailable(_)
+        ));
+        assert!(matches!(
+            map_http_error(StripeHttpError::Exhausted {
+                attempts: 3,
+                last: Box::new(status(500)),
+            }),
+            ProviderError::Unavailable(_)
+        ));
+    }
 }

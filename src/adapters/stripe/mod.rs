@@ -147,7 +147,10 @@ impl StripeProvider {
             || !base.username().is_empty()
             || base.password().is_some()
         {
-            return Err(StripeConfigError::InvalidApiBase(base.to_string()));
+            let mut shown = base.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err(StripeConfigError::InvalidApiBase(shown.to_string()));
         }
         if config.request_timeout.is_zero() {
             return Err(StripeConfigError::InvalidTimeout);

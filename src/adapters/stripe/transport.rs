@@ -482,14 +482,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl StripeClient for PooledStripeClient {
     type Err = StripeHttpError;
 
-    fn execute(
-        &self,
-        req: CustomizedStripeRequest,
-    ) -> impl Future<Output = Result<Bytes, StripeHttpError>> + Send {
-        async move {
-            let prepared = self.prepare(req)?;
-            self.send(prepared).await
-        }
+    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeHttpError> {
+        let prepared = self.prepare(req)?;
+        self.send(prepared).await
     }
 }
 
@@ -517,16 +512,53 @@ impl<'a> RecordingClient<'a> {
 impl StripeClient for RecordingClient<'_> {
     type Err = StripeHttpError;
 
-    fn execute(
-        &self,
-        req: CustomizedStripeRequest,
-    ) -> impl Future<Output = Result<Bytes, StripeHttpError>> + Send {
-        async move {
-            let body = self.inner.execute(req).await?;
-            if let Ok(mut slot) = self.body.lock() {
-                *slot = Some(body.clone());
-            }
-            Ok(body)
+    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeHttpError> {
+        let body = self.inner.execute(req).await?;
+        if let Ok(mut slot) = self.body.lock() {
+            *slot = Some(body.clone());
         }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        for _ in 0..50 {
+            let first = policy.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = policy.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = policy.backoff(30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+
+    #[test]
+    fn stripe_error_bodies_are_read_without_keeping_the_body() {
+        let body = br#"{"error":{"type":"card_error","code":"card_declined","message":"Declined.",
+            "payment_intent":{"client_secret":"pi_1_secret_x"}}}"#;
+        match status_error(StatusCode::PAYMENT_REQUIRED, body) {
+            StripeHttpError::Status {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(status, 402);
+                assert_eq!(code.as_deref(), Some("card_declined"));
+                assert_eq!(message, "Declined.");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = status_error(StatusCode::BAD_GATEWAY, b"<html>pi_1_secret_x</html>").to_string();
+        assert!(!text.contains("secret"), "{text}");
     }
 }

@@ -1,0 +1,833 @@
+//! Contract tests of the Stripe adapter against wiremock: the exact requests paybridge sends to
+//! Stripe, and how it reads Stripe's answers (bodies from Stripe's own example objects in
+//! `tests/fixtures/stripe/`, copied from stripe-mock's `fixtures3.json`).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener as StdTcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use paybridge::adapters::stripe::{StripeConfig, StripeConfigError, StripeProvider};
+use paybridge::app::ports::{
+    LastPaymentError, NewCustomer, NewPaymentIntent, PaymentProvider, ProviderError,
+};
+use paybridge::domain::PaymentStatus;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const KEY: &str = "sk_test_51PaybridgeContractKey0000000000";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/stripe/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
+}
+
+/// Stripe's example PaymentIntent with id, amount and status adjusted.
+fn intent_body(id: &str, amount: i64, status: &str) -> Value {
+    let mut pi = fixture("payment_intent");
+    pi["id"] = json!(id);
+    pi["amount"] = json!(amount);
+    pi["status"] = json!(status);
+    pi["client_secret"] = json!(format!("{id}_secret_abc123"));
+    pi
+}
+
+fn config(base: &str, max_retries: u32, timeout: Duration) -> StripeConfig {
+    StripeConfig {
+        secret_key: SecretString::from(KEY),
+        api_base: base.parse().expect("url"),
+        request_timeout: timeout,
+        max_retries,
+    }
+}
+
+fn provider_for(base: &str, max_retries: u32, timeout: Duration) -> StripeProvider {
+    StripeProvider::with_retry_backoff(
+        config(base, max_retries, timeout),
+        Duration::from_millis(5),
+        Duration::from_millis(20),
+    )
+    .expect("provider")
+}
+
+fn provider(server: &MockServer) -> StripeProvider {
+    provider_for(&server.uri(), 2, Duration::from_secs(5))
+}
+
+fn form(req: &Request) -> BTreeMap<String, String> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
+        .into_owned()
+        .collect();
+    let map: BTreeMap<String, String> = pairs.iter().cloned().collect();
+    assert_eq!(map.len(), pairs.len(), "duplicate form fields: {pairs:?}");
+    map
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header"))
+}
+
+fn assert_common_headers(req: &Request) {
+    assert_eq!(
+        header(req, "authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    let version = header(req, "stripe-version").expect("Stripe-Version sent");
+    assert_eq!(version, stripe_client_core::VERSION.as_str());
+    assert!(!version.is_empty());
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn new_intent() -> NewPaymentIntent {
+    NewPaymentIntent {
+        amount: 4200,
+        currency: "eur".to_owned(),
+        customer: Some("cus_QXg1o8vcGmoR32".to_owned()),
+        description: Some("Invoice INV-7 for billing".to_owned()),
+        metadata: map(&[
+            ("paybridge_payment_id", "pay_01J9Z"),
+            ("invoice_id", "INV-7"),
+            ("tenant", "billing"),
+        ]),
+        idempotency_key: "paybridge-create-pay_01J9Z".to_owned(),
+    }
+}
+
+async fn received(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.expect("recording on")
+}
+
+fn stripe_error(code: &str, message: &str, param: &str) -> Value {
+    json!({
+        "error": {
+            "code": code,
+            "doc_url": format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")),
+            "message": message,
+            "param": param,
+            "request_log_url": "https://dashboard.stripe.com/test/logs/req_123",
+            "type": "invalid_request_error"
+        }
+    })
+}
+
+#[tokio::test]
+async fn unmodified_fixture_parses() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_1PgafyB7WZ01zgkWSjxsAJo3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fixture("payment_intent")))
+        .mount(&server)
+        .await;
+    let intent = provider(&server)
+        .retrieve_payment_intent("pi_1PgafyB7WZ01zgkWSjxsAJo3")
+        .await
+        .expect("Stripe's own example parses");
+    assert_eq!(intent.id, "pi_1PgafyB7WZ01zgkWSjxsAJo3");
+    assert_eq!(intent.amount, 1099);
+    assert_eq!(intent.currency, "usd");
+    assert_eq!(intent.status, PaymentStatus::RequiresPaymentMethod);
+    assert_eq!(
+        intent.last_payment_error,
+        Some(LastPaymentError {
+            code: None,
+            message: None
+        })
+    );
+}
+
+#[tokio::test]
+async fn create_payment_intent_sends_exact_form_and_headers() {
+    let server = MockServer::start().await;
+    let mut body = intent_body("pi_3Create", 4200, "requires_payment_method");
+    body["currency"] = json!("eur");
+    body["metadata"] =
+        json!({"paybridge_payment_id": "pay_01J9Z", "invoice_id": "INV-7", "tenant": "billing"});
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let intent = provider(&server)
+        .create_payment_intent(new_intent())
+        .await
+        .expect("created");
+
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "POST");
+    assert_eq!(req.url.path(), "/v1/payment_intents");
+    assert_eq!(req.url.query(), None);
+    assert_common_headers(req);
+    assert_eq!(
+        header(req, "idempotency-key"),
+        Some("paybridge-create-pay_01J9Z")
+    );
+    assert_eq!(
+        header(req, "content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        form(req),
+        map(&[
+            ("amount", "4200"),
+            ("currency", "eur"),
+            ("customer", "cus_QXg1o8vcGmoR32"),
+            ("description", "Invoice INV-7 for billing"),
+            ("metadata[paybridge_payment_id]", "pay_01J9Z"),
+            ("metadata[invoice_id]", "INV-7"),
+            ("metadata[tenant]", "billing"),
+        ])
+    );
+
+    assert_eq!(intent.id, "pi_3Create");
+    assert_eq!(intent.status, PaymentStatus::RequiresPaymentMethod);
+    assert_eq!(intent.amount, 4200);
+    assert_eq!(intent.currency, "eur");
+    assert_eq!(
+        intent.client_secret.as_deref(),
+        Some("pi_3Create_secret_abc123")
+    );
+    assert_eq!(intent.metadata, new_intent().metadata);
+    // The client secret never shows in Debug output.
+    assert!(!format!("{intent:?}").contains("secret_abc123"));
+}
+
+#[tokio::test]
+async fn create_payment_intent_without_customer_or_description_sends_only_the_rest() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Minimal",
+            1099,
+            "requires_payment_method",
+        )))
+        .mount(&server)
+        .await;
+    let request = NewPaymentIntent {
+        amount: 1099,
+        currency: "usd".to_owned(),
+        customer: None,
+        description: None,
+        metadata: map(&[("paybridge_payment_id", "pay_2")]),
+        idempotency_key: "key-2".to_owned(),
+    };
+    provider(&server)
+        .create_payment_intent(request)
+        .await
+        .expect("created");
+    let reqs = received(&server).await;
+    assert_eq!(
+        form(&reqs[0]),
+        map(&[
+            ("amount", "1099"),
+            ("currency", "usd"),
+            ("metadata[paybridge_payment_id]", "pay_2"),
+        ])
+    );
+    assert_eq!(header(&reqs[0], "idempotency-key"), Some("key-2"));
+}
+
+#[tokio::test]
+async fn create_customer_sends_email_name_metadata_and_key() {
+    let server = MockServer::start().await;
+    let mut body = fixture("customer");
+    body["id"] = json!("cus_New123");
+    Mock::given(method("POST"))
+        .and(path("/v1/customers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let id = provider(&server)
+        .create_customer(NewCustomer {
+            email: "ada@example.com".to_owned(),
+            name: Some("Ada Lovelace".to_owned()),
+            metadata: map(&[("tenant", "billing")]),
+            idempotency_key: "cust-key-1".to_owned(),
+        })
+        .await
+        .expect("customer");
+    assert_eq!(id, "cus_New123");
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "POST");
+    assert_eq!(req.url.path(), "/v1/customers");
+    assert_common_headers(req);
+    assert_eq!(header(req, "idempotency-key"), Some("cust-key-1"));
+    assert_eq!(
+        form(req),
+        map(&[
+            ("email", "ada@example.com"),
+            ("name", "Ada Lovelace"),
+            ("metadata[tenant]", "billing"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn retrieve_sends_a_plain_get_without_idempotency_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Get",
+            500,
+            "processing",
+        )))
+        .mount(&server)
+        .await;
+    let intent = provider(&server)
+        .retrieve_payment_intent("pi_3Get")
+        .await
+        .expect("retrieved");
+    assert_eq!(intent.status, PaymentStatus::Processing);
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "GET");
+    assert_eq!(req.url.path(), "/v1/payment_intents/pi_3Get");
+    assert_eq!(req.url.query(), None);
+    assert!(req.body.is_empty());
+    assert_common_headers(req);
+    assert_eq!(header(req, "idempotency-key"), None);
+    assert_eq!(header(req, "content-type"), None);
+}
+
+#[tokio::test]
+async fn cancel_posts_with_idempotency_key_and_no_fields() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents/pi_3Cancel/cancel"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Cancel",
+            700,
+            "canceled",
+        )))
+        .mount(&server)
+        .await;
+    let intent = provider(&server)
+        .cancel_payment_intent("pi_3Cancel", "cancel-pay_9")
+        .await
+        .expect("canceled");
+    assert_eq!(intent.status, PaymentStatus::Canceled);
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "POST");
+    assert_eq!(req.url.path(), "/v1/payment_intents/pi_3Cancel/cancel");
+    assert_common_headers(req);
+    assert_eq!(header(req, "idempotency-key"), Some("cancel-pay_9"));
+    assert!(form(req).is_empty());
+}
+
+#[tokio::test]
+async fn server_error_then_success_retries_with_the_same_idempotency_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({
+            "error": {"type": "api_error", "message": "Something went wrong on Stripe's end."}
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Retry",
+            4200,
+            "requires_payment_method",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    let intent = provider
+        .create_payment_intent(new_intent())
+        .await
+        .expect("second attempt succeeds");
+    assert_eq!(intent.id, "pi_3Retry");
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(
+            header(req, "idempotency-key"),
+            Some("paybridge-create-pay_01J9Z")
+        );
+        assert_eq!(form(req), form(&reqs[0]));
+    }
+    assert_eq!(provider.stats().requests_sent, 2);
+}
+
+#[tokio::test]
+async fn repeated_429_gives_unavailable_after_max_retries() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Busy"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
+            "error": {"type": "invalid_request_error", "code": "rate_limit",
+                      "message": "Too many requests hit the API too quickly."}
+        })))
+        .mount(&server)
+        .await;
+    let err = provider_for(&server.uri(), 3, Duration::from_secs(5))
+        .retrieve_payment_intent("pi_3Busy")
+        .await
+        .expect_err("rate limited");
+    assert!(
+        matches!(&err, ProviderError::Unavailable(m) if m.contains("429")),
+        "{err:?}"
+    );
+    assert_eq!(received(&server).await.len(), 4, "1 attempt + 3 retries");
+}
+
+#[tokio::test]
+async fn stripe_should_retry_false_is_obeyed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .insert_header("Stripe-Should-Retry", "false")
+                .set_body_json(json!({"error": {"type": "api_error", "message": "boom"}})),
+        )
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .create_payment_intent(new_intent())
+        .await
+        .expect_err("500");
+    assert!(matches!(err, ProviderError::Unavailable(_)), "{err:?}");
+    assert_eq!(received(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Later"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Later"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Later",
+            1,
+            "succeeded",
+        )))
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    let intent = provider(&server)
+        .retrieve_payment_intent("pi_3Later")
+        .await
+        .expect("after waiting");
+    assert_eq!(intent.status, PaymentStatus::Succeeded);
+    assert!(started.elapsed() >= Duration::from_millis(950));
+}
+
+#[tokio::test]
+async fn connection_refused_is_unavailable() {
+    let port = {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let provider = provider_for(
+        &format!("http://127.0.0.1:{port}"),
+        2,
+        Duration::from_secs(2),
+    );
+    let err = provider
+        .retrieve_payment_intent("pi_3Nobody")
+        .await
+        .expect_err("nobody listens");
+    assert!(matches!(&err, ProviderError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains(KEY));
+    assert_eq!(provider.stats().requests_sent, 3);
+    assert_eq!(provider.stats().connections_opened, 0);
+}
+
+#[tokio::test]
+async fn slow_answer_times_out_as_unavailable() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents/pi_3Slow/cancel"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(intent_body("pi_3Slow", 1, "canceled"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    let err = provider_for(&server.uri(), 1, Duration::from_millis(200))
+        .cancel_payment_intent("pi_3Slow", "cancel-slow")
+        .await
+        .expect_err("too slow");
+    assert!(matches!(&err, ProviderError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(header(req, "idempotency-key"), Some("cancel-slow"));
+    }
+}
+
+#[tokio::test]
+async fn not_found_maps_to_not_found() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(stripe_error(
+            "resource_missing",
+            "No such payment_intent: 'pi_3Missing'",
+            "intent",
+        )))
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .retrieve_payment_intent("pi_3Missing")
+        .await
+        .expect_err("404");
+    assert!(matches!(err, ProviderError::NotFound), "{err:?}");
+    assert_eq!(received(&server).await.len(), 1, "404 is not retried");
+}
+
+#[tokio::test]
+async fn bad_request_is_rejected_with_stripes_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(stripe_error(
+            "parameter_invalid_integer",
+            "Invalid integer: -5",
+            "amount",
+        )))
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .create_payment_intent(new_intent())
+        .await
+        .expect_err("400");
+    match err {
+        ProviderError::Rejected {
+            status,
+            code,
+            message,
+        } => {
+            assert_eq!(status, 400);
+            assert_eq!(code.as_deref(), Some("parameter_invalid_integer"));
+            assert_eq!(message, "Invalid integer: -5");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 1, "400 is not retried");
+}
+
+#[tokio::test]
+async fn every_stripe_status_maps() {
+    let server = MockServer::start().await;
+    let cases = [
+        (
+            "requires_payment_method",
+            PaymentStatus::RequiresPaymentMethod,
+        ),
+        ("requires_confirmation", PaymentStatus::RequiresConfirmation),
+        ("requires_action", PaymentStatus::RequiresAction),
+        ("processing", PaymentStatus::Processing),
+        ("requires_capture", PaymentStatus::RequiresCapture),
+        ("succeeded", PaymentStatus::Succeeded),
+        ("canceled", PaymentStatus::Canceled),
+    ];
+    for (i, (stripe_status, _)) in cases.iter().enumerate() {
+        let id = format!("pi_3Status{i}");
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/payment_intents/{id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+                &id,
+                100,
+                stripe_status,
+            )))
+            .mount(&server)
+            .await;
+    }
+    let provider = provider(&server);
+    for (i, (stripe_status, expected)) in cases.iter().enumerate() {
+        let intent = provider
+            .retrieve_payment_intent(&format!("pi_3Status{i}"))
+            .await
+            .expect("retrieved");
+        assert_eq!(intent.status, *expected, "{stripe_status}");
+        assert_eq!(intent.status.as_str(), *stripe_status);
+    }
+}
+
+#[tokio::test]
+async fn unknown_status_is_unexpected() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Odd"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Odd",
+            100,
+            "requires_telepathy",
+        )))
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .retrieve_payment_intent("pi_3Odd")
+        .await
+        .expect_err("unknown status");
+    assert!(
+        matches!(&err, ProviderError::Unexpected(m) if m.contains("requires_telepathy")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn last_payment_error_is_mapped() {
+    let server = MockServer::start().await;
+    let mut body = intent_body("pi_3Declined", 100, "requires_payment_method");
+    body["last_payment_error"] = json!({
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": "insufficient_funds",
+        "message": "Your card has insufficient funds."
+    });
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Declined"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let intent = provider(&server)
+        .retrieve_payment_intent("pi_3Declined")
+        .await
+        .expect("retrieved");
+    assert_eq!(
+        intent.last_payment_error,
+        Some(LastPaymentError {
+            code: Some("card_declined".to_owned()),
+            message: Some("Your card has insufficient funds.".to_owned()),
+        })
+    );
+}
+
+#[tokio::test]
+async fn unparseable_answer_names_the_missing_field() {
+    let server = MockServer::start().await;
+    let mut body = intent_body("pi_3Broken", 100, "succeeded");
+    body.as_object_mut()
+        .expect("object")
+        .remove("amount_received");
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Broken"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3NotJson"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>proxy error</html>"))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    let err = provider
+        .retrieve_payment_intent("pi_3Broken")
+        .await
+        .expect_err("missing field");
+    assert!(
+        matches!(&err, ProviderError::Unexpected(m) if m.contains("`amount_received` is missing")),
+        "{err:?}"
+    );
+    let err = provider
+        .retrieve_payment_intent("pi_3NotJson")
+        .await
+        .expect_err("not JSON");
+    assert!(
+        matches!(&err, ProviderError::Unexpected(m) if m.contains("not JSON")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn ids_that_are_not_stripe_ids_never_reach_stripe() {
+    let server = MockServer::start().await;
+    let provider = provider(&server);
+    for id in ["", "pi_1/../../customers", "pi_1?expand[]=customer", "pi 1"] {
+        let err = provider
+            .retrieve_payment_intent(id)
+            .await
+            .expect_err("bad id");
+        assert!(matches!(err, ProviderError::NotFound), "{id}: {err:?}");
+    }
+    assert!(received(&server).await.is_empty());
+}
+
+#[test]
+fn secret_key_never_shows_in_debug_or_errors() {
+    let config = config("http://127.0.0.1:9", 2, Duration::from_secs(1));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(KEY), "{debug}");
+    assert!(!debug.contains("sk_test"), "{debug}");
+    assert!(debug.contains("127.0.0.1:9"));
+
+    let provider = StripeProvider::new(config.clone()).expect("valid");
+    let debug = format!("{provider:?}");
+    assert!(!debug.contains("sk_test"), "{debug}");
+
+    let publishable = "pk_test_51NotASecretKeyButStillNotToBeLogged";
+    let err = StripeProvider::new(StripeConfig {
+        secret_key: SecretString::from(publishable),
+        ..config.clone()
+    })
+    .expect_err("publishable key refused");
+    assert!(matches!(err, StripeConfigError::InvalidSecretKey));
+    assert!(!err.to_string().contains(publishable));
+
+    let err = StripeProvider::new(StripeConfig {
+        api_base: "ftp://api.stripe.com".parse().expect("url"),
+        ..config.clone()
+    })
+    .expect_err("ftp refused");
+    assert!(matches!(err, StripeConfigError::InvalidApiBase(_)));
+
+    let err = StripeProvider::new(StripeConfig {
+        api_base: "https://user:hunter2@api.stripe.com".parse().expect("url"),
+        ..config
+    })
+    .expect_err("credentials in the URL refused");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn default_config_points_at_stripe() {
+    let config = StripeConfig::new(SecretString::from(KEY));
+    assert_eq!(config.api_base.as_str(), "https://api.stripe.com/");
+    StripeProvider::new(config).expect("valid");
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_connection_to_wiremock() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/payment_intents/pi_3Pool"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(intent_body(
+            "pi_3Pool",
+            100,
+            "succeeded",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    for _ in 0..5 {
+        provider
+            .retrieve_payment_intent("pi_3Pool")
+            .await
+            .expect("retrieved");
+    }
+    let stats = provider.stats();
+    assert_eq!(stats.requests_sent, 5);
+    assert_eq!(stats.connections_opened, 1);
+}
+
+/// A tiny keep-alive HTTP/1.1 server that counts the TCP connections it accepts, so the reuse is
+/// measured on the server side too, not only by the client's own counter.
+fn counting_server(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut content_length = 0usize;
+                    let mut line = String::new();
+                    // Request line and headers.
+                    let mut first = true;
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if !first
+                            && let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            content_length = value.trim().parse().expect("length");
+                        }
+                        first = false;
+                    }
+                    let mut request_body = vec![0; content_length];
+                    if reader.read_exact(&mut request_body).is_err() {
+                        return;
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if writer.write_all(head.as_bytes()).is_err()
+                        || writer.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_tcp_connection() {
+    let body = serde_json::to_vec(&intent_body("pi_3Tcp", 100, "processing")).expect("json");
+    let (base, accepted) = counting_server(body);
+    let provider = provider_for(&base, 0, Duration::from_secs(5));
+    for i in 0..6 {
+        if i % 2 == 0 {
+            provider
+                .retrieve_payment_intent("pi_3Tcp")
+                .await
+                .expect("retrieved");
+        } else {
+            provider
+                .cancel_payment_intent("pi_3Tcp", &format!("k{i}"))
+                .await
+                .expect("posted");
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "server accepted once");
+    let stats = provider.stats();
+    assert_eq!(stats.requests_sent, 6);
+    assert_eq!(stats.connections_opened, 1);
+}
