@@ -1,0 +1,193 @@
+//! Operating paybridge: health, reflection, migrations, configuration errors, SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Db, TestApp};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn health_status(app: &TestApp, service: &str) -> ServingStatus {
+    let answer = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    answer.status()
+}
+
+async fn wait_for_health(app: &TestApp, want: ServingStatus) -> ServingStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health_status(app, "paybridge.v1.PaymentService").await;
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn health_is_serving_once_the_database_is_migrated(db: Db) {
+    let app = TestApp::spawn(db).await;
+    assert_eq!(wait_for_health(&app, ServingStatus::Serving).await, ServingStatus::Serving);
+    assert_eq!(health_status(&app, "").await, ServingStatus::Serving);
+    app.stop().await.expect("stops cleanly");
+}
+
+async fn reflection_lists_the_payment_service(db: Db) {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let app = TestApp::spawn(db).await;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("stream").expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"paybridge.v1.PaymentService".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+}
+
+on_both_databases!(
+    health_is_serving_once_the_database_is_migrated,
+    reflection_lists_the_payment_service,
+);
+
+// The binary itself, as an operator runs it (SQLite: no cluster needed).
+
+fn paybridge() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paybridge"));
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+fn write_tenants(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, support::tenants_toml()).expect("tenants file");
+    path
+}
+
+#[test]
+fn migrate_creates_the_sqlite_file_and_is_repeatable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("fresh.db");
+    for _ in 0..2 {
+        let output = paybridge()
+            .args(["migrate", "--database-url", &format!("sqlite:{}", db.display())])
+            .output()
+            .expect("runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert!(db.exists());
+}
+
+#[test]
+fn a_bad_configuration_stops_start_up_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tenants = write_tenants(dir.path());
+    let secret = "sk_test_must_never_be_printed";
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (
+            vec![("PAYBRIDGE_TENANTS_FILE", dir.path().join("missing.toml").display().to_string())],
+            "PAYBRIDGE_TENANTS_FILE",
+        ),
+        (
+            vec![
+                ("PAYBRIDGE_TENANTS_FILE", tenants.display().to_string()),
+                ("PAYBRIDGE_STRIPE_SECRET_KEY", "pk_test_wrong_kind".to_owned()),
+            ],
+            "PAYBRIDGE_STRIPE_SECRET_KEY",
+        ),
+        (
+            vec![
+                ("PAYBRIDGE_TENANTS_FILE", tenants.display().to_string()),
+                ("PAYBRIDGE_RECONCILE_NONSENSE", String::new()),
+                ("PAYBRIDGE_STRIPE_TIMEOUT", "ten seconds".to_owned()),
+            ],
+            "PAYBRIDGE_STRIPE_TIMEOUT",
+        ),
+        (
+            vec![
+                ("PAYBRIDGE_TENANTS_FILE", tenants.display().to_string()),
+                ("PAYBRIDGE_DATABASE_URL", "mysql://db/paybridge".to_owned()),
+            ],
+            "PAYBRIDGE_DATABASE_URL",
+        ),
+    ];
+    for (overrides, setting) in cases {
+        let mut command = paybridge();
+        command
+            .current_dir(dir.path())
+            .arg("serve")
+            .env("PAYBRIDGE_STRIPE_SECRET_KEY", secret)
+            .env("PAYBRIDGE_STRIPE_PUBLISHABLE_KEY", "pk_test_x")
+            .env("PAYBRIDGE_GRPC_ADDR", "127.0.0.1:0");
+        for (name, value) in &overrides {
+            command.env(name, value);
+        }
+        let output = command.output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting}: started anyway");
+        assert!(
+            stderr.contains(setting) || stderr.contains(&setting.replace("PAYBRIDGE_", "--").to_lowercase().replace('_', "-")),
+            "{setting}: {stderr}"
+        );
+        assert!(!stderr.contains(secret), "the secret key leaked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn serve_drains_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tenants = write_tenants(dir.path());
+    let mut child = paybridge()
+        .current_dir(dir.path())
+        .arg("serve")
+        .env("PAYBRIDGE_TENANTS_FILE", &tenants)
+        .env("PAYBRIDGE_STRIPE_SECRET_KEY", "sk_test_x")
+        .env("PAYBRIDGE_STRIPE_PUBLISHABLE_KEY", "pk_test_x")
+        .env("PAYBRIDGE_STRIPE_API_BASE", "http://127.0.0.1:9")
+        .env("PAYBRIDGE_GRPC_ADDR", "127.0.0.1:0")
+        .env("PAYBRIDGE_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("paybridge serving"))
+        .expect("logs that it serves");
+    let log: serde_json::Value = serde_json::from_str(&serving).expect("JSON log line");
+    assert!(log["grpc_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{log}");
+    assert!(dir.path().join("paybridge.db").exists(), "SQLite file created on first start");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "exit {status:?}; log: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}
