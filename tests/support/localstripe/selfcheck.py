@@ -170,11 +170,26 @@ def find_fixtures(explicit):
              % [c for c in candidates if c])
 
 
+def server_python():
+    """The interpreter for compat.py: this one if it has aiohttp, else the
+    venv made by setup.sh."""
+    if os.environ.get('LOCALSTRIPE_PYTHON_BIN'):
+        return os.environ['LOCALSTRIPE_PYTHON_BIN']
+    try:
+        import aiohttp  # noqa: F401
+        import localstripe  # noqa: F401
+        return sys.executable
+    except ImportError:
+        venv = os.environ.get('LOCALSTRIPE_VENV') or \
+            os.path.join(REPO, '.tools', 'localstripe-venv')
+        return os.path.join(venv, 'bin', 'python')
+
+
 class Server:
     def __init__(self, verbose):
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, 'compat.py'), '--host',
+            [server_python(), os.path.join(HERE, 'compat.py'), '--host',
              '127.0.0.1', '--port', '0'],
             stdout=subprocess.PIPE, stderr=None if verbose else self.log,
             text=True)
