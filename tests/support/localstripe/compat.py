@@ -171,6 +171,7 @@ def _card_of(pm):
 
 
 _PI_DEFAULTS = {
+    'allowed_payment_method_types': None,
     'amount_capturable': 0,
     'amount_details': {'tip': {}},
     'amount_received': 0,
@@ -584,10 +585,18 @@ def _pi_create(cls, confirm=None, off_session=None, **data):
 
     # Payment method types: payment_method_types (older clients),
     # allowed_payment_method_types (async-stripe 1.0), or automatic.
-    types = None
-    for p in ('payment_method_types', 'allowed_payment_method_types'):
-        if data.get(p) is not None or extra.get(p) is not None:
-            types = _str_list(data.pop(p, None) or extra.get(p), p)
+    types = allowed = None
+    if data.get('payment_method_types') is not None:
+        types = _str_list(data['payment_method_types'],
+                          'payment_method_types')
+    if extra.get('allowed_payment_method_types') is not None:
+        if types is not None:
+            raise UserError(400, 'You may only specify one of these '
+                                 'parameters: allowed_payment_method_types, '
+                                 'payment_method_types.',
+                            {'param': 'allowed_payment_method_types'})
+        types = allowed = _str_list(extra['allowed_payment_method_types'],
+                                    'allowed_payment_method_types')
     data.pop('payment_method_types', None)
     apm = extra.get('automatic_payment_methods')
     if apm is not None:
@@ -627,6 +636,7 @@ def _pi_create(cls, confirm=None, off_session=None, **data):
 
     obj = cls(**data)   # stock constructor: amount, currency, customer, ...
     obj.payment_method_types = types or ['card']
+    obj.allowed_payment_method_types = allowed
     obj.automatic_payment_methods = apm
     obj.excluded_payment_method_types = excluded
     obj.confirmation_method = cm or 'automatic'

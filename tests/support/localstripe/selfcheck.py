@@ -170,11 +170,26 @@ def find_fixtures(explicit):
              % [c for c in candidates if c])
 
 
+def server_python():
+    """The interpreter for compat.py: this one if it has aiohttp, else the
+    venv made by setup.sh."""
+    if os.environ.get('LOCALSTRIPE_PYTHON_BIN'):
+        return os.environ['LOCALSTRIPE_PYTHON_BIN']
+    try:
+        import aiohttp  # noqa: F401
+        import localstripe  # noqa: F401
+        return sys.executable
+    except ImportError:
+        venv = os.environ.get('LOCALSTRIPE_VENV') or \
+            os.path.join(REPO, '.tools', 'localstripe-venv')
+        return os.path.join(venv, 'bin', 'python')
+
+
 class Server:
     def __init__(self, verbose):
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, 'compat.py'), '--host',
+            [server_python(), os.path.join(HERE, 'compat.py'), '--host',
              '127.0.0.1', '--port', '0'],
             stdout=subprocess.PIPE, stderr=None if verbose else self.log,
             text=True)
@@ -241,6 +256,7 @@ class Checker:
         self.passed = 0
         self.failed = []
         self.seen = {k: [] for k in RESOURCES}
+        self.errors = []
 
     def check(self, cond, what, detail=''):
         if cond:
@@ -255,6 +271,9 @@ class Checker:
 
     def collect(self, label, data):
         """Remember every object of the five kinds found in a response."""
+        if isinstance(data, dict) and label.endswith('error') and \
+                isinstance(data.get('error'), dict):
+            self.errors.append(data['error'])
         if isinstance(data, dict):
             kind = data.get('object')
             if isinstance(kind, str) and kind in self.seen and 'id' in data:
@@ -341,7 +360,8 @@ def run(c, s, s2):
     ok(st == 200 and pi.get('status') == 'requires_payment_method',
        'create PI without pm -> requires_payment_method', (st, pi))
     ok(pi.get('description') == 'Invoice INV-1', 'description stored')
-    ok(pi.get('payment_method_types') == ['card'],
+    ok(pi.get('payment_method_types') == ['card'] and
+       pi.get('allowed_payment_method_types') == ['card'],
        'allowed_payment_method_types -> payment_method_types')
     ok(isinstance(pi.get('customer'), dict), 'expand[]=customer expands')
     c.collect('pi.create.expanded', pi)
@@ -681,6 +701,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--fixtures')
     ap.add_argument('-v', '--verbose', action='store_true')
+    ap.add_argument('--dump-objects', metavar='FILE',
+                    help='write every checked object as "kind<TAB>json" '
+                         'lines (for parsing them with the Rust client)')
     args = ap.parse_args()
     path = find_fixtures(args.fixtures)
     with open(path) as f:
@@ -732,6 +755,15 @@ def main():
         not shape_gaps('payment_intent', fixtures['payment_intent'],
                        e['data']['object']) for e in pi_events),
         'payment_intent.* events carry current-shape PaymentIntents')
+
+    if args.dump_objects:
+        with open(args.dump_objects, 'w') as f:
+            for kind in RESOURCES:
+                for label, obj in c.seen[kind]:
+                    if 'expanded' not in label:
+                        f.write('%s\t%s\n' % (kind, json.dumps(obj)))
+            for err in c.errors:
+                f.write('error\t%s\n' % json.dumps(err))
 
     print('selfcheck: %d passed, %d failed' % (c.passed, len(c.failed)))
     sys.exit(1 if c.failed else 0)
