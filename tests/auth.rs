@@ -14,7 +14,12 @@ async fn calls_without_a_valid_token_are_unauthenticated(db: Db) {
         .await
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated);
-    for header in ["Bearer wrong-token", "Bearer ", BILLING_TOKEN, "Basic YmlsbGluZw=="] {
+    for header in [
+        "Bearer wrong-token",
+        "Bearer ",
+        BILLING_TOKEN,
+        "Basic YmlsbGluZw==",
+    ] {
         let mut request = tonic::Request::new(pb::ListPaymentsRequest::default());
         request
             .metadata_mut()
@@ -27,17 +32,29 @@ async fn calls_without_a_valid_token_are_unauthenticated(db: Db) {
 
 async fn another_tenants_payment_is_not_found(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("k", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("k", "inv-1"))
+        .await
+        .expect("created");
     let id = answer.payment.expect("payment").id;
     let mut client = app.client.clone();
 
     let status = client
-        .get_payment(as_tenant(ORDERS_TOKEN, pb::GetPaymentRequest { id: id.clone(), refresh: true }))
+        .get_payment(as_tenant(
+            ORDERS_TOKEN,
+            pb::GetPaymentRequest {
+                id: id.clone(),
+                refresh: true,
+            },
+        ))
         .await
         .expect_err("hidden");
     assert_eq!(status.code(), Code::NotFound);
     let status = client
-        .cancel_payment(as_tenant(ORDERS_TOKEN, pb::CancelPaymentRequest { id: id.clone() }))
+        .cancel_payment(as_tenant(
+            ORDERS_TOKEN,
+            pb::CancelPaymentRequest { id: id.clone() },
+        ))
         .await
         .expect_err("hidden");
     assert_eq!(status.code(), Code::NotFound);
@@ -49,7 +66,10 @@ async fn another_tenants_payment_is_not_found(db: Db) {
     assert!(listed.payments.is_empty());
 
     // A payment id that exists nowhere answers the same way.
-    let status = app.get("pay_aaaaaaaaaaaaaaaaaaaaaaaaaa", false).await.expect_err("absent");
+    let status = app
+        .get("pay_aaaaaaaaaaaaaaaaaaaaaaaaaa", false)
+        .await
+        .expect_err("absent");
     assert_eq!(status.code(), Code::NotFound);
     // And the owner still sees it, uncancelled.
     let payment = app.get(&id, false).await.expect("own payment");
@@ -58,7 +78,10 @@ async fn another_tenants_payment_is_not_found(db: Db) {
 
 async fn tenants_have_separate_idempotency_keys_and_invoices(db: Db) {
     let app = TestApp::spawn(db).await;
-    let billing = app.create(create_request("same-key", "inv-1")).await.expect("billing");
+    let billing = app
+        .create(create_request("same-key", "inv-1"))
+        .await
+        .expect("billing");
     let orders = app
         .client
         .clone()
@@ -67,7 +90,10 @@ async fn tenants_have_separate_idempotency_keys_and_invoices(db: Db) {
         .expect("orders")
         .into_inner();
     assert!(billing.created && orders.created);
-    assert_ne!(billing.payment.expect("p").id, orders.payment.expect("p").id);
+    assert_ne!(
+        billing.payment.expect("p").id,
+        orders.payment.expect("p").id
+    );
 }
 
 on_both_databases!(

@@ -9,33 +9,51 @@ use tonic::Code;
 
 async fn cancel_cancels_the_intent_and_frees_the_invoice(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("k1", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
     let payment = answer.payment.expect("payment");
     let cancelled = app.cancel(&payment.id).await.expect("cancelled");
     assert_eq!(cancelled.status(), pb::PaymentStatus::Canceled);
-    let intent = app.stripe.payment_intent(&payment.stripe_payment_intent_id).await;
+    let intent = app
+        .stripe
+        .payment_intent(&payment.stripe_payment_intent_id)
+        .await;
     assert_eq!(intent["status"], "canceled");
 
     // Cancelling again answers the same, without another cancel at Stripe.
     let again = app.cancel(&payment.id).await.expect("idempotent");
     assert_eq!(again.status(), pb::PaymentStatus::Canceled);
     assert_eq!(
-        app.stripe.count("POST /v1/payment_intents/{id}/cancel").await,
+        app.stripe
+            .count("POST /v1/payment_intents/{id}/cancel")
+            .await,
         1
     );
 
     // The invoice may now be paid by a new payment.
-    let next = app.create(create_request("k2", "inv-1")).await.expect("new payment");
+    let next = app
+        .create(create_request("k2", "inv-1"))
+        .await
+        .expect("new payment");
     assert!(next.created);
     assert_ne!(next.payment.expect("payment").id, payment.id);
 }
 
 async fn a_succeeded_payment_cannot_be_cancelled(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("k1", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
     let payment = answer.payment.expect("payment");
     app.stripe
-        .pay(&payment.stripe_payment_intent_id, &answer.client_secret, CARD_SUCCEEDS)
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
         .await;
     // Not yet refreshed: paybridge still believes it is open, Stripe refuses the cancel, and the
     // payment is recorded as what Stripe says it is.
@@ -52,20 +70,31 @@ async fn a_succeeded_payment_cannot_be_cancelled(db: Db) {
 
 async fn get_with_refresh_records_what_stripe_says(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app.create(create_request("k1", "inv-1")).await.expect("created");
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
     let payment = answer.payment.expect("payment");
     app.stripe
-        .pay(&payment.stripe_payment_intent_id, &answer.client_secret, CARD_SUCCEEDS)
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
         .await;
     let stale = app.get(&payment.id, false).await.expect("get");
     assert_eq!(stale.status(), pb::PaymentStatus::RequiresPaymentMethod);
     let fresh = app.get(&payment.id, true).await.expect("refresh");
     assert_eq!(fresh.status(), pb::PaymentStatus::Succeeded);
-    assert!(fresh.updated_at >= stale.updated_at);
+    let seconds = |p: &pb::Payment| p.updated_at.as_ref().map(|t| (t.seconds, t.nanos));
+    assert!(seconds(&fresh) >= seconds(&stale));
     // A terminal payment is not re-read from Stripe.
     let retrieves = app.stripe.count("GET /v1/payment_intents/{id}").await;
     app.get(&payment.id, true).await.expect("refresh");
-    assert_eq!(app.stripe.count("GET /v1/payment_intents/{id}").await, retrieves);
+    assert_eq!(
+        app.stripe.count("GET /v1/payment_intents/{id}").await,
+        retrieves
+    );
 }
 
 async fn list_pages_newest_first_without_gaps_or_repeats(db: Db) {
@@ -105,12 +134,20 @@ async fn list_pages_newest_first_without_gaps_or_repeats(db: Db) {
 
 async fn list_filters_by_invoice_and_status(db: Db) {
     let app = TestApp::spawn(db).await;
-    let first = app.create(create_request("k1", "inv-a")).await.expect("created");
+    let first = app
+        .create(create_request("k1", "inv-a"))
+        .await
+        .expect("created");
     let first_id = first.payment.expect("payment").id;
     app.cancel(&first_id).await.expect("cancelled");
-    let second = app.create(create_request("k2", "inv-a")).await.expect("created");
+    let second = app
+        .create(create_request("k2", "inv-a"))
+        .await
+        .expect("created");
     let second_id = second.payment.expect("payment").id;
-    app.create(create_request("k3", "inv-b")).await.expect("created");
+    app.create(create_request("k3", "inv-b"))
+        .await
+        .expect("created");
 
     let by_invoice = app
         .list(pb::ListPaymentsRequest {

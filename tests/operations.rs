@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Db, TestApp};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 async fn health_status(app: &TestApp, service: &str) -> ServingStatus {
     let answer = HealthClient::new(app.channel.clone())
@@ -35,16 +35,19 @@ async fn wait_for_health(app: &TestApp, want: ServingStatus) -> ServingStatus {
 
 async fn health_is_serving_once_the_database_is_migrated(db: Db) {
     let app = TestApp::spawn(db).await;
-    assert_eq!(wait_for_health(&app, ServingStatus::Serving).await, ServingStatus::Serving);
+    assert_eq!(
+        wait_for_health(&app, ServingStatus::Serving).await,
+        ServingStatus::Serving
+    );
     assert_eq!(health_status(&app, "").await, ServingStatus::Serving);
     app.stop().await.expect("stops cleanly");
 }
 
 async fn reflection_lists_the_payment_service(db: Db) {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let app = TestApp::spawn(db).await;
     let request = ServerReflectionRequest {
@@ -56,13 +59,23 @@ async fn reflection_lists_the_payment_service(db: Db) {
         .await
         .expect("reflection")
         .into_inner();
-    let answer = answers.message().await.expect("stream").expect("one answer");
+    let answer = answers
+        .message()
+        .await
+        .expect("stream")
+        .expect("one answer");
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected reflection answer {answer:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"paybridge.v1.PaymentService".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"paybridge.v1.PaymentService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 }
 
 on_both_databases!(
@@ -74,7 +87,9 @@ on_both_databases!(
 
 fn paybridge() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_paybridge"));
-    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command
 }
 
@@ -90,10 +105,18 @@ fn migrate_creates_the_sqlite_file_and_is_repeatable() {
     let db = dir.path().join("fresh.db");
     for _ in 0..2 {
         let output = paybridge()
-            .args(["migrate", "--database-url", &format!("sqlite:{}", db.display())])
+            .args([
+                "migrate",
+                "--database-url",
+                &format!("sqlite:{}", db.display()),
+            ])
             .output()
             .expect("runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     assert!(db.exists());
 }
@@ -105,13 +128,19 @@ fn a_bad_configuration_stops_start_up_with_one_line_naming_the_setting() {
     let secret = "sk_test_must_never_be_printed";
     let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
         (
-            vec![("PAYBRIDGE_TENANTS_FILE", dir.path().join("missing.toml").display().to_string())],
+            vec![(
+                "PAYBRIDGE_TENANTS_FILE",
+                dir.path().join("missing.toml").display().to_string(),
+            )],
             "PAYBRIDGE_TENANTS_FILE",
         ),
         (
             vec![
                 ("PAYBRIDGE_TENANTS_FILE", tenants.display().to_string()),
-                ("PAYBRIDGE_STRIPE_SECRET_KEY", "pk_test_wrong_kind".to_owned()),
+                (
+                    "PAYBRIDGE_STRIPE_SECRET_KEY",
+                    "pk_test_wrong_kind".to_owned(),
+                ),
             ],
             "PAYBRIDGE_STRIPE_SECRET_KEY",
         ),
@@ -146,7 +175,13 @@ fn a_bad_configuration_stops_start_up_with_one_line_naming_the_setting() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{setting}: started anyway");
         assert!(
-            stderr.contains(setting) || stderr.contains(&setting.replace("PAYBRIDGE_", "--").to_lowercase().replace('_', "-")),
+            stderr.contains(setting)
+                || stderr.contains(
+                    &setting
+                        .replace("PAYBRIDGE_", "--")
+                        .to_lowercase()
+                        .replace('_', "-")
+                ),
             "{setting}: {stderr}"
         );
         assert!(!stderr.contains(secret), "the secret key leaked: {stderr}");
@@ -178,8 +213,16 @@ fn serve_drains_and_exits_zero_on_sigterm() {
         .find(|line| line.contains("paybridge serving"))
         .expect("logs that it serves");
     let log: serde_json::Value = serde_json::from_str(&serving).expect("JSON log line");
-    assert!(log["grpc_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{log}");
-    assert!(dir.path().join("paybridge.db").exists(), "SQLite file created on first start");
+    assert!(
+        log["grpc_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{log}"
+    );
+    assert!(
+        dir.path().join("paybridge.db").exists(),
+        "SQLite file created on first start"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

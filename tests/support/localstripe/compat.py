@@ -1078,10 +1078,36 @@ def _three_ds_page(request, pi_id):
     raise web.HTTPSeeOther(location)
 
 
+# Stripe.js authenticates with the publishable key sent as `key` in the form: it creates
+# PaymentMethods and confirms PaymentIntents (with their client secret) that way. Stock
+# localstripe accepts that only for tokens and sources; accept it here for those two calls too.
+_PUBLISHABLE_KEY_PATHS = (
+    re.compile(r'^/v1/payment_methods$'),
+    re.compile(r'^/v1/payment_intents/\w+/confirm$'),
+)
+_PUBLISHABLE_KEY_STAND_IN = 'sk_test_publishable_key_stand_in'
+
+
+async def _accept_publishable_key(request):
+    if request.method != 'POST' or 'Authorization' in request.headers:
+        return request
+    if not any(p.match(request.path) for p in _PUBLISHABLE_KEY_PATHS):
+        return request
+    form = parse_qsl((await request.read()).decode('utf-8'))
+    if not any(k == 'key' and v.startswith('pk_') for k, v in form):
+        return request
+    if request.path.endswith('/confirm') and not any(
+            k == 'client_secret' and v for k, v in form):
+        return request   # with a publishable key, Stripe requires the client secret
+    request['paybridge_publishable_key'] = True
+    return request
+
+
 @web.middleware
 async def compat_middleware(request, handler):
     if request.path.startswith('/_test/'):
         return await _test_endpoint(request)
+    request = await _accept_publishable_key(request)
 
     request_id = 'req_' + _rand(14)
     idem_key = request.headers.get('Idempotency-Key')
@@ -1149,6 +1175,8 @@ async def _dispatch(request, handler, ctx, is_api, idem_key):
 
 
 def _patched_get_api_key(request):
+    if request.get('paybridge_publishable_key'):
+        return _PUBLISHABLE_KEY_STAND_IN
     parts = request.headers.get('Authorization', '').split(' ')
     if len(parts) != 2:
         return None
