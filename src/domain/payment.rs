@@ -120,10 +120,10 @@ impl Payment {
         currency: &str,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), IntentMismatch> {
-        if let Some(recorded) = &self.stripe_payment_intent_id {
-            if recorded != intent_id {
-                return Err(IntentMismatch::Id);
-            }
+        if let Some(recorded) = &self.stripe_payment_intent_id
+            && recorded != intent_id
+        {
+            return Err(IntentMismatch::Id);
         }
         if amount != self.amount {
             return Err(IntentMismatch::Amount {
