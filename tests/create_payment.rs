@@ -291,3 +291,45 @@ on_both_databases!(
     a_lost_stripe_answer_is_recovered_with_the_same_intent,
     stripe_retries_inside_one_call_reuse_the_idempotency_key,
 );
+
+async fn every_status_change_is_appended_to_the_event_log(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(create_request("key-1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    app.stripe
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
+        .await;
+    app.get(&payment.id, true).await.expect("refreshed");
+    app.get(&payment.id, true)
+        .await
+        .expect("refreshed again: no change");
+
+    let store = paybridge::adapters::store::Store::connect(&app.database_url, 1)
+        .await
+        .expect("store");
+    let events = store.payment_events(&payment.id).await.expect("events");
+    let events: Vec<(&str, Option<&str>, &str)> = events
+        .iter()
+        .map(|(source, from, to)| (source.as_str(), from.as_deref(), to.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("create", None, "creating"),
+            ("create", Some("creating"), "requires_payment_method"),
+            ("refresh", Some("requires_payment_method"), "succeeded"),
+        ]
+    );
+}
+
+mod event_log {
+    use super::*;
+    on_both_databases!(every_status_change_is_appended_to_the_event_log);
+}
