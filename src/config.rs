@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::tenants::Tenants;
+use crate::tenants::{Tenants, TokenHash};
 
 /// paybridge: collects money for internal platforms' invoices through Stripe.
 #[derive(Debug, Parser)]
@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// The tenants file (TOML).
     #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]
     pub tenants_file: PathBuf,
+    /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
+    /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
+    pub gateway_token_sha256: Option<String>,
     /// Longest time a gRPC call may take before it is cut off.
     #[arg(long, env = "PAYBRIDGE_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub request_timeout: Duration,
@@ -129,6 +133,8 @@ pub struct ServeConfig {
     pub stripe_max_retries: u32,
     pub return_url: Url,
     pub tenants: Tenants,
+    /// SHA-256 of the return gateway's token.
+    pub gateway_token_sha256: Option<TokenHash>,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -147,6 +153,17 @@ impl ServeArgs {
         if !matches!(self.return_url.scheme(), "https" | "http") {
             return Err("PAYBRIDGE_RETURN_URL: must be an http(s) URL".to_owned());
         }
+        let gateway_token_sha256 = match &self.gateway_token_sha256 {
+            None => None,
+            Some(hex) => {
+                let hash = TokenHash::parse_hex(hex)
+                    .map_err(|error| format!("PAYBRIDGE_GATEWAY_TOKEN_SHA256: {error}"))?;
+                if tenants.uses_token_hash(&hash) {
+                    return Err("PAYBRIDGE_GATEWAY_TOKEN_SHA256: the gateway's token must differ from every tenant's".to_owned());
+                }
+                Some(hash)
+            }
+        };
         crate::adapters::store::Backend::from_url(&self.database.database_url)
             .map_err(|error| format!("PAYBRIDGE_DATABASE_URL: {error}"))?;
         Ok(ServeConfig {
@@ -161,6 +178,7 @@ impl ServeArgs {
             stripe_max_retries: self.stripe_max_retries,
             return_url: self.return_url,
             tenants,
+            gateway_token_sha256,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),

@@ -19,7 +19,7 @@ use crate::adapters::stripe::{StripeConfig, StripeProvider};
 use crate::app::{PaymentSettings, Payments};
 use crate::config::ServeConfig;
 use crate::pb::v1 as pb;
-use crate::tenants::Tenants;
+use crate::tenants::{Tenants, TokenHash};
 use crate::transport::grpc::PaymentGrpcService;
 
 /// The gRPC service name health reports on, beside the overall `""`.
@@ -33,6 +33,7 @@ pub struct Application {
     store: Store,
     payments: Arc<Payments>,
     tenants: Arc<Tenants>,
+    gateway_token: Option<TokenHash>,
     request_timeout: Duration,
     shutdown_grace: Duration,
     health_interval: Duration,
@@ -73,6 +74,7 @@ impl Application {
             store,
             payments,
             tenants: Arc::new(config.tenants),
+            gateway_token: config.gateway_token_sha256,
             request_timeout: config.request_timeout,
             shutdown_grace: config.shutdown_grace,
             health_interval: config.health_interval,
@@ -103,7 +105,7 @@ impl Application {
             .build_v1()
             .context("building the reflection service")?;
         let payment_service = pb::payment_service_server::PaymentServiceServer::new(
-            PaymentGrpcService::new(self.payments, self.tenants),
+            PaymentGrpcService::new(self.payments, self.tenants, self.gateway_token),
         );
 
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();

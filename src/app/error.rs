@@ -3,7 +3,7 @@
 
 use crate::adapters::store::StoreError;
 use crate::app::ports::ProviderError;
-use crate::domain::{PaymentStatus, ValidationError};
+use crate::domain::{IntentMismatch, PaymentStatus, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -38,6 +38,10 @@ pub enum AppError {
     /// The database could not be reached. → `UNAVAILABLE`.
     #[error("database unavailable")]
     StoreUnavailable(#[source] StoreError),
+    /// The intent at Stripe is not this payment's (amount, currency or metadata differ): nothing
+    /// is recorded. → `INTERNAL` (VerifyReturn answers REJECTED instead).
+    #[error("the PaymentIntent at Stripe does not match the payment: {0}")]
+    IntentMismatch(IntentMismatch),
     /// Anything else: logged with its cause, answered without it. → `INTERNAL`.
     #[error("internal error: {0}")]
     Internal(String),

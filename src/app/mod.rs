@@ -2,17 +2,20 @@
 //! layer authenticates the caller, parses the request into the command types here, and calls them.
 
 mod cancel;
+mod coalesce;
 mod create;
 mod error;
 mod locks;
 pub mod ports;
 mod query;
 mod sync;
+mod verify_return;
 
 use std::sync::Arc;
 
 use crate::adapters::store::Store;
 use crate::domain::Payment;
+use coalesce::IntentReads;
 use locks::PaymentLocks;
 use ports::PaymentProvider;
 
@@ -20,6 +23,7 @@ pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
 pub(crate) use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
+pub use verify_return::{ReturnCaller, ReturnQuery, VerifiedReturn};
 
 /// Settings the use cases hand to callers.
 #[derive(Debug, Clone)]
@@ -37,6 +41,7 @@ pub struct Payments {
     provider: Arc<dyn PaymentProvider>,
     settings: PaymentSettings,
     locks: PaymentLocks,
+    intent_reads: IntentReads,
 }
 
 impl Payments {
@@ -50,6 +55,7 @@ impl Payments {
             provider,
             settings,
             locks: PaymentLocks::default(),
+            intent_reads: IntentReads::default(),
         }
     }
 

@@ -66,7 +66,7 @@ impl std::fmt::Debug for ProviderIntent {
 }
 
 /// What can go wrong when talking to the provider.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// The provider could not be reached or kept failing (connection errors, timeouts, 429, 5xx)
     /// after the retries. Safe to retry later with the same idempotency key. Becomes `UNAVAILABLE`.

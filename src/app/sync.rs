@@ -19,12 +19,15 @@ impl Payments {
         let Some(intent_id) = payment.stripe_payment_intent_id.clone() else {
             return self.finish_creating(payment).await;
         };
-        let intent = self.provider.retrieve_payment_intent(&intent_id).await?;
+        let intent = self
+            .intent_reads
+            .retrieve(self.provider.as_ref(), &intent_id)
+            .await?;
         payment
             .check_intent(&intent.id, intent.amount, &intent.currency, &intent.metadata)
             .map_err(|mismatch| {
-                tracing::error!(payment_id = %payment.id, payment_intent = %intent_id, %mismatch, "intent at Stripe does not match the payment");
-                AppError::Internal(format!("intent at Stripe does not match: {mismatch}"))
+                tracing::error!(payment_id = %payment.id, payment_intent = %intent_id, %mismatch, "intent at Stripe does not match the payment; nothing recorded");
+                AppError::IntentMismatch(mismatch)
             })?;
         self.record_observation(payment, &observation_of(&intent), source)
             .await

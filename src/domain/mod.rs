@@ -11,6 +11,7 @@ mod metadata;
 mod money;
 mod payment;
 mod redirect;
+mod return_outcome;
 mod status;
 mod validation;
 
@@ -23,5 +24,6 @@ pub use payment::{
     IntentMismatch, LastPaymentError, Observation, PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
 pub use redirect::{RedirectOrigin, RedirectUrl};
+pub use return_outcome::ReturnOutcome;
 pub use status::PaymentStatus;
 pub use validation::{FieldViolation, ValidationError, Violations};

@@ -15,7 +15,7 @@ use paybridge::config::ServeConfig;
 use paybridge::pb::v1 as pb;
 use paybridge::pb::v1::payment_service_client::PaymentServiceClient;
 use paybridge::startup::Application;
-use paybridge::tenants::Tenants;
+use paybridge::tenants::{Tenants, TokenHash};
 use secrecy::SecretString;
 use tonic::transport::Channel;
 
@@ -30,6 +30,7 @@ pub enum Db {
 
 pub const BILLING_TOKEN: &str = "billing-test-token";
 pub const ORDERS_TOKEN: &str = "orders-test-token";
+pub const GATEWAY_TOKEN: &str = "gateway-test-token";
 pub const PUBLISHABLE_KEY: &str = "pk_test_paybridge";
 pub const RETURN_URL: &str = "https://pay.example.com/payment/return";
 
@@ -126,6 +127,7 @@ impl TestApp {
             stripe_max_retries: options.stripe_max_retries,
             return_url: RETURN_URL.parse().expect("return url"),
             tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
+            gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             health_interval: options.health_interval,

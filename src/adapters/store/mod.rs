@@ -251,6 +251,24 @@ impl Store {
         row.map(Payment::try_from).transpose()
     }
 
+    /// The payment of a PaymentIntent, only if it belongs to `tenant` (when given).
+    pub async fn find_payment_by_intent(
+        &self,
+        tenant: Option<&str>,
+        intent_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        let sql = format!(
+            "select {PAYMENT_COLUMNS} from payment \
+             where stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)"
+        );
+        let row: Option<PaymentRow> = sqlx::query_as(&sql)
+            .bind(intent_id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Payment::try_from).transpose()
+    }
+
     /// One payment by id, only if it belongs to `tenant` (when given).
     pub async fn get_payment(
         &self,

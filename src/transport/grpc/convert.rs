@@ -4,12 +4,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::adapters::store::ListCursor;
-use crate::app::{CreatePaymentCommand, CreatedPayment, ListPaymentsQuery};
+use crate::app::{
+    CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, ReturnQuery, VerifiedReturn,
+};
 use crate::app::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::domain::{
     Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
-    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, StripeCustomerId,
-    ValidationError, Violations,
+    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome,
+    StripeCustomerId, ValidationError, Violations,
 };
 use crate::pb::v1 as pb;
 use crate::tenants::Tenant;
@@ -247,5 +249,71 @@ pub(super) fn created_to_proto(created: CreatedPayment) -> pb::CreateInvoicePaym
         publishable_key: created.publishable_key,
         return_url: created.return_url,
         created: created.created,
+    }
+}
+
+/// Checks the shape of a return query: a `pi_` id, a client secret of that intent's form, and a
+/// short hint. Anything else is INVALID_ARGUMENT before any lookup.
+pub(super) fn return_query(
+    request: pb::VerifyReturnRequest,
+) -> Result<ReturnQuery, ValidationError> {
+    let mut violations = Violations::new();
+    let is_id_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let intent_ok = request.payment_intent.len() <= 255
+        && request
+            .payment_intent
+            .strip_prefix("pi_")
+            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(is_id_char));
+    if !intent_ok {
+        violations.push(FieldViolation::new(
+            "payment_intent",
+            "must be a PaymentIntent id (pi_…)",
+        ));
+    }
+    let secret_ok = request.payment_intent_client_secret.len() <= 500
+        && request
+            .payment_intent_client_secret
+            .strip_prefix(&format!("{}_secret_", request.payment_intent))
+            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(is_id_char));
+    if !secret_ok {
+        violations.push(FieldViolation::new(
+            "payment_intent_client_secret",
+            "must be the client secret of payment_intent",
+        ));
+    }
+    if request.redirect_status.len() > 32
+        || !request
+            .redirect_status
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_')
+    {
+        violations.push(FieldViolation::new(
+            "redirect_status",
+            "must be a short lowercase word",
+        ));
+    }
+    violations.finish()?;
+    Ok(ReturnQuery {
+        payment_intent: request.payment_intent,
+        client_secret: request.payment_intent_client_secret,
+        redirect_status: request.redirect_status,
+    })
+}
+
+fn outcome_to_proto(outcome: ReturnOutcome) -> pb::ReturnOutcome {
+    match outcome {
+        ReturnOutcome::Succeeded => pb::ReturnOutcome::Succeeded,
+        ReturnOutcome::Processing => pb::ReturnOutcome::Processing,
+        ReturnOutcome::Failed => pb::ReturnOutcome::Failed,
+        ReturnOutcome::Canceled => pb::ReturnOutcome::Canceled,
+        ReturnOutcome::Rejected => pb::ReturnOutcome::Rejected,
+    }
+}
+
+pub(super) fn verified_return_to_proto(verified: VerifiedReturn) -> pb::VerifyReturnResponse {
+    pb::VerifyReturnResponse {
+        payment: verified.payment.map(payment_to_proto),
+        outcome: outcome_to_proto(verified.outcome).into(),
+        redirect_url: verified.redirect_url.unwrap_or_default(),
     }
 }

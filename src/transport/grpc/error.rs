@@ -39,6 +39,10 @@ impl From<AppError> for Status {
                 tracing::error!(error = %error_chain(cause), "database unavailable");
                 Status::unavailable("database unavailable; retry later")
             }
+            AppError::IntentMismatch(ref mismatch) => {
+                tracing::error!(%mismatch, "intent mismatch");
+                Status::internal("the PaymentIntent at Stripe does not match the payment")
+            }
             AppError::Internal(ref cause) => {
                 tracing::error!(error = %cause, "internal error");
                 Status::internal("internal error")

@@ -5,22 +5,32 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::authenticate;
+use super::auth::{Caller, authenticate, authenticate_caller};
 use super::convert;
-use crate::app::Payments;
+use crate::app::{Payments, ReturnCaller};
 use crate::pb::v1 as pb;
-use crate::tenants::Tenants;
+use crate::tenants::{Tenants, TokenHash};
 
 /// The gRPC face of [`Payments`].
 #[derive(Debug, Clone)]
 pub struct PaymentGrpcService {
     payments: Arc<Payments>,
     tenants: Arc<Tenants>,
+    /// SHA-256 of the return gateway's token; `None` when no gateway is configured.
+    gateway_token: Option<TokenHash>,
 }
 
 impl PaymentGrpcService {
-    pub fn new(payments: Arc<Payments>, tenants: Arc<Tenants>) -> Self {
-        PaymentGrpcService { payments, tenants }
+    pub fn new(
+        payments: Arc<Payments>,
+        tenants: Arc<Tenants>,
+        gateway_token: Option<TokenHash>,
+    ) -> Self {
+        PaymentGrpcService {
+            payments,
+            tenants,
+            gateway_token,
+        }
     }
 }
 
@@ -90,5 +100,48 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .cancel_payment(tenant.id().as_str(), id.as_str())
             .await?;
         Ok(Response::new(convert::payment_to_proto(payment)))
+    }
+
+    async fn verify_return(
+        &self,
+        request: Request<pb::VerifyReturnRequest>,
+    ) -> Result<Response<pb::VerifyReturnResponse>, Status> {
+        let caller = authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)?;
+        let caller = match caller {
+            Caller::Gateway => ReturnCaller::Gateway,
+            Caller::Tenant(tenant) => ReturnCaller::Tenant(tenant.id().as_str()),
+        };
+        let query =
+            convert::return_query(request.into_inner()).map_err(crate::app::AppError::from)?;
+        let verified = self.payments.verify_return(caller, &query).await?;
+        Ok(Response::new(convert::verified_return_to_proto(verified)))
+    }
+
+    async fn handle_stripe_event(
+        &self,
+        request: Request<pb::HandleStripeEventRequest>,
+    ) -> Result<Response<pb::HandleStripeEventResponse>, Status> {
+        match authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)? {
+            Caller::Gateway => {}
+            Caller::Tenant(_) => {
+                return Err(Status::permission_denied(
+                    "only the return gateway hands in Stripe events",
+                ));
+            }
+        }
+        Err(Status::unimplemented(
+            "webhook handling is not available yet",
+        ))
+    }
+
+    type WatchPaymentStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Payment, Status>> + Send>>;
+
+    async fn watch_payment(
+        &self,
+        request: Request<pb::WatchPaymentRequest>,
+    ) -> Result<Response<Self::WatchPaymentStream>, Status> {
+        authenticate(&self.tenants, &request)?;
+        Err(Status::unimplemented("WatchPayment is not available yet"))
     }
 }
