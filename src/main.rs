@@ -40,6 +40,13 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => {
+            let shutdown = match shutdown_signal() {
+                Ok(shutdown) => shutdown,
+                Err(error) => {
+                    eprintln!("error: listening for signals: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let config = match args.into_config() {
                 Ok(config) => config,
                 Err(error) => {
@@ -54,7 +61,7 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match app.run_until_stopped(shutdown_signal()).await {
+            match app.run_until_stopped(shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");
