@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod events;
 pub mod localstripe;
 pub mod postgres;
 
@@ -77,7 +78,8 @@ fn init_logs() {
 pub struct TestApp {
     pub client: PaymentServiceClient<Channel>,
     pub channel: Channel,
-    pub stripe: LocalStripe,
+    /// Shared with replicas (`spawn_replica`).
+    pub stripe: std::sync::Arc<LocalStripe>,
     pub database_url: String,
     pub db: Db,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -90,11 +92,21 @@ pub struct Options {
     pub stripe_timeout: Duration,
     pub stripe_max_retries: u32,
     pub health_interval: Duration,
+    /// Webhook signing secrets the core accepts (current first).
+    pub webhook_secrets: Vec<String>,
+    /// Zero (the default in tests) turns the reconciler off.
+    pub reconcile_interval: Duration,
+    pub reconcile_after: Duration,
 }
+
+pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
 
 impl Default for Options {
     fn default() -> Self {
         Options {
+            webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
+            reconcile_interval: Duration::ZERO,
+            reconcile_after: Duration::from_secs(60),
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
@@ -110,11 +122,34 @@ impl TestApp {
     pub async fn spawn_with(db: Db, options: Options) -> TestApp {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let stripe = LocalStripe::start().await;
+        let stripe = std::sync::Arc::new(LocalStripe::start().await);
         let database_url = match db {
             Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
             Db::Postgres => postgres::fresh_database().await,
         };
+        TestApp::start(db, options, dir, stripe, database_url).await
+    }
+
+    /// Another replica of paybridge on the same database and Stripe fake.
+    pub async fn spawn_replica(&self, options: Options) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestApp::start(
+            self.db,
+            options,
+            dir,
+            std::sync::Arc::clone(&self.stripe),
+            self.database_url.clone(),
+        )
+        .await
+    }
+
+    async fn start(
+        db: Db,
+        options: Options,
+        dir: tempfile::TempDir,
+        stripe: std::sync::Arc<LocalStripe>,
+        database_url: String,
+    ) -> TestApp {
         let config = ServeConfig {
             database_url: database_url.clone(),
             database_max_connections: 16,
@@ -128,6 +163,15 @@ impl TestApp {
             return_url: RETURN_URL.parse().expect("return url"),
             tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
             gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
+            stripe_webhook_secrets: options
+                .webhook_secrets
+                .iter()
+                .map(|s| SecretString::from(s.clone()))
+                .collect(),
+            stripe_webhook_tolerance: Duration::from_secs(300),
+            reconcile_interval: options.reconcile_interval,
+            reconcile_after: options.reconcile_after,
+            reconcile_batch: 100,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             health_interval: options.health_interval,
