@@ -82,6 +82,8 @@ pub struct TestApp {
     pub stripe: std::sync::Arc<LocalStripe>,
     pub database_url: String,
     pub db: Db,
+    /// Where the core serves `/metrics`.
+    pub admin_addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -160,6 +162,8 @@ impl TestApp {
             stripe_api_base: stripe.base_url.parse().expect("stripe url"),
             stripe_timeout: options.stripe_timeout,
             stripe_max_retries: options.stripe_max_retries,
+            stripe_max_rps: 1000,
+            admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
             return_url: RETURN_URL.parse().expect("return url"),
             tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
             gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
@@ -178,6 +182,7 @@ impl TestApp {
         };
         let app = Application::build(config).await.expect("app builds");
         let addr = app.grpc_addr();
+        let admin_addr = app.admin_addr().expect("admin endpoint");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -193,6 +198,7 @@ impl TestApp {
             stripe,
             database_url,
             db,
+            admin_addr,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
