@@ -1,0 +1,398 @@
+//! Load: a tonic client at a fixed concurrency or at a fixed rate (open loop), and an HTTP/1.1
+//! client on a fixed number of keep-alive connections; latencies in microseconds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use paybridge::pb::v1 as pb;
+use pb::payment_service_client::PaymentServiceClient;
+use tokio::net::TcpStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// One measured run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sample {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    /// Latencies of the successful calls, microseconds.
+    pub(crate) latencies: Vec<u32>,
+}
+
+impl Sample {
+    pub(crate) fn rps(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies.sort_unstable();
+        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
+        f64::from(self.latencies[rank.clamp(1, self.latencies.len()) - 1]) / 1000.0
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Bearer(AsciiMetadataValue);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub(crate) type Client = PaymentServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// `channels` HTTP/2 connections to the core, each a tenant client.
+pub(crate) async fn grpc_clients(
+    addr: SocketAddr,
+    token: &str,
+    channels: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let mut clients = Vec::new();
+    for _ in 0..channels.max(1) {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients.push(PaymentServiceClient::with_interceptor(
+            channel,
+            bearer.clone(),
+        ));
+    }
+    Ok(clients)
+}
+
+/// What a created payment leaves for the return and webhook runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Created {
+    pub(crate) intent_id: String,
+    pub(crate) client_secret: String,
+}
+
+/// A CreateInvoicePayment request for a new invoice (an existing Stripe customer, so that each
+/// payment costs exactly one Stripe call at create).
+pub(crate) fn create_request(tag: &str, n: u64) -> pb::CreateInvoicePaymentRequest {
+    pb::CreateInvoicePaymentRequest {
+        idempotency_key: format!("bench-{tag}-{n}"),
+        invoice_id: format!("INV-{tag}-{n}"),
+        amount: 4200,
+        currency: "usd".to_owned(),
+        customer: Some(pb::Customer {
+            who: Some(pb::customer::Who::StripeCustomerId("cus_bench".to_owned())),
+            name: String::new(),
+        }),
+        description: "Bench invoice".to_owned(),
+        metadata: HashMap::from([("order".to_owned(), format!("ord-{n}"))]),
+        success_url: String::new(),
+        failure_url: String::new(),
+    }
+}
+
+async fn create_one(client: &mut Client, tag: &str, n: u64) -> Result<Created, tonic::Status> {
+    let answer = client
+        .create_invoice_payment(create_request(tag, n))
+        .await?
+        .into_inner();
+    let intent_id = answer
+        .payment
+        .map(|p| p.stripe_payment_intent_id)
+        .unwrap_or_default();
+    Ok(Created {
+        intent_id,
+        client_secret: answer.client_secret,
+    })
+}
+
+/// `concurrency` callers, each creating payments back to back for `duration` after `warmup`.
+pub(crate) async fn create_closed_loop(
+    clients: &[Client],
+    tag: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    created: &mut Vec<Created>,
+) -> Sample {
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = clients[i % clients.len()].clone();
+        let counter = counter.clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut sample = Sample::default();
+            let mut made = Vec::new();
+            loop {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let result = create_one(&mut client, &tag, n).await;
+                let done = Instant::now();
+                match result {
+                    Ok(c) => {
+                        made.push(c);
+                        if sent >= measure_from && done <= end {
+                            sample.ok += 1;
+                            sample.latencies.push(micros(done - sent));
+                        }
+                    }
+                    Err(status) => {
+                        if sample.errors == 0 {
+                            eprintln!("  create failed: {:?} {}", status.code(), status.message());
+                        }
+                        sample.errors += 1;
+                    }
+                }
+            }
+            (sample, made)
+        }));
+    }
+    let mut total = Sample {
+        seconds: duration.as_secs_f64(),
+        ..Sample::default()
+    };
+    for task in tasks {
+        if let Ok((sample, made)) = task.await {
+            total.ok += sample.ok;
+            total.errors += sample.errors;
+            total.latencies.extend(sample.latencies);
+            created.extend(made);
+        }
+    }
+    total
+}
+
+/// Open loop: creates sent at `rate` per second regardless of answers (latency counted from the
+/// scheduled send time, so a stall is not hidden), at most `max_in_flight` at once.
+pub(crate) async fn create_open_loop(
+    clients: &[Client],
+    tag: &str,
+    rate: f64,
+    duration: Duration,
+    created: &mut Vec<Created>,
+) -> Sample {
+    let max_in_flight = 4096;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut skipped = 0u64;
+    for n in 0..total {
+        let scheduled = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(scheduled.into()).await;
+        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            skipped += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut client = clients[n as usize % clients.len()].clone();
+        let tag = tag.to_owned();
+        let in_flight = in_flight.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = create_one(&mut client, &tag, n).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            (result.ok(), micros(scheduled.elapsed()))
+        }));
+    }
+    let mut sample = Sample {
+        seconds: duration.as_secs_f64(),
+        errors: skipped,
+        ..Sample::default()
+    };
+    for task in tasks {
+        match task.await {
+            Ok((Some(c), latency)) => {
+                sample.ok += 1;
+                sample.latencies.push(latency);
+                created.push(c);
+            }
+            _ => sample.errors += 1,
+        }
+    }
+    // Answers that arrived after the schedule ended still count: the rate is what was offered.
+    sample
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// One HTTP request the load sends.
+#[derive(Debug, Clone)]
+pub(crate) enum HttpCall {
+    Get(String),
+    Post {
+        path: String,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    },
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn build(addr: SocketAddr, call: &HttpCall) -> Request<Full<Bytes>> {
+    let host = addr.to_string();
+    match call {
+        HttpCall::Get(path) => Request::get(path.as_str())
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("valid request"),
+        HttpCall::Post {
+            path,
+            headers,
+            body,
+        } => {
+            let mut request = Request::post(path.as_str()).header("host", host);
+            for (name, value) in headers {
+                request = request.header(*name, value.as_str());
+            }
+            request
+                .body(Full::new(body.clone()))
+                .expect("valid request")
+        }
+    }
+}
+
+/// `connections` keep-alive connections, each sending the next call of `calls` (shared, in
+/// order, wrapping around unless `once`) back to back for `duration` after `warmup`; a call
+/// counts when it is answered with `expect`.
+pub(crate) async fn http_closed_loop(
+    addr: SocketAddr,
+    calls: Arc<Vec<HttpCall>>,
+    once: bool,
+    expect: u16,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let mut sender = connect(addr).await?;
+        let calls = calls.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sample = Sample::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if once && i >= calls.len() {
+                    break;
+                }
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let request = build(addr, &calls[i % calls.len()]);
+                if sender.ready().await.is_err() {
+                    match connect(addr).await {
+                        Ok(s) => sender = s,
+                        Err(_) => {
+                            sample.errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                let status = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.into_body().collect().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                let done = Instant::now();
+                if status == expect {
+                    if sent >= measure_from && done <= end {
+                        sample.ok += 1;
+                        sample.latencies.push(micros(done - sent));
+                    }
+                } else {
+                    if sample.errors == 0 {
+                        eprintln!("  HTTP answer {status}, expected {expect}");
+                    }
+                    sample.errors += 1;
+                }
+            }
+            sample
+        }));
+    }
+    let mut total = Sample {
+        seconds: duration.as_secs_f64(),
+        ..Sample::default()
+    };
+    for task in tasks {
+        let sample = task.await?;
+        total.ok += sample.ok;
+        total.errors += sample.errors;
+        total.latencies.extend(sample.latencies);
+    }
+    Ok(total)
+}
+
+/// One request on a fresh connection: the status and body, or `None` if nothing answered.
+pub(crate) async fn http_send(addr: SocketAddr, call: &HttpCall) -> Option<(u16, Bytes)> {
+    let mut sender = connect(addr).await.ok()?;
+    sender.ready().await.ok()?;
+    let response = sender.send_request(build(addr, call)).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body))
+}
+
+pub(crate) async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    Some(response.status().as_u16())
+}
+
+/// The gateway's return URL path for a payment, as Stripe would redirect the browser.
+pub(crate) fn return_path(created: &Created) -> String {
+    format!(
+        "/payment/return?payment_intent={}&payment_intent_client_secret={}&redirect_status=succeeded",
+        created.intent_id, created.client_secret
+    )
+}
