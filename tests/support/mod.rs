@@ -5,9 +5,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gateway;
 pub mod localstripe;
 pub mod postgres;
 
+use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
 
@@ -40,12 +42,20 @@ fn sha256_hex(text: &str) -> String {
 }
 
 pub fn tenants_toml() -> String {
+    tenants_toml_with(None)
+}
+
+/// The tenants file, with `extra_origin` (e.g. `http://127.0.0.1:<port>`) also allowed for billing.
+pub fn tenants_toml_with(extra_origin: Option<&str>) -> String {
+    let extra = extra_origin
+        .map(|origin| format!(", \"{origin}\""))
+        .unwrap_or_default();
     format!(
         r#"
 [[tenants]]
 id = "billing"
 token_sha256 = "{}"
-allowed_redirect_origins = ["https://billing.example.com", "billingapp:"]
+allowed_redirect_origins = ["https://billing.example.com", "billingapp:"{extra}]
 success_url = "https://billing.example.com/paid"
 failure_url = "https://billing.example.com/payment-failed"
 
@@ -80,16 +90,22 @@ pub struct TestApp {
     pub stripe: LocalStripe,
     pub database_url: String,
     pub db: Db,
+    /// Where the core listens; kept across `stop_core`/`start_core`.
+    pub grpc_addr: SocketAddr,
+    options: Options,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
 /// What a test may change in the configuration before the app starts.
+#[derive(Clone)]
 pub struct Options {
     pub stripe_timeout: Duration,
     pub stripe_max_retries: u32,
     pub health_interval: Duration,
+    /// One more origin billing may redirect to (a local page in browser tests).
+    pub extra_redirect_origin: Option<String>,
 }
 
 impl Default for Options {
@@ -98,6 +114,7 @@ impl Default for Options {
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
+            extra_redirect_origin: None,
         }
     }
 }
@@ -115,29 +132,9 @@ impl TestApp {
             Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
             Db::Postgres => postgres::fresh_database().await,
         };
-        let config = ServeConfig {
-            database_url: database_url.clone(),
-            database_max_connections: 16,
-            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-            migrate: true,
-            stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
-            stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),
-            stripe_api_base: stripe.base_url.parse().expect("stripe url"),
-            stripe_timeout: options.stripe_timeout,
-            stripe_max_retries: options.stripe_max_retries,
-            return_url: RETURN_URL.parse().expect("return url"),
-            tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
-            gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
-            request_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-            health_interval: options.health_interval,
-        };
-        let app = Application::build(config).await.expect("app builds");
-        let addr = app.grpc_addr();
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (addr, shutdown, server) =
+            start_server(&database_url, &stripe.base_url, addr, &options).await;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -149,6 +146,8 @@ impl TestApp {
             stripe,
             database_url,
             db,
+            grpc_addr: addr,
+            options,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
@@ -161,6 +160,30 @@ impl TestApp {
             let _ = shutdown.send(());
         }
         self.server.take().expect("running").await.expect("joined")
+    }
+
+    /// Stops the core gracefully (the database and Stripe fake stay), as a restart would.
+    pub async fn stop_core(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("joined").expect("core stopped cleanly");
+        }
+    }
+
+    /// Starts the core again on the same address and database.
+    pub async fn start_core(&mut self) {
+        assert!(self.server.is_none(), "the core is running");
+        let (_, shutdown, server) = start_server(
+            &self.database_url,
+            &self.stripe.base_url,
+            self.grpc_addr,
+            &self.options,
+        )
+        .await;
+        self.shutdown = Some(shutdown);
+        self.server = Some(server);
     }
 
     /// Creates a payment as the billing tenant.
@@ -210,6 +233,42 @@ impl TestApp {
             .await
             .map(tonic::Response::into_inner)
     }
+}
+
+type ServerHandle = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Builds and starts `paybridge serve` on `addr`; returns the bound address.
+async fn start_server(
+    database_url: &str,
+    stripe_base_url: &str,
+    addr: SocketAddr,
+    options: &Options,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, ServerHandle) {
+    let config = ServeConfig {
+        database_url: database_url.to_owned(),
+        database_max_connections: 16,
+        grpc_addr: addr,
+        migrate: true,
+        stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
+        stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),
+        stripe_api_base: stripe_base_url.parse().expect("stripe url"),
+        stripe_timeout: options.stripe_timeout,
+        stripe_max_retries: options.stripe_max_retries,
+        return_url: RETURN_URL.parse().expect("return url"),
+        tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
+            .expect("tenants"),
+        gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+        health_interval: options.health_interval,
+    };
+    let app = Application::build(config).await.expect("app builds");
+    let addr = app.grpc_addr();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (addr, shutdown, server)
 }
 
 impl Drop for TestApp {
