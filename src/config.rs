@@ -109,6 +109,24 @@ pub struct ServeArgs {
     /// The tenants file (TOML).
     #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]
     pub tenants_file: PathBuf,
+    /// Stripe webhook signing secret (`whsec_…`). Unset: webhooks are refused.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_WEBHOOK_SECRET", value_parser = parse_webhook_secret, hide_env_values = true)]
+    pub stripe_webhook_secret: Option<SecretString>,
+    /// The previous webhook secret, accepted beside the current one during a rotation.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_WEBHOOK_SECRET_PREVIOUS", value_parser = parse_webhook_secret, hide_env_values = true)]
+    pub stripe_webhook_secret_previous: Option<SecretString>,
+    /// How far a webhook signature's timestamp may be from now.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_WEBHOOK_TOLERANCE", value_parser = parse_duration, default_value = "300s")]
+    pub stripe_webhook_tolerance: Duration,
+    /// How often the reconciler sweeps (0s turns it off).
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    pub reconcile_interval: Duration,
+    /// How long a payment must have been unchanged before the reconciler reads it at Stripe.
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_AFTER", value_parser = parse_duration, default_value = "60s")]
+    pub reconcile_after: Duration,
+    /// Most payments one sweep reads at Stripe.
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_BATCH", default_value_t = 100)]
+    pub reconcile_batch: u32,
     /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
     /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
@@ -137,6 +155,13 @@ pub struct ServeConfig {
     pub tenants: Tenants,
     /// SHA-256 of the return gateway's token.
     pub gateway_token_sha256: Option<TokenHash>,
+    /// Webhook signing secrets: the current one, then the previous one during a rotation.
+    pub stripe_webhook_secrets: Vec<SecretString>,
+    pub stripe_webhook_tolerance: Duration,
+    /// Zero turns the reconciler off.
+    pub reconcile_interval: Duration,
+    pub reconcile_after: Duration,
+    pub reconcile_batch: u32,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -181,6 +206,15 @@ impl ServeArgs {
             return_url: self.return_url,
             tenants,
             gateway_token_sha256,
+            stripe_webhook_secrets: self
+                .stripe_webhook_secret
+                .into_iter()
+                .chain(self.stripe_webhook_secret_previous)
+                .collect(),
+            stripe_webhook_tolerance: self.stripe_webhook_tolerance,
+            reconcile_interval: self.reconcile_interval,
+            reconcile_after: self.reconcile_after,
+            reconcile_batch: self.reconcile_batch,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),
@@ -279,6 +313,14 @@ fn parse_secret_key(raw: &str) -> Result<SecretString, String> {
         Ok(SecretString::from(raw.to_owned()))
     } else {
         Err("must start with sk_ or rk_ (value not shown)".to_owned())
+    }
+}
+
+fn parse_webhook_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.starts_with("whsec_") && raw.len() > 6 {
+        Ok(SecretString::from(raw.to_owned()))
+    } else {
+        Err("must start with whsec_ (value not shown)".to_owned())
     }
 }
 

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::adapters::store::Store;
+use crate::adapters::stripe::webhook::WebhookVerifier;
 use crate::adapters::stripe::{StripeConfig, StripeProvider};
 use crate::app::{PaymentSettings, Payments};
 use crate::config::ServeConfig;
@@ -37,6 +38,14 @@ pub struct Application {
     request_timeout: Duration,
     shutdown_grace: Duration,
     health_interval: Duration,
+    reconcile: ReconcileSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReconcileSettings {
+    interval: Duration,
+    after: Duration,
+    batch: u32,
 }
 
 impl Application {
@@ -62,6 +71,12 @@ impl Application {
             PaymentSettings {
                 publishable_key: config.stripe_publishable_key,
                 return_url: config.return_url.to_string(),
+                webhook_verifier: (!config.stripe_webhook_secrets.is_empty()).then(|| {
+                    WebhookVerifier::new(
+                        config.stripe_webhook_secrets,
+                        config.stripe_webhook_tolerance,
+                    )
+                }),
             },
         ));
         let listener = TcpListener::bind(config.grpc_addr)
@@ -78,6 +93,11 @@ impl Application {
             request_timeout: config.request_timeout,
             shutdown_grace: config.shutdown_grace,
             health_interval: config.health_interval,
+            reconcile: ReconcileSettings {
+                interval: config.reconcile_interval,
+                after: config.reconcile_after,
+                batch: config.reconcile_batch,
+            },
         })
     }
 
@@ -104,6 +124,8 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
+        let reconciler = (!self.reconcile.interval.is_zero())
+            .then(|| tokio::spawn(run_reconciler(Arc::clone(&self.payments), self.reconcile)));
         let payment_service = pb::payment_service_server::PaymentServiceServer::new(
             PaymentGrpcService::new(self.payments, self.tenants, self.gateway_token),
         );
@@ -128,6 +150,9 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");
         health_task.abort();
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+        }
         set_health(&health_reporter, ServingStatus::NotServing).await;
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.shutdown_grace, server).await {
@@ -140,6 +165,24 @@ impl Application {
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Sweeps every interval until aborted at shutdown (a payment mid-sweep keeps its lease and is
+/// picked up again after it runs out).
+async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
+    let mut ticks = tokio::time::interval(settings.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match payments
+            .reconcile_once(settings.after, settings.batch)
+            .await
+        {
+            Ok(report) if report.checked > 0 => tracing::info!(?report, "reconciler sweep"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "reconciler sweep failed"),
+        }
     }
 }
 

@@ -188,6 +188,7 @@ impl Payments {
             last_payment_error: None,
             created_at: now,
             updated_at: now,
+            last_event_created: None,
         };
         match self.store.insert_payment(&payment, key, fingerprint).await {
             Err(StoreError::Conflict) => return Ok(None),

@@ -42,6 +42,9 @@ pub enum AppError {
     /// is recorded. → `INTERNAL` (VerifyReturn answers REJECTED instead).
     #[error("the PaymentIntent at Stripe does not match the payment: {0}")]
     IntentMismatch(IntentMismatch),
+    /// A setting the operation needs is missing. → `FAILED_PRECONDITION`.
+    #[error("not configured: {0}")]
+    NotConfigured(String),
     /// Anything else: logged with its cause, answered without it. → `INTERNAL`.
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,8 +8,11 @@ mod error;
 mod locks;
 pub mod ports;
 mod query;
+mod reconcile;
 mod sync;
 mod verify_return;
+mod watch;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -23,7 +26,9 @@ pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
 pub(crate) use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
+pub use reconcile::SweepReport;
 pub use verify_return::{ReturnCaller, ReturnQuery, VerifiedReturn};
+pub use webhook::{EventOutcome, IgnoredBecause};
 
 /// Settings the use cases hand to callers.
 #[derive(Debug, Clone)]
@@ -32,6 +37,8 @@ pub struct PaymentSettings {
     pub publishable_key: String,
     /// The gateway's public return URL, for `stripe.confirmPayment`'s `return_url`.
     pub return_url: String,
+    /// Checks webhook signatures; `None` when no webhook secret is configured.
+    pub webhook_verifier: Option<crate::adapters::stripe::webhook::WebhookVerifier>,
 }
 
 /// The payment use cases.

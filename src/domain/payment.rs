@@ -40,6 +40,9 @@ pub struct Payment {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// Stripe's `created` (unix seconds) of the newest webhook event applied; older events that
+    /// arrive late are not applied.
+    pub last_event_created: Option<i64>,
 }
 
 impl std::fmt::Debug for Payment {
@@ -76,6 +79,31 @@ pub struct StatusChange {
     pub last_payment_error: Option<LastPaymentError>,
 }
 
+/// What a webhook event does to a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventVerdict {
+    /// Record this change.
+    Apply(StatusChange),
+    /// The event says nothing new.
+    NoChange,
+    /// The event is older than one already applied (delivered out of order): ignore it.
+    Stale,
+}
+
+/// Progress of a status, for ordering events with the same timestamp: a later event never moves a
+/// payment to a status of lower progress than one it has at the same second.
+fn progress(status: PaymentStatus) -> u8 {
+    match status {
+        PaymentStatus::Creating => 0,
+        PaymentStatus::RequiresPaymentMethod
+        | PaymentStatus::RequiresConfirmation
+        | PaymentStatus::RequiresAction => 1,
+        PaymentStatus::Processing => 2,
+        PaymentStatus::RequiresCapture => 3,
+        PaymentStatus::Succeeded | PaymentStatus::Canceled => 4,
+    }
+}
+
 /// Why an intent at the provider cannot be this payment's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntentMismatch {
@@ -109,6 +137,26 @@ impl Payment {
             to: observation.status,
             last_payment_error: observation.last_payment_error.clone(),
         })
+    }
+
+    /// The change a webhook event created at `event_created` (unix seconds) makes. Events arrive
+    /// late, twice and out of order: terminal statuses never change, an event older than the
+    /// newest applied one is stale, and of two events of the same second the one of less progress
+    /// (a late `processing` after `succeeded`, say) is stale too.
+    pub fn observe_event(&self, observation: &Observation, event_created: i64) -> EventVerdict {
+        if self.status.is_terminal() {
+            return EventVerdict::NoChange;
+        }
+        if let Some(last) = self.last_event_created
+            && (event_created < last
+                || (event_created == last && progress(observation.status) < progress(self.status)))
+        {
+            return EventVerdict::Stale;
+        }
+        match self.observe(observation) {
+            Some(change) => EventVerdict::Apply(change),
+            None => EventVerdict::NoChange,
+        }
     }
 
     /// Checks that an intent read from the provider is this payment's: same id (once known),
@@ -171,6 +219,7 @@ mod tests {
             last_payment_error: None,
             created_at: 0,
             updated_at: 0,
+            last_event_created: None,
         }
     }
 
@@ -232,6 +281,39 @@ mod tests {
         assert_eq!(
             payment(PaymentStatus::RequiresPaymentMethod).observe(&seen(PaymentStatus::Creating)),
             None
+        );
+    }
+
+    #[test]
+    fn a_late_event_never_moves_a_payment_backwards() {
+        let mut p = payment(PaymentStatus::Processing);
+        p.last_event_created = Some(100);
+        assert_eq!(
+            p.observe_event(&seen(PaymentStatus::RequiresAction), 99),
+            EventVerdict::Stale
+        );
+        // Same second, less progress: stale.
+        assert_eq!(
+            p.observe_event(&seen(PaymentStatus::RequiresAction), 100),
+            EventVerdict::Stale
+        );
+        // Newer: applied, even backwards in progress (a processing payment can fail).
+        assert!(matches!(
+            p.observe_event(&seen(PaymentStatus::RequiresPaymentMethod), 101),
+            EventVerdict::Apply(_)
+        ));
+        assert!(matches!(
+            p.observe_event(&seen(PaymentStatus::Succeeded), 100),
+            EventVerdict::Apply(_)
+        ));
+    }
+
+    #[test]
+    fn events_never_change_a_terminal_payment() {
+        let p = payment(PaymentStatus::Succeeded);
+        assert_eq!(
+            p.observe_event(&seen(PaymentStatus::Processing), i64::MAX),
+            EventVerdict::NoChange
         );
     }
 

@@ -99,6 +99,7 @@ mod tests {
             last_payment_error: None,
             created_at: 0,
             updated_at: 0,
+            last_event_created: None,
         }
     }
 

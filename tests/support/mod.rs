@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod events;
 pub mod gateway;
 pub mod localstripe;
 pub mod postgres;
@@ -87,7 +88,8 @@ fn init_logs() {
 pub struct TestApp {
     pub client: PaymentServiceClient<Channel>,
     pub channel: Channel,
-    pub stripe: LocalStripe,
+    /// Shared with replicas (`spawn_replica`).
+    pub stripe: std::sync::Arc<LocalStripe>,
     pub database_url: String,
     pub db: Db,
     /// Where the core listens; kept across `stop_core`/`start_core`.
@@ -104,13 +106,23 @@ pub struct Options {
     pub stripe_timeout: Duration,
     pub stripe_max_retries: u32,
     pub health_interval: Duration,
+    /// Webhook signing secrets the core accepts (current first).
+    pub webhook_secrets: Vec<String>,
+    /// Zero (the default in tests) turns the reconciler off.
+    pub reconcile_interval: Duration,
+    pub reconcile_after: Duration,
     /// One more origin billing may redirect to (a local page in browser tests).
     pub extra_redirect_origin: Option<String>,
 }
 
+pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
+
 impl Default for Options {
     fn default() -> Self {
         Options {
+            webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
+            reconcile_interval: Duration::ZERO,
+            reconcile_after: Duration::from_secs(60),
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
@@ -127,11 +139,34 @@ impl TestApp {
     pub async fn spawn_with(db: Db, options: Options) -> TestApp {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let stripe = LocalStripe::start().await;
+        let stripe = std::sync::Arc::new(LocalStripe::start().await);
         let database_url = match db {
             Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
             Db::Postgres => postgres::fresh_database().await,
         };
+        TestApp::start(db, options, dir, stripe, database_url).await
+    }
+
+    /// Another replica of paybridge on the same database and Stripe fake.
+    pub async fn spawn_replica(&self, options: Options) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestApp::start(
+            self.db,
+            options,
+            dir,
+            std::sync::Arc::clone(&self.stripe),
+            self.database_url.clone(),
+        )
+        .await
+    }
+
+    async fn start(
+        db: Db,
+        options: Options,
+        dir: tempfile::TempDir,
+        stripe: std::sync::Arc<LocalStripe>,
+        database_url: String,
+    ) -> TestApp {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let (addr, shutdown, server) =
             start_server(&database_url, &stripe.base_url, addr, &options).await;
@@ -258,6 +293,15 @@ async fn start_server(
         tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
             .expect("tenants"),
         gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
+        stripe_webhook_secrets: options
+            .webhook_secrets
+            .iter()
+            .map(|s| SecretString::from(s.clone()))
+            .collect(),
+        stripe_webhook_tolerance: Duration::from_secs(300),
+        reconcile_interval: options.reconcile_interval,
+        reconcile_after: options.reconcile_after,
+        reconcile_batch: 100,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         health_interval: options.health_interval,

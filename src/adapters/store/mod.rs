@@ -123,6 +123,35 @@ pub struct ListQuery<'a> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Ids of payments that changed. On SQLite the store sends them after each commit; on
+    /// PostgreSQL a `LISTEN` task forwards `pg_notify`s sent inside each changing transaction, so
+    /// every replica's watchers hear every replica's changes.
+    changes: tokio::sync::broadcast::Sender<String>,
+}
+
+/// The PostgreSQL channel payment changes are announced on.
+const CHANGE_CHANNEL: &str = "paybridge_payment_changed";
+
+/// What `record_webhook_event` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRecorded {
+    /// The event (and its change, if any) is committed.
+    Recorded,
+    /// The event id was recorded before: nothing done.
+    Duplicate,
+    /// The payment changed meanwhile: nothing done, try again.
+    Conflict,
+}
+
+/// A verified webhook event as stored.
+#[derive(Debug, Clone)]
+pub struct WebhookEventRecord<'a> {
+    pub stripe_event_id: &'a str,
+    pub event_type: &'a str,
+    pub event_created: i64,
+    pub payment_id: Option<&'a str>,
+    /// applied, ignored, stale, mismatch, not_ours
+    pub result: &'a str,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -131,7 +160,7 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 const PAYMENT_COLUMNS: &str = "payment_id, tenant, invoice_id, amount, currency, status, \
      stripe_payment_intent_id, stripe_customer_id, client_secret, description, metadata, \
      success_url, failure_url, last_payment_error_code, last_payment_error_message, \
-     created_at, updated_at";
+     created_at, updated_at, last_event_created";
 
 impl Store {
     /// Connects (creating the SQLite file if needed). Does not migrate.
@@ -161,7 +190,17 @@ impl Store {
             }
             Backend::Postgres => options.connect(url).await?,
         };
-        Ok(Store { pool, backend })
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
+        if backend == Backend::Postgres {
+            let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+            listener.listen(CHANGE_CHANNEL).await?;
+            tokio::spawn(forward_notifications(listener, changes.clone()));
+        }
+        Ok(Store {
+            pool,
+            backend,
+            changes,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -201,6 +240,35 @@ impl Store {
     /// Closes the pool (on shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Ids of payments as they change (on any replica, on PostgreSQL). A receiver that falls
+    /// behind loses ids (`Lagged`) and should re-read what it follows.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Inside a changing transaction: on PostgreSQL, announce the change on commit.
+    async fn announce_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        payment_id: &str,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("select pg_notify($1, $2)")
+                .bind(CHANGE_CHANNEL)
+                .bind(payment_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a commit: on SQLite (one process), tell this process's watchers directly.
+    fn announce_committed(&self, payment_id: &str) {
+        if self.backend == Backend::Sqlite {
+            let _ = self.changes.send(payment_id.to_owned());
+        }
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
@@ -300,7 +368,7 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sql = format!(
             "insert into payment ({PAYMENT_COLUMNS}) values \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
         let error = payment.last_payment_error.clone().unwrap_or_default();
         sqlx::query(&sql)
@@ -321,6 +389,7 @@ impl Store {
             .bind(error.message)
             .bind(payment.created_at)
             .bind(payment.updated_at)
+            .bind(payment.last_event_created)
             .execute(&mut *tx)
             .await?;
         insert_idempotency_key(
@@ -408,9 +477,13 @@ impl Store {
                 now,
             )
             .await?;
+            self.announce_in(&mut tx, payment_id).await?;
         }
         let payment = fetch_payment(&mut tx, payment_id).await?;
         tx.commit().await?;
+        if updated == 1 {
+            self.announce_committed(payment_id);
+        }
         Ok(payment)
     }
 
@@ -452,10 +525,134 @@ impl Store {
                 now,
             )
             .await?;
+            self.announce_in(&mut tx, payment_id).await?;
         }
         let payment = fetch_payment(&mut tx, payment_id).await?;
         tx.commit().await?;
+        if changed {
+            self.announce_committed(payment_id);
+        }
         Ok((payment, changed))
+    }
+
+    /// Records a verified webhook event once and, with it, the change it makes (compare-and-set on
+    /// `change.from`), in one transaction: when this returns `Recorded`, both are durable.
+    pub async fn record_webhook_event(
+        &self,
+        event: &WebhookEventRecord<'_>,
+        change: Option<&StatusChange>,
+        now: i64,
+    ) -> Result<EventRecorded, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "insert into stripe_event \
+             (stripe_event_id, event_type, event_created, payment_id, result, received_at) \
+             values ($1, $2, $3, $4, $5, $6) on conflict (stripe_event_id) do nothing",
+        )
+        .bind(event.stripe_event_id)
+        .bind(event.event_type)
+        .bind(event.event_created)
+        .bind(event.payment_id)
+        .bind(event.result)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(EventRecorded::Duplicate);
+        }
+        let changed_payment = match (change, event.payment_id) {
+            (Some(change), Some(payment_id)) => {
+                let error = change.last_payment_error.clone().unwrap_or_default();
+                let updated = sqlx::query(
+                    "update payment set status = $1, last_payment_error_code = $2, \
+                     last_payment_error_message = $3, updated_at = $4, last_event_created = $5 \
+                     where payment_id = $6 and status = $7",
+                )
+                .bind(change.to.as_str())
+                .bind(error.code)
+                .bind(error.message)
+                .bind(now)
+                .bind(event.event_created)
+                .bind(payment_id)
+                .bind(change.from.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    tx.rollback().await?;
+                    return Ok(EventRecorded::Conflict);
+                }
+                insert_event(
+                    &mut tx,
+                    payment_id,
+                    EventSource::Webhook,
+                    Some(change.from),
+                    change.to,
+                    Some(event.stripe_event_id),
+                    now,
+                )
+                .await?;
+                self.announce_in(&mut tx, payment_id).await?;
+                Some(payment_id)
+            }
+            _ => None,
+        };
+        tx.commit().await?;
+        if let Some(payment_id) = changed_payment {
+            self.announce_committed(payment_id);
+        }
+        Ok(EventRecorded::Recorded)
+    }
+
+    /// Claims up to `limit` payments the reconciler should look at — open ones unchanged since
+    /// `changed_before`, `Creating` ones included — that no replica holds a lease on, and leases
+    /// them until `lease_until`. On PostgreSQL, `for update skip locked` lets replicas claim side
+    /// by side without taking the same payment.
+    pub async fn claim_for_reconcile(
+        &self,
+        now: i64,
+        changed_before: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => "for update skip locked",
+            // SQLite has one writer at a time: `begin immediate` already excludes others.
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "update payment set reconcile_lease_until = $1 \
+             where payment_id in ( \
+                 select payment_id from payment \
+                 where status not in ('succeeded', 'canceled') \
+                   and updated_at < $2 \
+                   and (reconcile_lease_until is null or reconcile_lease_until < $3) \
+                 order by updated_at \
+                 limit $4 {lock}) \
+             returning {PAYMENT_COLUMNS}"
+        );
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<PaymentRow> = sqlx::query_as(&sql)
+            .bind(lease_until)
+            .bind(changed_before)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.into_iter().map(Payment::try_from).collect()
+    }
+
+    /// Leaves a payment alone until `until` (unix ms): the reconciler found nothing new.
+    pub async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
+        sqlx::query("update payment set reconcile_lease_until = $1 where payment_id = $2")
+            .bind(until)
+            .bind(payment_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A tenant's payments, newest first.
@@ -544,6 +741,26 @@ impl Store {
         .bind(payment_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// Forwards PostgreSQL notifications to this process's watchers. `PgListener` reconnects by
+/// itself; notifications sent while it was away are lost, which is why watchers also re-read on
+/// a timer.
+async fn forward_notifications(
+    mut listener: sqlx::postgres::PgListener,
+    changes: tokio::sync::broadcast::Sender<String>,
+) {
+    loop {
+        match listener.recv().await {
+            Ok(notification) => {
+                let _ = changes.send(notification.payload().to_owned());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "listening for payment changes");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

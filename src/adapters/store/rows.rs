@@ -24,6 +24,7 @@ pub(super) struct PaymentRow {
     last_payment_error_message: Option<String>,
     created_at: i64,
     updated_at: i64,
+    last_event_created: Option<i64>,
 }
 
 impl TryFrom<PaymentRow> for Payment {
@@ -50,6 +51,7 @@ impl TryFrom<PaymentRow> for Payment {
             failure_url: row.failure_url,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            last_event_created: row.last_event_created,
         })
     }
 }

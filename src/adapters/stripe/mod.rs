@@ -16,6 +16,7 @@
 
 mod mapping;
 mod transport;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::fmt;

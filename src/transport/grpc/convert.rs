@@ -7,7 +7,7 @@ use crate::adapters::store::ListCursor;
 use crate::app::{
     CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, ReturnQuery, VerifiedReturn,
 };
-use crate::app::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
     Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
     Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome,
@@ -315,5 +315,13 @@ pub(super) fn verified_return_to_proto(verified: VerifiedReturn) -> pb::VerifyRe
         payment: verified.payment.map(payment_to_proto),
         outcome: outcome_to_proto(verified.outcome).into(),
         redirect_url: verified.redirect_url.unwrap_or_default(),
+    }
+}
+
+pub(super) fn event_outcome_to_proto(outcome: EventOutcome) -> pb::StripeEventResult {
+    match outcome {
+        EventOutcome::Applied => pb::StripeEventResult::Applied,
+        EventOutcome::Duplicate => pb::StripeEventResult::Duplicate,
+        EventOutcome::Ignored(_) => pb::StripeEventResult::Ignored,
     }
 }

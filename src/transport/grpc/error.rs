@@ -31,6 +31,10 @@ impl From<AppError> for Status {
             }
             AppError::NotCancelable { .. } => precondition(&error, "NOT_CANCELABLE", "id"),
             AppError::ProviderRejected { .. } => precondition(&error, "STRIPE_REFUSED", "stripe"),
+            AppError::NotConfigured(_) => {
+                tracing::error!(%error, "operation needs a setting");
+                precondition(&error, "NOT_CONFIGURED", "configuration")
+            }
             AppError::ProviderUnavailable(ref cause) => {
                 tracing::warn!(error = %error_chain(cause), "Stripe unavailable");
                 Status::unavailable(error.to_string())

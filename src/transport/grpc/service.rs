@@ -129,9 +129,15 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
                 ));
             }
         }
-        Err(Status::unimplemented(
-            "webhook handling is not available yet",
-        ))
+        let request = request.into_inner();
+        let (event_id, outcome) = self
+            .payments
+            .handle_stripe_event(&request.payload, &request.stripe_signature)
+            .await?;
+        Ok(Response::new(pb::HandleStripeEventResponse {
+            event_id,
+            result: convert::event_outcome_to_proto(outcome).into(),
+        }))
     }
 
     type WatchPaymentStream =
@@ -141,7 +147,15 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::WatchPaymentRequest>,
     ) -> Result<Response<Self::WatchPaymentStream>, Status> {
-        authenticate(&self.tenants, &request)?;
-        Err(Status::unimplemented("WatchPayment is not available yet"))
+        let tenant = authenticate(&self.tenants, &request)?;
+        let id = convert::payment_id(&request.get_ref().id).map_err(crate::app::AppError::from)?;
+        let payments = self
+            .payments
+            .watch_payment(tenant.id().as_str(), id.as_str())
+            .await?;
+        let stream = futures::StreamExt::map(payments, |item| {
+            item.map(convert::payment_to_proto).map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,0 +1,115 @@
+//! The reconciler settles payments nobody told paybridge about, and finishes `Creating` rows.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use paybridge::adapters::store::Store;
+use paybridge::pb::v1 as pb;
+use serde_json::json;
+use support::localstripe::CARD_SUCCEEDS;
+use support::{Db, Options, TestApp, create_request};
+
+fn reconciling() -> Options {
+    Options {
+        reconcile_interval: Duration::from_millis(300),
+        reconcile_after: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, want: pb::PaymentStatus) -> pb::PaymentStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = app.get(id, false).await.expect("get").status();
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler(db: Db) {
+    let app = TestApp::spawn_with(db, reconciling()).await;
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    app.stripe
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
+        .await;
+    assert_eq!(
+        wait_for_status(&app, &payment.id, pb::PaymentStatus::Succeeded).await,
+        pb::PaymentStatus::Succeeded
+    );
+}
+
+async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        Options {
+            stripe_max_retries: 0,
+            ..reconciling()
+        },
+    )
+    .await;
+    app.stripe
+        .inject_fault(json!({"method": "POST", "path_prefix": "/v1/payment_intents", "times": 1, "status": 500, "when": "after"}))
+        .await;
+    app.create(create_request("k1", "inv-1"))
+        .await
+        .expect_err("answer lost");
+    let listed = app
+        .list(pb::ListPaymentsRequest::default())
+        .await
+        .expect("list");
+    let id = listed.payments[0].id.clone();
+    assert_eq!(
+        wait_for_status(&app, &id, pb::PaymentStatus::RequiresPaymentMethod).await,
+        pb::PaymentStatus::RequiresPaymentMethod
+    );
+    let intents = app.stripe.payment_intents().await;
+    assert_eq!(intents.len(), 1);
+    let payment = app.get(&id, false).await.expect("get");
+    assert_eq!(intents[0]["id"], payment.stripe_payment_intent_id.as_str());
+}
+
+async fn replicas_claim_disjoint_payments(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for i in 0..20 {
+        app.create(create_request(&format!("k{i}"), &format!("inv-{i}")))
+            .await
+            .expect("created");
+    }
+    let a = Store::connect(&app.database_url, 4).await.expect("store a");
+    let b = Store::connect(&app.database_url, 4).await.expect("store b");
+    let now = support::events::now() * 1000;
+    let (left, right) = tokio::join!(
+        a.claim_for_reconcile(now, now + 1000, now + 60_000, 15),
+        b.claim_for_reconcile(now, now + 1000, now + 60_000, 15),
+    );
+    let left: Vec<String> = left.expect("claim a").into_iter().map(|p| p.id).collect();
+    let right: Vec<String> = right.expect("claim b").into_iter().map(|p| p.id).collect();
+    assert_eq!(left.len() + right.len(), 20, "{left:?} {right:?}");
+    assert!(
+        left.iter().all(|id| !right.contains(id)),
+        "claimed twice: {left:?} {right:?}"
+    );
+    // Leased: nothing is left to claim.
+    let again = a
+        .claim_for_reconcile(now, now + 1000, now + 60_000, 15)
+        .await
+        .expect("claim");
+    assert!(again.is_empty());
+}
+
+on_both_databases!(
+    a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler,
+    a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent,
+    replicas_claim_disjoint_payments,
+);

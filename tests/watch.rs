@@ -1,0 +1,149 @@
+//! WatchPayment streams the current state, then each change, and ends after a terminal state —
+//! across replicas on PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use paybridge::pb::v1 as pb;
+use support::events::{event, now};
+use support::localstripe::CARD_SUCCEEDS;
+use support::{BILLING_TOKEN, Db, Options, TestApp, as_tenant, create_request};
+use tonic::Code;
+
+async fn watch(app: &TestApp, id: &str) -> tonic::Streaming<pb::Payment> {
+    app.client
+        .clone()
+        .watch_payment(as_tenant(
+            BILLING_TOKEN,
+            pb::WatchPaymentRequest { id: id.to_owned() },
+        ))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::Payment>) -> Option<pb::Payment> {
+    tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("a message or the end within 15 s")
+        .expect("stream")
+}
+
+async fn a_watcher_sees_the_change_made_on_another_replica_and_the_end(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // On SQLite there is one process: the "replica" is the same app.
+    let other = match db {
+        Db::Postgres => Some(app.spawn_replica(Options::default()).await),
+        Db::Sqlite => None,
+    };
+    let changer = other.as_ref().unwrap_or(&app);
+
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    let mut stream = watch(&app, &payment.id).await;
+    let first = next(&mut stream).await.expect("current state");
+    assert_eq!(first.status(), pb::PaymentStatus::RequiresPaymentMethod);
+
+    let intent = app
+        .stripe
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &answer.client_secret,
+            CARD_SUCCEEDS,
+        )
+        .await;
+    let body = event("evt_w1", "payment_intent.succeeded", now(), intent);
+    changer.deliver_signed(&body, now()).await.expect("applied");
+
+    let changed = next(&mut stream).await.expect("the change");
+    assert_eq!(changed.status(), pb::PaymentStatus::Succeeded);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "ends after a terminal state"
+    );
+}
+
+async fn a_watcher_that_comes_late_gets_the_final_state(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    app.cancel(&payment.id).await.expect("cancelled");
+    let mut stream = watch(&app, &payment.id).await;
+    assert_eq!(
+        next(&mut stream).await.expect("state").status(),
+        pb::PaymentStatus::Canceled
+    );
+    assert!(next(&mut stream).await.is_none());
+}
+
+async fn watching_another_tenants_payment_is_not_found(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let id = answer.payment.expect("payment").id;
+    let status = app
+        .client
+        .clone()
+        .watch_payment(as_tenant(
+            support::ORDERS_TOKEN,
+            pb::WatchPaymentRequest { id },
+        ))
+        .await
+        .expect_err("hidden");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+async fn a_slow_watcher_does_not_hold_up_others(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    // One watcher that never reads, many changes, and a second watcher that must still see the end.
+    let _stalled = watch(&app, &payment.id).await;
+    let mut reader = watch(&app, &payment.id).await;
+    next(&mut reader).await.expect("current");
+    let intent = app
+        .stripe
+        .payment_intent(&payment.stripe_payment_intent_id)
+        .await;
+    let t = now();
+    for i in 0..40 {
+        let mut flapping = intent.clone();
+        flapping["status"] = if i % 2 == 0 {
+            "processing".into()
+        } else {
+            "requires_action".into()
+        };
+        let body = event(
+            &format!("evt_flap_{i}"),
+            "payment_intent.processing",
+            t + i,
+            flapping,
+        );
+        app.deliver_signed(&body, t).await.expect("applied");
+    }
+    app.cancel(&payment.id).await.expect("cancelled");
+    let mut last = None;
+    while let Some(payment) = next(&mut reader).await {
+        last = Some(payment.status());
+    }
+    assert_eq!(last, Some(pb::PaymentStatus::Canceled));
+}
+
+on_both_databases!(
+    a_watcher_sees_the_change_made_on_another_replica_and_the_end,
+    a_watcher_that_comes_late_gets_the_final_state,
+    watching_another_tenants_payment_is_not_found,
+    a_slow_watcher_does_not_hold_up_others,
+);
