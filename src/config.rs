@@ -99,6 +99,13 @@ pub struct ServeArgs {
     /// Retries of a failed Stripe request (connection errors, 429, 5xx), with the same key.
     #[arg(long, env = "PAYBRIDGE_STRIPE_MAX_RETRIES", default_value_t = 2)]
     pub stripe_max_retries: u32,
+    /// Stripe requests per second this process may send (every attempt counts); Stripe allows
+    /// 25/s in test mode and 100/s live.
+    #[arg(long, env = "PAYBRIDGE_STRIPE_MAX_RPS", default_value_t = 20)]
+    pub stripe_max_rps: u32,
+    /// Where Prometheus metrics are served (`GET /metrics`).
+    #[arg(long, env = "PAYBRIDGE_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
     /// The return gateway's public URL, handed to pages for `stripe.confirmPayment`.
     #[arg(
         long,
@@ -151,6 +158,9 @@ pub struct ServeConfig {
     pub stripe_api_base: Url,
     pub stripe_timeout: Duration,
     pub stripe_max_retries: u32,
+    pub stripe_max_rps: u32,
+    /// Metrics endpoint; `None` turns it off.
+    pub admin_addr: Option<SocketAddr>,
     pub return_url: Url,
     pub tenants: Tenants,
     /// SHA-256 of the return gateway's token.
@@ -177,6 +187,9 @@ impl ServeArgs {
                 self.tenants_file.display()
             )
         })?;
+        if self.stripe_max_rps == 0 {
+            return Err("PAYBRIDGE_STRIPE_MAX_RPS: must be at least 1".to_owned());
+        }
         if !matches!(self.return_url.scheme(), "https" | "http") {
             return Err("PAYBRIDGE_RETURN_URL: must be an http(s) URL".to_owned());
         }
@@ -203,6 +216,8 @@ impl ServeArgs {
             stripe_api_base: self.stripe_api_base,
             stripe_timeout: self.stripe_timeout,
             stripe_max_retries: self.stripe_max_retries,
+            stripe_max_rps: self.stripe_max_rps,
+            admin_addr: Some(self.admin_addr),
             return_url: self.return_url,
             tenants,
             gateway_token_sha256,

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`config`]: flags and `PAYBRIDGE_*` variables, checked at start.
 //! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`metrics`]: Prometheus metrics and the admin endpoint.
 //! - [`startup`]: builds the application (binds listeners) and runs it until a signal.
 //! - [`pb`]: generated protobuf and gRPC code, fenced off.
 //! - [`domain`]: pure rules — payment status machine, money, ids, validated request values.
@@ -19,6 +20,7 @@ pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod pb;
 pub mod startup;
 pub mod telemetry;

@@ -30,6 +30,7 @@ const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     grpc_addr: SocketAddr,
     store: Store,
     payments: Arc<Payments>,
@@ -63,6 +64,7 @@ impl Application {
             api_base: config.stripe_api_base,
             request_timeout: config.stripe_timeout,
             max_retries: config.stripe_max_retries,
+            max_requests_per_second: config.stripe_max_rps,
         })
         .context("PAYBRIDGE_STRIPE_*: building the Stripe client")?;
         let payments = Arc::new(Payments::new(
@@ -79,12 +81,21 @@ impl Application {
                 }),
             },
         ));
+        let admin_listener = match config.admin_addr {
+            Some(addr) => Some(
+                crate::metrics::bind_admin(addr)
+                    .await
+                    .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GRPC_ADDR: binding {}", config.grpc_addr))?;
         let grpc_addr = listener.local_addr()?;
         Ok(Application {
             listener,
+            admin_listener,
             grpc_addr,
             store,
             payments,
@@ -99,6 +110,13 @@ impl Application {
                 batch: config.reconcile_batch,
             },
         })
+    }
+
+    /// The address metrics are served on, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address the gRPC service is bound to.
@@ -130,6 +148,12 @@ impl Application {
             PaymentGrpcService::new(self.payments, self.tenants, self.gateway_token),
         );
 
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin_listener.map(|listener| {
+            tokio::spawn(crate::metrics::serve_admin(listener, async {
+                let _ = admin_stopped.await;
+            }))
+        });
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             // Cut off calls that hang (a stuck database or Stripe) instead of piling them up;
@@ -138,6 +162,8 @@ impl Application {
             // Detect dead peers on idle connections.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Calls by method and code, with latency.
+            .layer(crate::transport::grpc::RpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(payment_service)
@@ -161,6 +187,10 @@ impl Application {
                 grace = ?self.shutdown_grace,
                 "calls still running after the grace period; exiting anyway"
             ),
+        }
+        let _ = stop_admin.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -78,7 +78,46 @@ async fn reflection_lists_the_payment_service(db: Db) {
     );
 }
 
+async fn metrics_count_calls_stripe_requests_and_transitions_without_ids_or_secrets(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(support::create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    app.get("pay_aaaaaaaaaaaaaaaaaaaaaaaaaa", false)
+        .await
+        .expect_err("not found");
+    let text = reqwest::get(format!("http://{}/metrics", app.admin_addr))
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("text");
+    for expected in [
+        r#"paybridge_grpc_requests_total{method="CreateInvoicePayment",code="OK"} 1"#,
+        r#"paybridge_grpc_requests_total{method="GetPayment",code="NOT_FOUND"} 1"#,
+        r#"paybridge_stripe_requests_total{operation="POST /v1/payment_intents",outcome="ok"} 1"#,
+        r#"paybridge_payment_transitions_total{from="creating",to="requires_payment_method",source="create"}"#,
+        "paybridge_grpc_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    for secret_or_id in [
+        answer.client_secret.as_str(),
+        payment.id.as_str(),
+        payment.stripe_payment_intent_id.as_str(),
+        "sk_test",
+    ] {
+        assert!(
+            !text.contains(secret_or_id),
+            "{secret_or_id} leaked into metrics"
+        );
+    }
+}
+
 on_both_databases!(
+    metrics_count_calls_stripe_requests_and_transitions_without_ids_or_secrets,
     health_is_serving_once_the_database_is_migrated,
     reflection_lists_the_payment_service,
 );

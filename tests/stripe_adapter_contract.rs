@@ -45,6 +45,7 @@ fn config(base: &str, max_retries: u32, timeout: Duration) -> StripeConfig {
         api_base: base.parse().expect("url"),
         request_timeout: timeout,
         max_retries,
+        max_requests_per_second: 1000,
     }
 }
 

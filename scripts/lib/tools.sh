@@ -42,3 +42,48 @@ install_buf() {
     "$PAYBRIDGE_TEST_BUF" --version >/dev/null || die "buf does not run: delete .tools/node and retry"
     printf 'buf %s\n' "$("$PAYBRIDGE_TEST_BUF" --version)" >&2
 }
+
+# A virtualenv under .tools/ from a pinned requirements file, redone only when that file or the
+# interpreter changes (a stamp holds their hash). Safe to run concurrently (flock).
+#   make_venv DIR REQUIREMENTS CHECK_COMMAND...   (CHECK_COMMAND runs with the venv's bin first on PATH)
+make_venv() {
+    local venv=$1 req=$2 want stamp
+    shift 2
+    stamp=$venv/.paybridge-requirements.sha256
+    want=$({ python3 -c 'import sys; print(sys.version)'; cat "$req"; } | sha256sum | cut -d' ' -f1)
+    mkdir -p "$(dirname "$venv")"
+    (
+        flock 9
+        if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]] \
+            && PATH=$venv/bin:$PATH "$@" >/dev/null 2>&1; then
+            echo "cached ($venv)" >&2
+            exit 0
+        fi
+        echo "creating $venv from $req" >&2
+        rm -f "$stamp"
+        python3 -m venv --clear "$venv" >&2 || exit 1
+        "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$req" >&2 \
+            || exit 1
+        PATH=$venv/bin:$PATH "$@" >&2 || exit 1
+        echo "$want" >"$stamp"
+    ) 9>"$venv.lock"
+}
+
+# The chart's test tools: .tools/helm-venv (helm-python-sdk, kubernetes-validate, pytest, from
+# tests/helm/requirements.txt) and .tools/checkov-venv (checkov, from
+# tests/helm/checkov-requirements.txt; its own venv because its pins clash with pytest's).
+# Exports PAYBRIDGE_TEST_HELM_PYTHON and PAYBRIDGE_TEST_CHECKOV.
+setup_helm_tools() {
+    step "Setting up the Helm chart's test tools (tests/helm/*requirements.txt -> .tools/)"
+    command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3.11 or newer"
+    make_venv "$TOOLS/helm-venv" tests/helm/requirements.txt \
+        python -c 'import helm_python, kubernetes_validate, pytest, yaml' \
+        || die "could not set up $TOOLS/helm-venv (tests/helm/requirements.txt)"
+    make_venv "$TOOLS/checkov-venv" tests/helm/checkov-requirements.txt \
+        checkov --version \
+        || die "could not set up $TOOLS/checkov-venv (tests/helm/checkov-requirements.txt)"
+    export PAYBRIDGE_TEST_HELM_PYTHON=$TOOLS/helm-venv/bin/python
+    export PAYBRIDGE_TEST_CHECKOV=$TOOLS/checkov-venv/bin/checkov
+    printf 'PAYBRIDGE_TEST_HELM_PYTHON=%s\nPAYBRIDGE_TEST_CHECKOV=%s\n' \
+        "$PAYBRIDGE_TEST_HELM_PYTHON" "$PAYBRIDGE_TEST_CHECKOV" >&2
+}

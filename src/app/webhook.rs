@@ -3,7 +3,7 @@
 
 use super::{AppError, Payments, now_millis};
 use crate::adapters::store::{EventRecorded, WebhookEventRecord};
-use crate::adapters::stripe::webhook::{SignatureError, parse_event};
+use crate::adapters::stripe::webhook::{APPLIED_EVENT_TYPES, SignatureError, parse_event};
 use crate::domain::{EventVerdict, FieldViolation, Observation, ValidationError};
 
 /// What became of an event.
@@ -61,6 +61,24 @@ impl Payments {
         payload: &[u8],
         signature: &str,
     ) -> Result<(String, EventOutcome), AppError> {
+        let answer = self.record_stripe_event(payload, signature).await;
+        let (event_type, result) = match &answer {
+            Ok((_, outcome, event_type)) => (*event_type, outcome.as_str()),
+            Err(AppError::Invalid(_)) => ("unknown", "refused"),
+            Err(_) => ("unknown", "error"),
+        };
+        crate::metrics::METRICS
+            .webhook_events
+            .get_or_create(&crate::metrics::WebhookLabels { event_type, result })
+            .inc();
+        answer.map(|(id, outcome, _)| (id, outcome))
+    }
+
+    async fn record_stripe_event(
+        &self,
+        payload: &[u8],
+        signature: &str,
+    ) -> Result<(String, EventOutcome, &'static str), AppError> {
         let verifier = self.settings.webhook_verifier.as_ref().ok_or_else(|| {
             AppError::NotConfigured("PAYBRIDGE_STRIPE_WEBHOOK_SECRET is not set".to_owned())
         })?;
@@ -72,6 +90,12 @@ impl Payments {
                 invalid("stripe_signature", error.to_string())
             })?;
         let event = parse_event(payload).map_err(|error| invalid("payload", error))?;
+        // A bounded label: the types paybridge applies, or `other`.
+        let type_label = APPLIED_EVENT_TYPES
+            .iter()
+            .find(|known| **known == event.event_type)
+            .copied()
+            .unwrap_or("other");
         tracing::Span::current().record("event_id", event.id.as_str());
 
         for _ in 0..MAX_CONFLICTS {
@@ -130,7 +154,7 @@ impl Payments {
             {
                 EventRecorded::Duplicate => {
                     tracing::info!(event_id = %event.id, "duplicate webhook event acknowledged");
-                    return Ok((event.id, EventOutcome::Duplicate));
+                    return Ok((event.id, EventOutcome::Duplicate, type_label));
                 }
                 EventRecorded::Conflict => continue,
                 EventRecorded::Recorded => {
@@ -141,7 +165,7 @@ impl Payments {
                         result = outcome.as_str(),
                         "webhook event recorded"
                     );
-                    return Ok((event.id, outcome));
+                    return Ok((event.id, outcome, type_label));
                 }
             }
         }

@@ -95,6 +95,8 @@ pub struct TestApp {
     /// Where the core listens; kept across `stop_core`/`start_core`.
     pub grpc_addr: SocketAddr,
     options: Options,
+    /// Where the core serves `/metrics`.
+    pub admin_addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -168,7 +170,7 @@ impl TestApp {
         database_url: String,
     ) -> TestApp {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let (addr, shutdown, server) =
+        let (addr, admin_addr, shutdown, server) =
             start_server(&database_url, &stripe.base_url, addr, &options).await;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
@@ -183,6 +185,7 @@ impl TestApp {
             db,
             grpc_addr: addr,
             options,
+            admin_addr,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
@@ -210,13 +213,14 @@ impl TestApp {
     /// Starts the core again on the same address and database.
     pub async fn start_core(&mut self) {
         assert!(self.server.is_none(), "the core is running");
-        let (_, shutdown, server) = start_server(
+        let (_, admin_addr, shutdown, server) = start_server(
             &self.database_url,
             &self.stripe.base_url,
             self.grpc_addr,
             &self.options,
         )
         .await;
+        self.admin_addr = admin_addr;
         self.shutdown = Some(shutdown);
         self.server = Some(server);
     }
@@ -278,7 +282,12 @@ async fn start_server(
     stripe_base_url: &str,
     addr: SocketAddr,
     options: &Options,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, ServerHandle) {
+) -> (
+    SocketAddr,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    ServerHandle,
+) {
     let config = ServeConfig {
         database_url: database_url.to_owned(),
         database_max_connections: 16,
@@ -289,6 +298,8 @@ async fn start_server(
         stripe_api_base: stripe_base_url.parse().expect("stripe url"),
         stripe_timeout: options.stripe_timeout,
         stripe_max_retries: options.stripe_max_retries,
+        stripe_max_rps: 1000,
+        admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         return_url: RETURN_URL.parse().expect("return url"),
         tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
             .expect("tenants"),
@@ -308,11 +319,12 @@ async fn start_server(
     };
     let app = Application::build(config).await.expect("app builds");
     let addr = app.grpc_addr();
+    let admin_addr = app.admin_addr().expect("admin endpoint");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    (addr, shutdown, server)
+    (addr, admin_addr, shutdown, server)
 }
 
 impl Drop for TestApp {

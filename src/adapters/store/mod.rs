@@ -809,6 +809,14 @@ async fn insert_event(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    crate::metrics::METRICS
+        .transitions
+        .get_or_create(&crate::metrics::TransitionLabels {
+            from: from.map_or("none", PaymentStatus::as_str),
+            to: to.as_str(),
+            source: source.as_str(),
+        })
+        .inc();
     Ok(())
 }
 

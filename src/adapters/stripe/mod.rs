@@ -14,6 +14,7 @@
 //! `automatic_payment_methods`: since API version 2023-08-16 Stripe enables automatic payment
 //! methods by default, and the platform's page confirms with Stripe.js.
 
+mod budget;
 mod mapping;
 mod transport;
 pub mod webhook;
@@ -49,6 +50,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of retries after the first attempt.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Default Stripe request budget: safe under test mode's 25 requests/s.
+pub const DEFAULT_MAX_REQUESTS_PER_SECOND: u32 = 20;
 /// First backoff step (doubled per retry, with jitter).
 pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
 /// Largest backoff step.
@@ -65,16 +68,20 @@ pub struct StripeConfig {
     pub request_timeout: Duration,
     /// Retries after the first attempt on connection errors, timeouts, 409, 429 and 5xx.
     pub max_retries: u32,
+    /// The process's Stripe request budget (every attempt counts); Stripe allows 25/s in test
+    /// mode and 100/s live, shared by everything the account does.
+    pub max_requests_per_second: u32,
 }
 
 impl StripeConfig {
-    /// The defaults: Stripe's API base, 10 s per attempt, 2 retries.
+    /// The defaults: Stripe's API base, 10 s per attempt, 2 retries, 20 requests/s.
     pub fn new(secret_key: SecretString) -> Self {
         Self {
             secret_key,
             api_base: Url::parse(DEFAULT_API_BASE).expect("valid default URL"),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
+            max_requests_per_second: DEFAULT_MAX_REQUESTS_PER_SECOND,
         }
     }
 }
@@ -160,6 +167,7 @@ impl StripeProvider {
             api_base: base.as_str().trim_end_matches('/').to_owned(),
             authorization,
             request_timeout: config.request_timeout,
+            budget: budget::RequestBudget::new(config.max_requests_per_second),
             retry: RetryPolicy {
                 max_retries: config.max_retries,
                 base_delay,

@@ -121,6 +121,7 @@ pub(crate) struct HttpSettings {
     pub(crate) authorization: HeaderValue,
     pub(crate) request_timeout: Duration,
     pub(crate) retry: RetryPolicy,
+    pub(crate) budget: super::budget::RequestBudget,
 }
 
 /// What went wrong sending a request to Stripe.
@@ -287,8 +288,24 @@ impl PooledStripeClient {
         let may_retry = req.method == Method::GET || req.idempotency_key.is_some();
         let mut retries = 0u32;
         loop {
+            self.settings.budget.take().await;
             self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
-            match self.attempt(&req).await {
+            let started = std::time::Instant::now();
+            let attempt = self.attempt(&req).await;
+            record_attempt(&req, &attempt, started.elapsed());
+            if let Attempt::Failed {
+                error: StripeHttpError::Status { status: 429, .. },
+                retry_after,
+                ..
+            } = &attempt
+            {
+                self.settings.budget.back_off(
+                    retry_after
+                        .unwrap_or(policy.backoff(retries + 1))
+                        .min(MAX_RETRY_AFTER),
+                );
+            }
+            match attempt {
                 Attempt::Success(body) => return Ok(body),
                 Attempt::Failed {
                     error,
@@ -519,6 +536,36 @@ impl StripeClient for RecordingClient<'_> {
         }
         Ok(body)
     }
+}
+
+/// Counts an attempt in the metrics by operation (ids templated) and outcome.
+fn record_attempt(req: &PreparedRequest, attempt: &Attempt, took: Duration) {
+    use crate::metrics::{METRICS, MethodLabels, StripeLabels, stripe_operation};
+    let outcome = match attempt {
+        Attempt::Success(_) => "ok".to_owned(),
+        Attempt::Failed { error, .. } => match error {
+            StripeHttpError::Status { status, .. } => status.to_string(),
+            StripeHttpError::Timeout(_) => "timeout".to_owned(),
+            StripeHttpError::Connection(_) => "connection".to_owned(),
+            _ => "error".to_owned(),
+        },
+    };
+    METRICS
+        .stripe_requests
+        .get_or_create(&StripeLabels {
+            operation: stripe_operation(req.method.as_str(), &req.path),
+            outcome,
+        })
+        .inc();
+    let method = if req.method == Method::GET {
+        "GET"
+    } else {
+        "POST"
+    };
+    METRICS
+        .stripe_duration
+        .get_or_create(&MethodLabels { method })
+        .observe(took.as_secs_f64());
 }
 
 #[cfg(test)]

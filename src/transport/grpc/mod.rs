@@ -3,6 +3,8 @@
 mod auth;
 mod convert;
 mod error;
+mod metrics_layer;
 mod service;
 
+pub use metrics_layer::RpcMetricsLayer;
 pub use service::PaymentGrpcService;

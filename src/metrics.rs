@@ -1,0 +1,279 @@
+//! Prometheus metrics and the admin endpoint that serves them (`GET /metrics` on
+//! `PAYBRIDGE_ADMIN_ADDR`).
+//!
+//! Labels take only bounded values: method names from a fixed list, status codes, operation
+//! templates with ids replaced, event types from a fixed list. Never an id, a key or a secret.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StripeLabels {
+    /// e.g. `POST /v1/payment_intents/{id}/cancel`
+    pub operation: String,
+    /// `ok`, an HTTP status (`404`, `429`, `500`…), `timeout` or `connection`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event_type: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SweepLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconciledLabels {
+    pub outcome: &'static str,
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_duration: Family<MethodLabels, Histogram>,
+    pub stripe_requests: Family<StripeLabels, Counter>,
+    pub stripe_duration: Family<MethodLabels, Histogram>,
+    pub webhook_events: Family<WebhookLabels, Counter>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub reconciler_sweeps: Family<SweepLabels, Counter>,
+    pub reconciled_payments: Family<ReconciledLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("paybridge");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call latency by method",
+            rpc_duration.clone(),
+        );
+        let stripe_requests = Family::<StripeLabels, Counter>::default();
+        registry.register(
+            "stripe_requests",
+            "Stripe API requests (each attempt) by operation and outcome",
+            stripe_requests.clone(),
+        );
+        let stripe_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "stripe_request_duration_seconds",
+            "Stripe API request latency by HTTP method",
+            stripe_duration.clone(),
+        );
+        let webhook_events = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Stripe webhook events by type and result",
+            webhook_events.clone(),
+        );
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "payment_transitions",
+            "Payment status changes by from, to and source",
+            transitions.clone(),
+        );
+        let reconciler_sweeps = Family::<SweepLabels, Counter>::default();
+        registry.register(
+            "reconciler_sweeps",
+            "Reconciler sweeps by result",
+            reconciler_sweeps.clone(),
+        );
+        let reconciled_payments = Family::<ReconciledLabels, Counter>::default();
+        registry.register(
+            "reconciler_payments",
+            "Payments the reconciler checked, changed or failed to check",
+            reconciled_payments.clone(),
+        );
+        Metrics {
+            registry,
+            rpc_requests,
+            rpc_duration,
+            stripe_requests,
+            stripe_duration,
+            webhook_events,
+            transitions,
+            reconciler_sweeps,
+            reconciled_payments,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The label for a gRPC path: one of ours, or `unknown` (paths come from clients).
+pub fn rpc_method_label(path: &str) -> &'static str {
+    const KNOWN: [&str; 10] = [
+        "/paybridge.v1.PaymentService/CreateInvoicePayment",
+        "/paybridge.v1.PaymentService/GetPayment",
+        "/paybridge.v1.PaymentService/ListPayments",
+        "/paybridge.v1.PaymentService/CancelPayment",
+        "/paybridge.v1.PaymentService/VerifyReturn",
+        "/paybridge.v1.PaymentService/HandleStripeEvent",
+        "/paybridge.v1.PaymentService/WatchPayment",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == path)
+        .and_then(|known| known.rsplit('/').next())
+        .unwrap_or("unknown")
+}
+
+/// The label for a gRPC status code number.
+pub fn grpc_code_label(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "CANCELLED",
+        "2" => "UNKNOWN",
+        "3" => "INVALID_ARGUMENT",
+        "4" => "DEADLINE_EXCEEDED",
+        "5" => "NOT_FOUND",
+        "6" => "ALREADY_EXISTS",
+        "7" => "PERMISSION_DENIED",
+        "8" => "RESOURCE_EXHAUSTED",
+        "9" => "FAILED_PRECONDITION",
+        "10" => "ABORTED",
+        "11" => "OUT_OF_RANGE",
+        "12" => "UNIMPLEMENTED",
+        "13" => "INTERNAL",
+        "14" => "UNAVAILABLE",
+        "15" => "DATA_LOSS",
+        "16" => "UNAUTHENTICATED",
+        _ => "other",
+    }
+}
+
+/// A Stripe API path with its id replaced: `/payment_intents/pi_123/cancel` →
+/// `POST /v1/payment_intents/{id}/cancel` (Stripe paths are `/{resource}/{id}/{action}`).
+pub fn stripe_operation(method: &str, path: &str) -> String {
+    let path = path.trim_start_matches('/');
+    let path = path.strip_prefix("v1/").unwrap_or(path);
+    let mut parts: Vec<&str> = path.split('/').collect();
+    if let Some(id) = parts.get_mut(1) {
+        *id = "{id}";
+    }
+    format!("{method} /v1/{}", parts.join("/"))
+}
+
+/// The admin endpoint: `GET /metrics`. Binds now (port 0 works), serves until `shutdown`.
+pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                METRICS.render(),
+            )
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Seconds as f64 for histograms.
+pub fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripe_operations_carry_no_ids() {
+        assert_eq!(
+            stripe_operation("POST", "/payment_intents"),
+            "POST /v1/payment_intents"
+        );
+        assert_eq!(
+            stripe_operation("GET", "/v1/payment_intents/pi_abcDEF"),
+            "GET /v1/payment_intents/{id}"
+        );
+        assert_eq!(
+            stripe_operation("POST", "/payment_intents/pi_1/cancel"),
+            "POST /v1/payment_intents/{id}/cancel"
+        );
+    }
+
+    #[test]
+    fn unknown_grpc_paths_are_one_label() {
+        assert_eq!(
+            rpc_method_label("/paybridge.v1.PaymentService/GetPayment"),
+            "GetPayment"
+        );
+        assert_eq!(rpc_method_label("/x/../../etc/passwd"), "unknown");
+        assert_eq!(grpc_code_label("5"), "NOT_FOUND");
+        assert_eq!(grpc_code_label("999"), "other");
+    }
+}
