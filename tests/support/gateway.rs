@@ -78,6 +78,8 @@ impl Default for GatewayOptions {
 pub struct GatewayTest {
     pub app: TestApp,
     pub addr: SocketAddr,
+    /// Where the gateway serves `/metrics`.
+    pub admin_addr: SocketAddr,
     /// Follows no redirects: tests look at the gateway's own answers.
     pub http: reqwest::Client,
     /// Every client secret the test saw; none may appear in the logs.
@@ -105,9 +107,11 @@ impl GatewayTest {
             max_concurrency: gateway.max_concurrency,
             core_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(5),
+            admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         };
         let gateway = GatewayApp::build(config).await.expect("gateway builds");
         let addr = gateway.local_addr();
+        let admin_addr = gateway.admin_addr().expect("gateway admin endpoint");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(gateway.run_until_stopped(async {
             let _ = stopped.await;
@@ -115,6 +119,7 @@ impl GatewayTest {
         GatewayTest {
             app,
             addr,
+            admin_addr,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
