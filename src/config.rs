@@ -27,6 +27,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Applies the database migrations and exits.
     Migrate(DatabaseArgs),
+    /// Runs the HTTP return gateway (browser returns from Stripe, Stripe webhooks).
+    Gateway(GatewayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,6 +234,101 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),
         })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address the HTTP gateway listens on.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub gateway_addr: SocketAddr,
+    /// The core's gRPC URL (`paybridge serve`, usually in the same pod).
+    #[arg(
+        long,
+        env = "PAYBRIDGE_CORE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub core_url: Url,
+    /// The gateway's bearer token towards the core (the core holds its SHA-256).
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN", value_parser = parse_gateway_token, hide_env_values = true)]
+    pub gateway_token: SecretString,
+    /// Return requests per second one client IP may make (sustained).
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_RATE_LIMIT", default_value_t = 2)]
+    pub rate_limit: u32,
+    /// Return requests one client IP may make in a burst.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_RATE_BURST", default_value_t = 20)]
+    pub rate_burst: u32,
+    /// Return requests handled at once; more are answered 503 at once.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_MAX_CONCURRENCY", default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Longest time one call to the core may take.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_CORE_TIMEOUT", value_parser = parse_duration, default_value = "15s")]
+    pub core_timeout: Duration,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
+    pub shutdown_grace: Duration,
+    /// Where the gateway's Prometheus metrics are served (`GET /metrics`).
+    #[arg(
+        long = "admin-addr",
+        env = "PAYBRIDGE_ADMIN_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub gateway_admin_addr: SocketAddr,
+}
+
+/// The settings `gateway` runs with, checked. Tests build this directly.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    pub addr: SocketAddr,
+    pub core_url: Url,
+    pub gateway_token: SecretString,
+    /// Sustained return requests per second per client IP.
+    pub rate_limit: u32,
+    /// Burst of return requests per client IP.
+    pub rate_burst: u32,
+    pub max_concurrency: usize,
+    pub core_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Metrics endpoint; `None` turns it off.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl GatewayArgs {
+    /// Checks what clap cannot; the error names the setting.
+    pub fn into_config(self) -> Result<GatewayConfig, String> {
+        // The core sits beside the gateway in the pod: plain HTTP/2 over loopback or the pod network.
+        if self.core_url.scheme() != "http" || self.core_url.host().is_none() {
+            return Err("PAYBRIDGE_CORE_URL: must be http://host:port of the core".to_owned());
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return Err(
+                "PAYBRIDGE_GATEWAY_RATE_LIMIT and PAYBRIDGE_GATEWAY_RATE_BURST: must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.max_concurrency == 0 {
+            return Err("PAYBRIDGE_GATEWAY_MAX_CONCURRENCY: must be at least 1".to_owned());
+        }
+        Ok(GatewayConfig {
+            addr: self.gateway_addr,
+            core_url: self.core_url,
+            gateway_token: self.gateway_token,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            max_concurrency: self.max_concurrency,
+            core_timeout: self.core_timeout,
+            shutdown_grace: self.shutdown_grace,
+            admin_addr: Some(self.gateway_admin_addr),
+        })
+    }
+}
+
+fn parse_gateway_token(raw: &str) -> Result<SecretString, String> {
+    // Sent as an HTTP header value; the value is never echoed back.
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        Err("must be non-empty printable ASCII without spaces (value not shown)".to_owned())
+    } else {
+        Ok(SecretString::from(raw.to_owned()))
     }
 }
 

@@ -13,7 +13,8 @@
 //! - [`tenants`]: the tenants file and bearer-token authentication.
 //! - [`app`]: use cases (create, get, list, cancel) and the ports they need.
 //! - [`adapters`]: the store (SQLite or PostgreSQL through sqlx) and the Stripe client.
-//! - [`transport`]: the gRPC service (conversion, auth, error mapping).
+//! - [`transport`]: the gRPC service (conversion, auth, error mapping) and the HTTP return
+//!   gateway (parse, forward to the core, render).
 
 pub mod adapters;
 pub mod app;

@@ -6,6 +6,7 @@ use clap::Parser;
 use paybridge::adapters::store::Store;
 use paybridge::config::{Cli, Command};
 use paybridge::startup::{Application, shutdown_signal};
+use paybridge::transport::gateway::GatewayApp;
 
 /// Exit code for a bad configuration (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -55,6 +56,36 @@ async fn main() -> ExitCode {
                 }
             };
             let app = match Application::build(config).await {
+                Ok(app) => app,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match app.run_until_stopped(shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gateway(args) => {
+            let shutdown = match shutdown_signal() {
+                Ok(shutdown) => shutdown,
+                Err(error) => {
+                    eprintln!("error: listening for signals: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let app = match GatewayApp::build(config).await {
                 Ok(app) => app,
                 Err(error) => {
                     eprintln!("error: {error:#}");

@@ -1,3 +1,4 @@
-//! Transport: the gRPC service (and, later, the HTTP return gateway).
+//! Transport: the gRPC service and the HTTP return gateway.
 
+pub mod gateway;
 pub mod grpc;

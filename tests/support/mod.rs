@@ -6,9 +6,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod events;
+pub mod gateway;
 pub mod localstripe;
 pub mod postgres;
 
+use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
 
@@ -41,12 +43,20 @@ fn sha256_hex(text: &str) -> String {
 }
 
 pub fn tenants_toml() -> String {
+    tenants_toml_with(None)
+}
+
+/// The tenants file, with `extra_origin` (e.g. `http://127.0.0.1:<port>`) also allowed for billing.
+pub fn tenants_toml_with(extra_origin: Option<&str>) -> String {
+    let extra = extra_origin
+        .map(|origin| format!(", \"{origin}\""))
+        .unwrap_or_default();
     format!(
         r#"
 [[tenants]]
 id = "billing"
 token_sha256 = "{}"
-allowed_redirect_origins = ["https://billing.example.com", "billingapp:"]
+allowed_redirect_origins = ["https://billing.example.com", "billingapp:"{extra}]
 success_url = "https://billing.example.com/paid"
 failure_url = "https://billing.example.com/payment-failed"
 
@@ -82,6 +92,9 @@ pub struct TestApp {
     pub stripe: std::sync::Arc<LocalStripe>,
     pub database_url: String,
     pub db: Db,
+    /// Where the core listens; kept across `stop_core`/`start_core`.
+    pub grpc_addr: SocketAddr,
+    options: Options,
     /// Where the core serves `/metrics`.
     pub admin_addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -90,6 +103,7 @@ pub struct TestApp {
 }
 
 /// What a test may change in the configuration before the app starts.
+#[derive(Clone)]
 pub struct Options {
     pub stripe_timeout: Duration,
     pub stripe_max_retries: u32,
@@ -99,6 +113,8 @@ pub struct Options {
     /// Zero (the default in tests) turns the reconciler off.
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
+    /// One more origin billing may redirect to (a local page in browser tests).
+    pub extra_redirect_origin: Option<String>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
@@ -112,6 +128,7 @@ impl Default for Options {
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
+            extra_redirect_origin: None,
         }
     }
 }
@@ -152,41 +169,9 @@ impl TestApp {
         stripe: std::sync::Arc<LocalStripe>,
         database_url: String,
     ) -> TestApp {
-        let config = ServeConfig {
-            database_url: database_url.clone(),
-            database_max_connections: 16,
-            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-            migrate: true,
-            stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
-            stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),
-            stripe_api_base: stripe.base_url.parse().expect("stripe url"),
-            stripe_timeout: options.stripe_timeout,
-            stripe_max_retries: options.stripe_max_retries,
-            stripe_max_rps: 1000,
-            admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
-            return_url: RETURN_URL.parse().expect("return url"),
-            tenants: Tenants::parse_toml(&tenants_toml()).expect("tenants"),
-            gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
-            stripe_webhook_secrets: options
-                .webhook_secrets
-                .iter()
-                .map(|s| SecretString::from(s.clone()))
-                .collect(),
-            stripe_webhook_tolerance: Duration::from_secs(300),
-            reconcile_interval: options.reconcile_interval,
-            reconcile_after: options.reconcile_after,
-            reconcile_batch: 100,
-            request_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-            health_interval: options.health_interval,
-        };
-        let app = Application::build(config).await.expect("app builds");
-        let addr = app.grpc_addr();
-        let admin_addr = app.admin_addr().expect("admin endpoint");
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (addr, admin_addr, shutdown, server) =
+            start_server(&database_url, &stripe.base_url, addr, &options).await;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -198,6 +183,8 @@ impl TestApp {
             stripe,
             database_url,
             db,
+            grpc_addr: addr,
+            options,
             admin_addr,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -211,6 +198,31 @@ impl TestApp {
             let _ = shutdown.send(());
         }
         self.server.take().expect("running").await.expect("joined")
+    }
+
+    /// Stops the core gracefully (the database and Stripe fake stay), as a restart would.
+    pub async fn stop_core(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("joined").expect("core stopped cleanly");
+        }
+    }
+
+    /// Starts the core again on the same address and database.
+    pub async fn start_core(&mut self) {
+        assert!(self.server.is_none(), "the core is running");
+        let (_, admin_addr, shutdown, server) = start_server(
+            &self.database_url,
+            &self.stripe.base_url,
+            self.grpc_addr,
+            &self.options,
+        )
+        .await;
+        self.admin_addr = admin_addr;
+        self.shutdown = Some(shutdown);
+        self.server = Some(server);
     }
 
     /// Creates a payment as the billing tenant.
@@ -260,6 +272,59 @@ impl TestApp {
             .await
             .map(tonic::Response::into_inner)
     }
+}
+
+type ServerHandle = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Builds and starts `paybridge serve` on `addr`; returns the bound address.
+async fn start_server(
+    database_url: &str,
+    stripe_base_url: &str,
+    addr: SocketAddr,
+    options: &Options,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    ServerHandle,
+) {
+    let config = ServeConfig {
+        database_url: database_url.to_owned(),
+        database_max_connections: 16,
+        grpc_addr: addr,
+        migrate: true,
+        stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
+        stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),
+        stripe_api_base: stripe_base_url.parse().expect("stripe url"),
+        stripe_timeout: options.stripe_timeout,
+        stripe_max_retries: options.stripe_max_retries,
+        stripe_max_rps: 1000,
+        admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        return_url: RETURN_URL.parse().expect("return url"),
+        tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
+            .expect("tenants"),
+        gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
+        stripe_webhook_secrets: options
+            .webhook_secrets
+            .iter()
+            .map(|s| SecretString::from(s.clone()))
+            .collect(),
+        stripe_webhook_tolerance: Duration::from_secs(300),
+        reconcile_interval: options.reconcile_interval,
+        reconcile_after: options.reconcile_after,
+        reconcile_batch: 100,
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+        health_interval: options.health_interval,
+    };
+    let app = Application::build(config).await.expect("app builds");
+    let addr = app.grpc_addr();
+    let admin_addr = app.admin_addr().expect("admin endpoint");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (addr, admin_addr, shutdown, server)
 }
 
 impl Drop for TestApp {
