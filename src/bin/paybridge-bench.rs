@@ -246,7 +246,6 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
         // CreateInvoicePayment, closed loop at each concurrency.
         for &concurrency in &args.concurrency {
             let tag = format!("{backend}-c{concurrency}");
-            let before = stand_in.counts();
             let _ = load::create_closed_loop(
                 &stack.clients,
                 &format!("{tag}-warm"),
@@ -256,6 +255,7 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
                 &mut created,
             )
             .await;
+            let before = stand_in.counts();
             let mut figure = Figure::new(&format!("create_{backend}"), backend, concurrency);
             for run in 0..args.runs {
                 eprintln!("{backend}: create c={concurrency} run {}", run + 1);

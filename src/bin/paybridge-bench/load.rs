@@ -25,6 +25,8 @@ pub(crate) struct Sample {
     pub(crate) ok: u64,
     pub(crate) errors: u64,
     pub(crate) seconds: f64,
+    /// Successful calls including warm-up (what the Stripe counts cover).
+    pub(crate) all_ok: u64,
     /// Latencies of the successful calls, microseconds.
     pub(crate) latencies: Vec<u32>,
 }
@@ -155,6 +157,7 @@ pub(crate) async fn create_closed_loop(
                 match result {
                     Ok(c) => {
                         made.push(c);
+                        sample.all_ok += 1;
                         if sent >= measure_from && done <= end {
                             sample.ok += 1;
                             sample.latencies.push(micros(done - sent));
@@ -178,6 +181,7 @@ pub(crate) async fn create_closed_loop(
     for task in tasks {
         if let Ok((sample, made)) = task.await {
             total.ok += sample.ok;
+            total.all_ok += sample.all_ok;
             total.errors += sample.errors;
             total.latencies.extend(sample.latencies);
             created.extend(made);
@@ -227,6 +231,7 @@ pub(crate) async fn create_open_loop(
         match task.await {
             Ok((Some(c), latency)) => {
                 sample.ok += 1;
+                sample.all_ok += 1;
                 sample.latencies.push(latency);
                 created.push(c);
             }
@@ -337,6 +342,7 @@ pub(crate) async fn http_closed_loop(
                 };
                 let done = Instant::now();
                 if status == expect {
+                    sample.all_ok += 1;
                     if sent >= measure_from && done <= end {
                         sample.ok += 1;
                         sample.latencies.push(micros(done - sent));
@@ -358,6 +364,7 @@ pub(crate) async fn http_closed_loop(
     for task in tasks {
         let sample = task.await?;
         total.ok += sample.ok;
+        total.all_ok += sample.all_ok;
         total.errors += sample.errors;
         total.latencies.extend(sample.latencies);
     }

@@ -15,6 +15,8 @@ pub(crate) struct Run {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Answered calls including warm-up.
+    all_ok: u64,
 }
 
 /// One figure: the runs of one scenario.
@@ -71,6 +73,7 @@ impl Figure {
             p50_ms: sample.percentile_ms(50.0),
             p99_ms: sample.percentile_ms(99.0),
             errors: sample.errors,
+            all_ok: sample.all_ok,
         });
     }
 
@@ -90,11 +93,16 @@ impl Figure {
         median(&mut self.values(|r| r.p99_ms))
     }
 
+    /// Calls answered during the figure, warm-up included (what its Stripe counts cover).
+    fn all_calls(&self) -> f64 {
+        self.runs.iter().map(|r| r.all_ok as f64).sum()
+    }
+
     fn errors(&self) -> u64 {
         self.runs.iter().map(|r| r.errors).sum()
     }
 
-    fn json(&self, seconds: f64) -> Value {
+    fn json(&self) -> Value {
         let rps = self.values(|r| r.rps);
         let p50 = self.values(|r| r.p50_ms);
         let p99 = self.values(|r| r.p99_ms);
@@ -124,7 +132,7 @@ impl Figure {
             value["distinct_payments"] = json!(pool);
         }
         if let Some(stripe) = self.stripe {
-            let calls = self.runs.iter().map(|r| r.rps * seconds).sum::<f64>();
+            let calls = self.all_calls();
             value["stripe_requests"] = json!(stripe.requests);
             value["stripe_connections"] = json!(stripe.connections);
             if calls > 0.0 {
@@ -314,7 +322,7 @@ impl Report {
             let per_call = f
                 .stripe
                 .map(|s| {
-                    let calls = f.runs.iter().map(|r| r.rps * self.seconds).sum::<f64>();
+                    let calls = f.all_calls();
                     if calls > 0.0 {
                         format!("{:.2}", s.requests as f64 / calls)
                     } else {
@@ -389,23 +397,19 @@ impl Report {
 
     pub(crate) fn json(&self) -> Value {
         let fig = |name: &str, backend: &str| {
-            self.figure(name, backend)
-                .map_or(Value::Null, |f| f.json(self.seconds))
+            self.figure(name, backend).map_or(Value::Null, |f| f.json())
         };
         let mut by_concurrency = serde_json::Map::new();
         for f in &self.figures {
             if f.offered_rate.is_none() && f.name.starts_with("create_") {
-                by_concurrency.insert(
-                    format!("{}@{}", f.name, f.concurrency),
-                    f.json(self.seconds),
-                );
+                by_concurrency.insert(format!("{}@{}", f.name, f.concurrency), f.json());
             }
         }
         let open_loop: Vec<Value> = self
             .figures
             .iter()
             .filter(|f| f.offered_rate.is_some())
-            .map(|f| f.json(self.seconds))
+            .map(|f| f.json())
             .collect();
         let (serve, gateway, together) = self.rss_peak().unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let startup = median(&mut self.startup_ms.clone());
