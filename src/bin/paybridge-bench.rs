@@ -74,6 +74,13 @@ struct Args {
     /// The paybridge binary (default: `paybridge` beside this one, i.e. target/release).
     #[arg(long)]
     paybridge: Option<PathBuf>,
+    /// Only the CreateInvoicePayment runs (e.g. for profiling).
+    #[arg(long)]
+    create_only: bool,
+    /// Runs `paybridge serve` under this command, e.g.
+    /// `"valgrind --tool=callgrind --callgrind-out-file=/tmp/serve.%p.callgrind"`.
+    #[arg(long)]
+    serve_wrapper: Option<String>,
     /// Do not run `cargo build --release --bin paybridge` first (when started by cargo).
     #[arg(long)]
     no_build: bool,
@@ -113,7 +120,12 @@ fn main() -> anyhow::Result<()> {
     }
     let work = std::env::temp_dir().join(format!("paybridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let parts = Parts::new(paybridge, repo, work.clone())?;
+    let mut parts = Parts::new(paybridge, repo, work.clone())?;
+    parts.serve_wrapper = args
+        .serve_wrapper
+        .as_deref()
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -173,6 +185,45 @@ impl RssSampler {
         self.task.abort();
         std::mem::take(&mut *self.peak.lock().unwrap())
     }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat` (100 ticks/s).
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU used so far by serve, gateway and the bench itself.
+fn cpu_now(stack: &Stack) -> [f64; 3] {
+    [
+        cpu_of(&stack.serve.pid().to_string()),
+        cpu_of(&stack.gateway.pid().to_string()),
+        cpu_of("self"),
+    ]
+}
+
+/// Records what the figure's runs cost in CPU and where resident memory stood after them.
+fn annotate(figure: &mut Figure, stack: &Stack, cpu_before: [f64; 3]) {
+    let after = cpu_now(stack);
+    figure.cpu_s = Some([
+        after[0] - cpu_before[0],
+        after[1] - cpu_before[1],
+        after[2] - cpu_before[2],
+    ]);
+    figure.rss_after = Some([
+        rss_of(stack.serve.pid()).unwrap_or(0.0),
+        rss_of(stack.gateway.pid()).unwrap_or(0.0),
+    ]);
 }
 
 fn rss_of(pid: u32) -> Option<f64> {
@@ -256,6 +307,7 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             )
             .await;
             let before = stand_in.counts();
+            let cpu = cpu_now(&stack);
             let mut figure = Figure::new(&format!("create_{backend}"), backend, concurrency);
             for run in 0..args.runs {
                 eprintln!("{backend}: create c={concurrency} run {}", run + 1);
@@ -271,9 +323,11 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
                 figure.push(sample);
             }
             figure.stripe = Some(stand_in.counts() - before);
+            annotate(&mut figure, &stack, cpu);
             report.figures.push(figure);
         }
         if args.rate > 0.0 {
+            let cpu = cpu_now(&stack);
             let mut figure = Figure::new(&format!("create_{backend}_open_loop"), backend, 0);
             figure.offered_rate = Some(args.rate);
             for run in 0..args.runs {
@@ -292,9 +346,17 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
                 .await;
                 figure.push(sample);
             }
+            annotate(&mut figure, &stack, cpu);
             report.figures.push(figure);
         }
         created.retain(|c| !c.intent_id.is_empty());
+        if args.create_only {
+            let peak = rss.finish();
+            report
+                .rss
+                .push((backend.to_string(), peak.serve, peak.gateway, peak.together));
+            continue;
+        }
         if created.len() < WEBHOOK_POOL + 1000 {
             bail!(
                 "{backend}: only {} payments were created; too few for the HTTP runs",
@@ -308,7 +370,9 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
         for c in webhook_pool {
             stand_in.succeed(&c.intent_id);
         }
+        let cpu = cpu_now(&stack);
         let mut figure = Figure::new("webhook", backend, args.connections);
+        let mut stripe = Counts::default();
         for run in 0..args.runs {
             eprintln!("{backend}: webhook run {}", run + 1);
             let events = webhook_calls(
@@ -328,9 +392,11 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
                 seconds,
             )
             .await?;
-            figure.stripe = Some(stand_in.counts() - before);
+            stripe = stripe + (stand_in.counts() - before);
             figure.push(sample);
         }
+        figure.stripe = Some(stripe);
+        annotate(&mut figure, &stack, cpu);
         report.figures.push(figure);
 
         // Returns of settled payments (no Stripe call) and of unsettled ones (one retrieve each:
@@ -346,6 +412,7 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             );
             let mut figure = Figure::new(name, backend, args.connections);
             let before = stand_in.counts();
+            let cpu = cpu_now(&stack);
             for run in 0..args.runs {
                 eprintln!("{backend}: {name} run {}", run + 1);
                 let sample = load::http_closed_loop(
@@ -362,6 +429,7 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             }
             figure.stripe = Some(stand_in.counts() - before);
             figure.pool = Some(pool.len());
+            annotate(&mut figure, &stack, cpu);
             report.figures.push(figure);
         }
         let peak = rss.finish();

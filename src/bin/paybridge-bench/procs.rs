@@ -76,7 +76,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
+        self.stop(Duration::from_secs(20));
     }
 }
 
@@ -87,6 +87,8 @@ pub(crate) struct Parts {
     pub(crate) repo: PathBuf,
     pub(crate) work: PathBuf,
     pub(crate) tenants_file: PathBuf,
+    /// A command (and its arguments) that `serve` runs under, for profiling.
+    pub(crate) serve_wrapper: Vec<String>,
 }
 
 impl Parts {
@@ -107,6 +109,7 @@ impl Parts {
             repo,
             work,
             tenants_file,
+            serve_wrapper: Vec::new(),
         })
     }
 
@@ -124,7 +127,14 @@ impl Parts {
                 .unwrap_or(0)
         ));
         let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(&self.paybridge);
+        let mut command = match self.serve_wrapper.split_first() {
+            Some((program, wrapper_args)) if name == "serve" => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(&self.paybridge);
+                command
+            }
+            _ => Command::new(&self.paybridge),
+        };
         command
             .args(args)
             .env_clear()

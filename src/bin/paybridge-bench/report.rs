@@ -32,6 +32,10 @@ pub(crate) struct Figure {
     /// How many distinct payments the runs cycled through.
     pub(crate) pool: Option<usize>,
     pub(crate) offered_rate: Option<f64>,
+    /// CPU seconds of serve, gateway and the bench (load generator and stand-in) over the runs.
+    pub(crate) cpu_s: Option<[f64; 3]>,
+    /// Resident MiB of serve and gateway after the runs.
+    pub(crate) rss_after: Option<[f64; 2]>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -64,6 +68,8 @@ impl Figure {
             stripe: None,
             pool: None,
             offered_rate: None,
+            cpu_s: None,
+            rss_after: None,
         }
     }
 
@@ -127,6 +133,18 @@ impl Figure {
         }
         if let Some(rate) = self.offered_rate {
             value["offered_rate"] = json!(rate);
+        }
+        if let Some([serve, gateway, bench]) = self.cpu_s {
+            let calls = self.all_calls().max(1.0);
+            value["cpu_us_per_call"] = json!({
+                "serve": round(serve * 1e6 / calls, 0),
+                "gateway": round(gateway * 1e6 / calls, 0),
+                "bench": round(bench * 1e6 / calls, 0),
+            });
+        }
+        if let Some([serve, gateway]) = self.rss_after {
+            value["rss_mib_after"] =
+                json!({ "serve": round(serve, 1), "gateway": round(gateway, 1) });
         }
         if let Some(pool) = self.pool {
             value["distinct_payments"] = json!(pool);
@@ -311,9 +329,9 @@ impl Report {
         );
         println!();
         println!(
-            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | errors |"
+            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | CPU µs/call serve+gw / bench | errors |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for f in &self.figures {
             let rps = f.values(|r| r.rps);
             let p99 = f.values(|r| r.p99_ms);
@@ -334,8 +352,19 @@ impl Report {
                 (_, Some(rate)) => format!("{rate:.0}/s open"),
                 (c, None) => c.to_string(),
             };
+            let cpu = f
+                .cpu_s
+                .map(|[serve, gateway, bench]| {
+                    let calls = f.all_calls().max(1.0);
+                    format!(
+                        "{:.0} / {:.0}",
+                        (serve + gateway) * 1e6 / calls,
+                        bench * 1e6 / calls
+                    )
+                })
+                .unwrap_or_else(|| "-".to_owned());
             println!(
-                "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} ({:.2}–{:.2}) | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} ({:.2}–{:.2}) | {} | {} | {} |",
                 f.name,
                 f.backend,
                 conc,
@@ -347,6 +376,7 @@ impl Report {
                 p99lo,
                 p99hi,
                 per_call,
+                cpu,
                 f.errors()
             );
         }

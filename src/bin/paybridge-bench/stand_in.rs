@@ -33,6 +33,19 @@ pub(crate) struct Counts {
     pub(crate) other: u64,
 }
 
+impl std::ops::Add for Counts {
+    type Output = Counts;
+    fn add(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests + other.requests,
+            connections: self.connections + other.connections,
+            creates: self.creates + other.creates,
+            retrieves: self.retrieves + other.retrieves,
+            other: self.other + other.other,
+        }
+    }
+}
+
 impl std::ops::Sub for Counts {
     type Output = Counts;
     fn sub(self, earlier: Counts) -> Counts {
