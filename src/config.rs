@@ -264,6 +264,10 @@ pub struct GatewayArgs {
     /// Longest time one call to the core may take.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_CORE_TIMEOUT", value_parser = parse_duration, default_value = "15s")]
     pub core_timeout: Duration,
+    /// Longest a client may take to send a request's headers, or a webhook's whole body; a
+    /// connection idle that long between requests is closed too (slow-client protection).
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub read_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
@@ -281,6 +285,8 @@ pub struct GatewayConfig {
     pub rate_burst: u32,
     pub max_concurrency: usize,
     pub core_timeout: Duration,
+    /// Headers (and a webhook body) must arrive within this; also the idle keep-alive limit.
+    pub read_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -300,6 +306,9 @@ impl GatewayArgs {
         if self.max_concurrency == 0 {
             return Err("PAYBRIDGE_GATEWAY_MAX_CONCURRENCY: must be at least 1".to_owned());
         }
+        if self.read_timeout.is_zero() {
+            return Err("PAYBRIDGE_GATEWAY_READ_TIMEOUT: must be greater than zero".to_owned());
+        }
         Ok(GatewayConfig {
             addr: self.gateway_addr,
             core_url: self.core_url,
@@ -308,6 +317,7 @@ impl GatewayArgs {
             rate_burst: self.rate_burst,
             max_concurrency: self.max_concurrency,
             core_timeout: self.core_timeout,
+            read_timeout: self.read_timeout,
             shutdown_grace: self.shutdown_grace,
         })
     }

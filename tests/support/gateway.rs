@@ -61,6 +61,8 @@ pub struct GatewayOptions {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub max_concurrency: usize,
+    /// Headers and webhook bodies must arrive within this.
+    pub read_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -70,6 +72,7 @@ impl Default for GatewayOptions {
             rate_limit: 1_000,
             rate_burst: 1_000,
             max_concurrency: 1_000,
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -104,6 +107,7 @@ impl GatewayTest {
             rate_burst: gateway.rate_burst,
             max_concurrency: gateway.max_concurrency,
             core_timeout: Duration::from_secs(15),
+            read_timeout: gateway.read_timeout,
             shutdown_grace: Duration::from_secs(5),
         };
         let gateway = GatewayApp::build(config).await.expect("gateway builds");

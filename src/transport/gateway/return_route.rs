@@ -168,11 +168,13 @@ fn core_failed(payment_intent: &str, status: &tonic::Status) -> Response {
         }
         Code::Unauthenticated | Code::PermissionDenied => {
             tracing::error!(code = ?status.code(), "the core refused the gateway's credential: check PAYBRIDGE_GATEWAY_TOKEN");
-            pages::retry_later()
+            pages::confirming()
         }
         code => {
-            tracing::warn!(%payment_intent, ?code, message = status.message(), "core unavailable for a return");
-            pages::retry_later()
+            // Stripe or the core unreachable or slow: the payment may have gone through, so the
+            // browser hears neither success nor failure, and comes back by itself.
+            tracing::warn!(%payment_intent, ?code, message = status.message(), "core could not verify a return now");
+            pages::confirming()
         }
     }
 }
