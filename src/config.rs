@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Most payments one sweep reads at Stripe.
     #[arg(long, env = "PAYBRIDGE_RECONCILE_BATCH", default_value_t = 100)]
     pub reconcile_batch: u32,
+    /// How long a replica holds the payments one sweep claimed. A replica killed mid-sweep
+    /// strands its unread claims this long; then another sweep takes them.
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_LEASE", value_parser = parse_duration, default_value = "120s")]
+    pub reconcile_lease: Duration,
     /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
     /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
@@ -172,6 +176,8 @@ pub struct ServeConfig {
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
     pub reconcile_batch: u32,
+    /// How long a sweep's claims last (a crashed replica's claims expire after it).
+    pub reconcile_lease: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -230,6 +236,7 @@ impl ServeArgs {
             reconcile_interval: self.reconcile_interval,
             reconcile_after: self.reconcile_after,
             reconcile_batch: self.reconcile_batch,
+            reconcile_lease: self.reconcile_lease,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),

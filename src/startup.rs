@@ -47,6 +47,7 @@ struct ReconcileSettings {
     interval: Duration,
     after: Duration,
     batch: u32,
+    lease: Duration,
 }
 
 impl Application {
@@ -108,6 +109,7 @@ impl Application {
                 interval: config.reconcile_interval,
                 after: config.reconcile_after,
                 batch: config.reconcile_batch,
+                lease: config.reconcile_lease,
             },
         })
     }
@@ -206,7 +208,7 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
     loop {
         ticks.tick().await;
         match payments
-            .reconcile_once(settings.after, settings.batch)
+            .reconcile_once(settings.after, settings.batch, settings.lease)
             .await
         {
             Ok(report) if report.checked > 0 => tracing::info!(?report, "reconciler sweep"),

@@ -279,7 +279,9 @@ async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(
         Fault::Net(NetFault::StallBefore),
         Fault::Net(NetFault::ResetMidResponse { after_bytes: 20 }),
         Fault::Http(json!({"method": "GET", "status": 500, "times": 10})),
-        Fault::Http(json!({"method": "GET", "status": 429, "times": 10, "headers": {"Retry-After": "1"}})),
+        Fault::Http(
+            json!({"method": "GET", "status": 429, "times": 10, "headers": {"Retry-After": "1"}}),
+        ),
     ];
     // The core reuses an intent read (or its failure) for a second, so each step waits that out.
     let fresh_for = Duration::from_millis(1100);
@@ -293,7 +295,10 @@ async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(
             "{outage:?}"
         );
         let page = response.text().await.expect("page");
-        assert!(page.contains("confirming your payment"), "{outage:?}: {page}");
+        assert!(
+            page.contains("confirming your payment"),
+            "{outage:?}: {page}"
+        );
         assert!(!page.contains("secret"), "{page}");
         heal(&proxy, &test.app.stripe).await;
         assert_eq!(

@@ -156,17 +156,27 @@ impl LocalStripe {
         .await
     }
 
-    /// All PaymentIntents at the fake.
+    /// All PaymentIntents at the fake (every page).
     pub async fn payment_intents(&self) -> Vec<Value> {
-        let list = self
-            .call(
-                reqwest::Method::GET,
-                "/v1/payment_intents?limit=100",
-                SECRET_KEY,
-                &[],
-            )
-            .await;
-        list["data"].as_array().cloned().unwrap_or_default()
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let path = match all.last() {
+                Some(last) => format!(
+                    "/v1/payment_intents?limit=100&starting_after={}",
+                    last["id"].as_str().expect("id")
+                ),
+                None => "/v1/payment_intents?limit=100".to_owned(),
+            };
+            let list = self
+                .call(reqwest::Method::GET, &path, SECRET_KEY, &[])
+                .await;
+            let page = list["data"].as_array().cloned().unwrap_or_default();
+            let more = list["has_more"].as_bool().unwrap_or(false) && !page.is_empty();
+            all.extend(page);
+            if !more {
+                return all;
+            }
+        }
     }
 
     /// Pays as Stripe.js would in the browser: a card PaymentMethod made with the publishable

@@ -353,6 +353,7 @@ async fn start_server(
         reconcile_interval: options.reconcile_interval,
         reconcile_after: options.reconcile_after,
         reconcile_batch: 100,
+        reconcile_lease: Duration::from_secs(120),
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         health_interval: options.health_interval,
