@@ -60,6 +60,18 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // PostgreSQL going away under a session (shutdown, restart, failover) or refusing
+            // new ones: the database is unavailable, not the request wrong. SQLSTATE class 08
+            // (connection exception), 57P01–57P03 (admin or crash shutdown, cannot connect now),
+            // 53300 (too many connections).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
