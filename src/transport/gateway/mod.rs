@@ -35,6 +35,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::config::GatewayConfig;
 
 pub use self::core::CoreClient;
+pub use self::return_route::{Refusal as ReturnRefusal, ReturnQuery, parse_return_query};
 
 /// What every handler shares.
 #[derive(Debug)]
