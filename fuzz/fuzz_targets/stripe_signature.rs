@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use paybridge::adapters::stripe::webhook::{WebhookVerifier, sign};
+use paybridge::adapters::stripe::webhook::WebhookVerifier;
 use secrecy::SecretString;
 
 fuzz_target!(|input: (&str, &[u8])| {
@@ -14,9 +14,6 @@ fuzz_target!(|input: (&str, &[u8])| {
         Duration::from_secs(300),
     );
     let now = 1_700_000_000;
-    if verifier.verify(payload, header, now).is_ok() {
-        // Only a header carrying the real HMAC may pass.
-        assert!(header.contains(sign(payload, "whsec_fuzz", now).split("v1=").nth(1).unwrap_or("-"))
-            || header.contains("v1="));
-    }
+    // Forging an HMAC-SHA256 by chance does not happen: nothing the fuzzer makes may pass.
+    assert!(verifier.verify(payload, header, now).is_err());
 });
