@@ -244,23 +244,10 @@ impl GatewayTest {
             .as_ref()
             .expect("payment")
             .stripe_payment_intent_id;
-        let response = reqwest::Client::new()
-            .post(format!(
-                "{}/v1/payment_intents/{intent}/_authenticate",
-                self.app.stripe.base_url
-            ))
-            .form(&[
-                ("client_secret", created.client_secret.as_str()),
-                ("success", if success { "true" } else { "false" }),
-            ])
-            .send()
-            .await
-            .expect("authenticate");
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
+        self.app
+            .stripe
+            .authenticate(intent, &created.client_secret, success)
+            .await;
     }
 
     /// How many times the fake was asked for this payment's intent.
