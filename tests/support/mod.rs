@@ -113,6 +113,7 @@ pub struct Options {
     /// Zero (the default in tests) turns the reconciler off.
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
+    pub reconcile_batch: u32,
     /// One more origin billing may redirect to (a local page in browser tests).
     pub extra_redirect_origin: Option<String>,
 }
@@ -125,6 +126,7 @@ impl Default for Options {
             webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
             reconcile_interval: Duration::ZERO,
             reconcile_after: Duration::from_secs(60),
+            reconcile_batch: 100,
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
