@@ -278,6 +278,13 @@ pub struct GatewayArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
+    /// Where the gateway's Prometheus metrics are served (`GET /metrics`).
+    #[arg(
+        long = "admin-addr",
+        env = "PAYBRIDGE_ADMIN_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub gateway_admin_addr: SocketAddr,
 }
 
 /// The settings `gateway` runs with, checked. Tests build this directly.
@@ -295,6 +302,8 @@ pub struct GatewayConfig {
     /// Headers (and a webhook body) must arrive within this; also the idle keep-alive limit.
     pub read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Metrics endpoint; `None` turns it off.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl GatewayArgs {
@@ -326,6 +335,7 @@ impl GatewayArgs {
             core_timeout: self.core_timeout,
             read_timeout: self.read_timeout,
             shutdown_grace: self.shutdown_grace,
+            admin_addr: Some(self.gateway_admin_addr),
         })
     }
 }

@@ -58,6 +58,17 @@ pub struct ReconciledLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
 /// Every metric of the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -70,6 +81,8 @@ pub struct Metrics {
     pub transitions: Family<TransitionLabels, Counter>,
     pub reconciler_sweeps: Family<SweepLabels, Counter>,
     pub reconciled_payments: Family<ReconciledLabels, Counter>,
+    pub gateway_requests: Family<GatewayLabels, Counter>,
+    pub gateway_duration: Family<RouteLabels, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -132,8 +145,24 @@ impl Metrics {
             "Payments the reconciler checked, changed or failed to check",
             reconciled_payments.clone(),
         );
+        let gateway_requests = Family::<GatewayLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Gateway HTTP requests by route and status",
+            gateway_requests.clone(),
+        );
+        let gateway_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Gateway HTTP request latency by route",
+            gateway_duration.clone(),
+        );
         Metrics {
             registry,
+            gateway_requests,
+            gateway_duration,
             rpc_requests,
             rpc_duration,
             stripe_requests,

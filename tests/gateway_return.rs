@@ -36,6 +36,23 @@ async fn a_paid_card_returns_to_the_success_url_and_the_invoice_is_then_paid(db:
     let again = assert_redirect(&test.return_for(&created, "succeeded").await);
     assert_eq!(again, location);
 
+    // The gateway counts its answers by route and status, with no secret or id in a label.
+    let metrics = test
+        .http
+        .get(format!("http://{}/metrics", test.admin_addr))
+        .send()
+        .await
+        .expect("gateway metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .contains(r#"paybridge_gateway_requests_total{route="/payment/return",status="303"}"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&created.client_secret) && !metrics.contains(&payment.id));
+
     let refused = test
         .app
         .create(create_request("another-key", "INV-1"))

@@ -81,6 +81,8 @@ impl Default for GatewayOptions {
 pub struct GatewayTest {
     pub app: TestApp,
     pub addr: SocketAddr,
+    /// Where the gateway serves `/metrics`.
+    pub admin_addr: SocketAddr,
     /// Follows no redirects: tests look at the gateway's own answers.
     pub http: reqwest::Client,
     /// Every client secret the test saw; none may appear in the logs.
@@ -109,9 +111,11 @@ impl GatewayTest {
             core_timeout: Duration::from_secs(15),
             read_timeout: gateway.read_timeout,
             shutdown_grace: Duration::from_secs(5),
+            admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         };
         let gateway = GatewayApp::build(config).await.expect("gateway builds");
         let addr = gateway.local_addr();
+        let admin_addr = gateway.admin_addr().expect("gateway admin endpoint");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(gateway.run_until_stopped(async {
             let _ = stopped.await;
@@ -119,6 +123,7 @@ impl GatewayTest {
         GatewayTest {
             app,
             addr,
+            admin_addr,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -243,23 +248,10 @@ impl GatewayTest {
             .as_ref()
             .expect("payment")
             .stripe_payment_intent_id;
-        let response = reqwest::Client::new()
-            .post(format!(
-                "{}/v1/payment_intents/{intent}/_authenticate",
-                self.app.stripe.base_url
-            ))
-            .form(&[
-                ("client_secret", created.client_secret.as_str()),
-                ("success", if success { "true" } else { "false" }),
-            ])
-            .send()
-            .await
-            .expect("authenticate");
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
+        self.app
+            .stripe
+            .authenticate(intent, &created.client_secret, success)
+            .await;
     }
 
     /// How many times the fake was asked for this payment's intent.

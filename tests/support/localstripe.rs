@@ -209,4 +209,27 @@ impl LocalStripe {
         )
         .await
     }
+
+    /// Settles a 3-D Secure authentication the way the bank page would.
+    pub async fn authenticate(&self, intent_id: &str, client_secret: &str, success: bool) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/payment_intents/{intent_id}/_authenticate",
+                self.base_url
+            ))
+            .form(&[
+                ("key", super::PUBLISHABLE_KEY),
+                ("client_secret", client_secret),
+                ("success", if success { "true" } else { "false" }),
+            ])
+            .send()
+            .await
+            .expect("authenticate");
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
+    }
 }

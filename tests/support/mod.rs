@@ -119,6 +119,9 @@ pub struct Options {
     /// Zero (the default in tests) turns the reconciler off.
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
+    pub reconcile_batch: u32,
+    /// The core's Stripe request budget (requests/s).
+    pub stripe_max_rps: u32,
     /// One more origin billing may redirect to (a local page in browser tests).
     pub extra_redirect_origin: Option<String>,
     /// Put a fault-injecting TCP proxy between the core and the Stripe fake.
@@ -133,6 +136,8 @@ impl Default for Options {
             webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
             reconcile_interval: Duration::ZERO,
             reconcile_after: Duration::from_secs(60),
+            reconcile_batch: 100,
+            stripe_max_rps: 1000,
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
@@ -338,7 +343,7 @@ async fn start_server(
         stripe_api_base: stripe_base_url.parse().expect("stripe url"),
         stripe_timeout: options.stripe_timeout,
         stripe_max_retries: options.stripe_max_retries,
-        stripe_max_rps: 1000,
+        stripe_max_rps: options.stripe_max_rps,
         admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         return_url: RETURN_URL.parse().expect("return url"),
         tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))

@@ -756,6 +756,44 @@ impl Store {
     }
 }
 
+/// One recorded status change, for watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Increasing within a payment.
+    pub payment_event_id: i64,
+    pub to: PaymentStatus,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// The status changes of a payment recorded after `after` (an event id; 0 for all), oldest
+    /// first.
+    pub async fn status_events_after(
+        &self,
+        payment_id: &str,
+        after: i64,
+    ) -> Result<Vec<StatusEvent>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "select payment_event_id, to_status, created_at from payment_event \
+             where payment_id = $1 and payment_event_id > $2 order by payment_event_id",
+        )
+        .bind(payment_id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(payment_event_id, to, created_at)| {
+                Ok(StatusEvent {
+                    payment_event_id,
+                    to: parse_status(&to)?,
+                    created_at,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Forwards PostgreSQL notifications to this process's watchers. `PgListener` reconnects by
 /// itself; notifications sent while it was away are lost, which is why watchers also re-read on
 /// a timer.

@@ -41,6 +41,18 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
             .headers_mut()
             .insert(name.clone(), HeaderValue::from_static(value));
     }
+    let route = route_label(&path);
+    crate::metrics::METRICS
+        .gateway_requests
+        .get_or_create(&crate::metrics::GatewayLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    crate::metrics::METRICS
+        .gateway_duration
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         target: "paybridge::gateway::access",
         %method,
@@ -52,6 +64,17 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// A bounded label for the route: paths are attacker-chosen.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/payment/return" => "/payment/return",
+        "/stripe/webhook" => "/stripe/webhook",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        _ => "other",
+    }
 }
 
 fn logged_path(path: &str) -> &str {

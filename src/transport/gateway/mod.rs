@@ -51,6 +51,7 @@ struct GatewayState {
 #[derive(Debug)]
 pub struct GatewayApp {
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     addr: SocketAddr,
     state: Arc<GatewayState>,
     router: Router,
@@ -70,18 +71,34 @@ impl GatewayApp {
             read_timeout: config.read_timeout,
         });
         let router = router(&config, state.clone());
+        let admin_listener = match config.admin_addr {
+            Some(addr) => Some(
+                crate::metrics::bind_admin(addr)
+                    .await
+                    .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GATEWAY_ADDR: binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         Ok(GatewayApp {
             listener,
+            admin_listener,
             addr,
             state,
             router,
             read_timeout: config.read_timeout,
             shutdown_grace: config.shutdown_grace,
         })
+    }
+
+    /// The address metrics are served on, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address the gateway is bound to.
@@ -95,6 +112,12 @@ impl GatewayApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin_listener.map(|listener| {
+            tokio::spawn(crate::metrics::serve_admin(listener, async {
+                let _ = admin_stopped.await;
+            }))
+        });
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             self.listener,
@@ -114,6 +137,10 @@ impl GatewayApp {
                 grace = ?self.shutdown_grace,
                 "requests still running after the grace period; exiting anyway"
             ),
+        }
+        let _ = stop_admin.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         tracing::info!("stopped");
         Ok(())
