@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Most payments one sweep reads at Stripe.
     #[arg(long, env = "PAYBRIDGE_RECONCILE_BATCH", default_value_t = 100)]
     pub reconcile_batch: u32,
+    /// How long a replica holds the payments one sweep claimed. A replica killed mid-sweep
+    /// strands its unread claims this long; then another sweep takes them.
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_LEASE", value_parser = parse_duration, default_value = "120s")]
+    pub reconcile_lease: Duration,
     /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
     /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
@@ -172,6 +176,8 @@ pub struct ServeConfig {
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
     pub reconcile_batch: u32,
+    /// How long a sweep's claims last (a crashed replica's claims expire after it).
+    pub reconcile_lease: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -230,6 +236,7 @@ impl ServeArgs {
             reconcile_interval: self.reconcile_interval,
             reconcile_after: self.reconcile_after,
             reconcile_batch: self.reconcile_batch,
+            reconcile_lease: self.reconcile_lease,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),
@@ -264,6 +271,10 @@ pub struct GatewayArgs {
     /// Longest time one call to the core may take.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_CORE_TIMEOUT", value_parser = parse_duration, default_value = "15s")]
     pub core_timeout: Duration,
+    /// Longest a client may take to send a request's headers, or a webhook's whole body; a
+    /// connection idle that long between requests is closed too (slow-client protection).
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub read_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
@@ -288,6 +299,8 @@ pub struct GatewayConfig {
     pub rate_burst: u32,
     pub max_concurrency: usize,
     pub core_timeout: Duration,
+    /// Headers (and a webhook body) must arrive within this; also the idle keep-alive limit.
+    pub read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Metrics endpoint; `None` turns it off.
     pub admin_addr: Option<SocketAddr>,
@@ -309,6 +322,9 @@ impl GatewayArgs {
         if self.max_concurrency == 0 {
             return Err("PAYBRIDGE_GATEWAY_MAX_CONCURRENCY: must be at least 1".to_owned());
         }
+        if self.read_timeout.is_zero() {
+            return Err("PAYBRIDGE_GATEWAY_READ_TIMEOUT: must be greater than zero".to_owned());
+        }
         Ok(GatewayConfig {
             addr: self.gateway_addr,
             core_url: self.core_url,
@@ -317,6 +333,7 @@ impl GatewayArgs {
             rate_burst: self.rate_burst,
             max_concurrency: self.max_concurrency,
             core_timeout: self.core_timeout,
+            read_timeout: self.read_timeout,
             shutdown_grace: self.shutdown_grace,
             admin_addr: Some(self.gateway_admin_addr),
         })

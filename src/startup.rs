@@ -47,6 +47,7 @@ struct ReconcileSettings {
     interval: Duration,
     after: Duration,
     batch: u32,
+    lease: Duration,
 }
 
 impl Application {
@@ -108,6 +109,7 @@ impl Application {
                 interval: config.reconcile_interval,
                 after: config.reconcile_after,
                 batch: config.reconcile_batch,
+                lease: config.reconcile_lease,
             },
         })
     }
@@ -211,7 +213,7 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
     loop {
         ticks.tick().await;
         match payments
-            .reconcile_once(settings.after, settings.batch)
+            .reconcile_once(settings.after, settings.batch, settings.lease)
             .await
         {
             Ok(report) if report.checked > 0 => tracing::info!(?report, "reconciler sweep"),
@@ -228,15 +230,24 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
+/// Longest one database health check may take before it counts as NOT_SERVING.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// SERVING only while the database answers and is migrated.
 async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
     let mut last = None;
     loop {
-        let status = match store.is_ready().await {
-            Ok(true) => ServingStatus::Serving,
-            Ok(false) => ServingStatus::NotServing,
-            Err(error) => {
+        // Bounded: with the database gone, the pool keeps trying to connect until its acquire
+        // timeout (5 s), and health must say NOT_SERVING before that.
+        let status = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, store.is_ready()).await {
+            Ok(Ok(true)) => ServingStatus::Serving,
+            Ok(Ok(false)) => ServingStatus::NotServing,
+            Ok(Err(error)) => {
                 tracing::warn!(error = %crate::app::error_chain(&error), "database health check failed");
+                ServingStatus::NotServing
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?HEALTH_CHECK_TIMEOUT, "database health check timed out");
                 ServingStatus::NotServing
             }
         };

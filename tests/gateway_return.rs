@@ -161,7 +161,13 @@ async fn a_stopped_core_answers_503_and_the_same_return_succeeds_once_it_is_back
     let response = test.return_for(&created, "succeeded").await;
     assert_no_redirect(&response, 503);
     assert!(response.headers().get("retry-after").is_some());
-    assert!(response.text().await.expect("page").contains("try again"));
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("confirming your payment")
+    );
     assert_eq!(test.get("/readyz").await.status().as_u16(), 503);
     assert_eq!(test.get("/healthz").await.status().as_u16(), 200);
 

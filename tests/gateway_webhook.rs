@@ -94,13 +94,23 @@ async fn stripes_own_delivery_settles_the_payment_through_the_gateway(db: Db) {
     let created = test.create("INV-W2").await;
     test.pay(&created, CARD_SUCCEEDS).await;
     // No return and no refresh: only the webhook can settle it.
+    let mut settled = false;
     for _ in 0..100 {
         if status_of(&test, &created).await == pb::PaymentStatus::Succeeded {
-            return test.finish().await;
+            settled = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the webhook did not settle the payment");
+    assert!(settled, "the webhook did not settle the payment");
+
+    // The browser comes back after the webhook: answered from the row, no Stripe read.
+    let reads = test.intent_reads(&created).await;
+    let response = test.return_for(&created, "succeeded").await;
+    let location = support::gateway::assert_redirect(&response);
+    assert!(location.contains("status=succeeded"), "{location}");
+    assert_eq!(test.intent_reads(&created).await, reads);
+    test.finish().await;
 }
 
 async fn a_bad_signature_is_answered_400(db: Db) {

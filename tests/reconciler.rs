@@ -108,7 +108,58 @@ async fn replicas_claim_disjoint_payments(db: Db) {
     assert!(again.is_empty());
 }
 
+async fn two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice(db: Db) {
+    // The first replica only takes payments; two others reconcile, two payments a sweep each.
+    let app = TestApp::spawn(db).await;
+    let mut intents = Vec::new();
+    for i in 0..12 {
+        let answer = app
+            .create(create_request(&format!("k{i}"), &format!("inv-{i}")))
+            .await
+            .expect("created");
+        let payment = answer.payment.expect("payment");
+        app.stripe
+            .pay(
+                &payment.stripe_payment_intent_id,
+                &answer.client_secret,
+                CARD_SUCCEEDS,
+            )
+            .await;
+        intents.push((payment.id, payment.stripe_payment_intent_id));
+    }
+    // Slow reads widen the window in which both replicas sweep at once.
+    app.stripe
+        .inject_fault(json!({"method": "GET", "path_prefix": "/v1/payment_intents/", "times": 12, "status": null, "delay_ms": 150}))
+        .await;
+    let options = || Options {
+        reconcile_interval: Duration::from_millis(100),
+        reconcile_after: Duration::ZERO,
+        reconcile_batch: 2,
+        ..Default::default()
+    };
+    let (first, second) = tokio::join!(app.spawn_replica(options()), app.spawn_replica(options()));
+    for (id, _) in &intents {
+        assert_eq!(
+            wait_for_status(&app, id, pb::PaymentStatus::Succeeded).await,
+            pb::PaymentStatus::Succeeded
+        );
+    }
+    drop((first, second));
+    let log = app.stripe.requests().await;
+    for (_, intent) in &intents {
+        let path = format!("/v1/payment_intents/{intent}");
+        let reads = log["requests"]
+            .as_array()
+            .expect("request log")
+            .iter()
+            .filter(|r| r["method"] == "GET" && r["path"] == path.as_str())
+            .count();
+        assert_eq!(reads, 1, "{intent} was read {reads} times");
+    }
+}
+
 on_both_databases!(
+    two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice,
     a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler,
     a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent,
     replicas_claim_disjoint_payments,

@@ -141,7 +141,55 @@ async fn a_slow_watcher_does_not_hold_up_others(db: Db) {
     assert_eq!(last, Some(pb::PaymentStatus::Canceled));
 }
 
+async fn a_watcher_receives_every_transition_through_to_succeeded(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let answer = app
+        .create(create_request("k1", "inv-1"))
+        .await
+        .expect("created");
+    let payment = answer.payment.expect("payment");
+    let intent = &payment.stripe_payment_intent_id;
+    let mut stream = watch(&app, &payment.id).await;
+    assert_eq!(
+        next(&mut stream).await.expect("current").status(),
+        pb::PaymentStatus::RequiresPaymentMethod
+    );
+    // Two transitions back to back, faster than a watcher wakes: both are streamed, in order.
+    let confirmed = app
+        .stripe
+        .pay(
+            intent,
+            &answer.client_secret,
+            support::localstripe::CARD_NEEDS_AUTHENTICATION,
+        )
+        .await;
+    assert_eq!(confirmed["status"], "requires_action", "{confirmed}");
+    app.get(&payment.id, true)
+        .await
+        .expect("requires_action recorded");
+    app.stripe
+        .authenticate(intent, &answer.client_secret, true)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the coalesced read's freshness
+    app.get(&payment.id, true)
+        .await
+        .expect("succeeded recorded");
+
+    let mut seen = Vec::new();
+    while let Some(update) = next(&mut stream).await {
+        seen.push(update.status());
+    }
+    assert_eq!(
+        seen,
+        [
+            pb::PaymentStatus::RequiresAction,
+            pb::PaymentStatus::Succeeded
+        ]
+    );
+}
+
 on_both_databases!(
+    a_watcher_receives_every_transition_through_to_succeeded,
     a_watcher_sees_the_change_made_on_another_replica_and_the_end,
     a_watcher_that_comes_late_gets_the_final_state,
     watching_another_tenants_payment_is_not_found,

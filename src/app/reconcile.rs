@@ -8,9 +8,6 @@ use std::time::Duration;
 use super::{AppError, Payments, now_millis};
 use crate::adapters::store::EventSource;
 
-/// How long a claimed payment is held by one replica before another may take it (a replica that
-/// dies mid-sweep loses its claims this way).
-const CLAIM_LEASE: Duration = Duration::from_secs(120);
 /// An unchanged payment is looked at again after as long as it has already been unchanged
 /// (1 min, 2 min, 4 min…), capped here: abandoned payments cost Stripe ever fewer calls.
 const MAX_RECHECK_AFTER: Duration = Duration::from_secs(6 * 3600);
@@ -31,12 +28,15 @@ fn millis(duration: Duration) -> i64 {
 }
 
 impl Payments {
-    /// One sweep over at most `batch` payments unchanged for longer than `after`.
+    /// One sweep over at most `batch` payments unchanged for longer than `after`. Claimed
+    /// payments are held for `lease` before another replica may take them (a replica that dies
+    /// mid-sweep loses its claims this way).
     #[tracing::instrument(skip(self))]
     pub async fn reconcile_once(
         &self,
         after: Duration,
         batch: u32,
+        lease: Duration,
     ) -> Result<SweepReport, AppError> {
         let now = now_millis();
         let claimed = self
@@ -44,7 +44,7 @@ impl Payments {
             .claim_for_reconcile(
                 now,
                 now.saturating_sub(millis(after)),
-                now.saturating_add(millis(CLAIM_LEASE)),
+                now.saturating_add(millis(lease)),
                 batch,
             )
             .await?;

@@ -1,4 +1,6 @@
-//! WatchPayment: the current state, then every change, ending after a terminal state.
+//! WatchPayment: the current state, then every recorded change, ending after a terminal state.
+//! Changes are read from the payment's event log, so a watcher sees each transition even when
+//! several land between two wake-ups.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,14 @@ impl Payments {
         // Subscribe before reading, so that no change between the read and the subscription is
         // missed.
         let mut changes = self.store.subscribe_changes();
+        // Events before the payment: a change landing between the two reads shows in the payment
+        // and is sent once more later, never lost.
+        let mut seen_event = self
+            .store
+            .status_events_after(payment_id, 0)
+            .await?
+            .last()
+            .map_or(0, |event| event.payment_event_id);
         let first = self.load(Some(tenant), payment_id).await?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let payments = Arc::clone(self);
@@ -47,21 +57,38 @@ impl Payments {
                     () = tokio::time::sleep(REREAD_EVERY) => {}
                     () = sender.closed() => return,
                 }
-                let fresh = match payments.load(Some(&tenant), &last.id).await {
-                    Ok(fresh) => fresh,
+                let read = async {
+                    let events = payments
+                        .store
+                        .status_events_after(&last.id, seen_event)
+                        .await?;
+                    let current = payments.load(Some(&tenant), &last.id).await?;
+                    Ok::<_, AppError>((events, current))
+                };
+                let (events, current) = match read.await {
+                    Ok(read) => read,
                     Err(error) => {
                         let _ = sender.send(Err(error)).await;
                         return;
                     }
                 };
-                if fresh.status != last.status
-                    || fresh.updated_at != last.updated_at
-                    || fresh.last_payment_error != last.last_payment_error
-                {
-                    last = fresh;
-                    if sender.send(Ok(last.clone())).await.is_err() {
+                let Some(newest) = events.last().map(|e| e.payment_event_id) else {
+                    continue;
+                };
+                // Each transition but the newest as it was; the newest as the payment is now.
+                let passed = events.len() - 1;
+                for event in &events[..passed] {
+                    let mut then = current.clone();
+                    then.status = event.to;
+                    then.updated_at = event.created_at;
+                    if sender.send(Ok(then)).await.is_err() {
                         return;
                     }
+                }
+                seen_event = newest;
+                last = current;
+                if sender.send(Ok(last.clone())).await.is_err() {
+                    return;
                 }
             }
         });

@@ -61,6 +61,8 @@ pub struct GatewayOptions {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub max_concurrency: usize,
+    /// Headers and webhook bodies must arrive within this.
+    pub read_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -70,6 +72,7 @@ impl Default for GatewayOptions {
             rate_limit: 1_000,
             rate_burst: 1_000,
             max_concurrency: 1_000,
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -106,6 +109,7 @@ impl GatewayTest {
             rate_burst: gateway.rate_burst,
             max_concurrency: gateway.max_concurrency,
             core_timeout: Duration::from_secs(15),
+            read_timeout: gateway.read_timeout,
             shutdown_grace: Duration::from_secs(5),
             admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         };
@@ -244,23 +248,10 @@ impl GatewayTest {
             .as_ref()
             .expect("payment")
             .stripe_payment_intent_id;
-        let response = reqwest::Client::new()
-            .post(format!(
-                "{}/v1/payment_intents/{intent}/_authenticate",
-                self.app.stripe.base_url
-            ))
-            .form(&[
-                ("client_secret", created.client_secret.as_str()),
-                ("success", if success { "true" } else { "false" }),
-            ])
-            .send()
-            .await
-            .expect("authenticate");
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
+        self.app
+            .stripe
+            .authenticate(intent, &created.client_secret, success)
+            .await;
     }
 
     /// How many times the fake was asked for this payment's intent.

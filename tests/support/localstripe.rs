@@ -156,17 +156,27 @@ impl LocalStripe {
         .await
     }
 
-    /// All PaymentIntents at the fake.
+    /// All PaymentIntents at the fake (every page).
     pub async fn payment_intents(&self) -> Vec<Value> {
-        let list = self
-            .call(
-                reqwest::Method::GET,
-                "/v1/payment_intents?limit=100",
-                SECRET_KEY,
-                &[],
-            )
-            .await;
-        list["data"].as_array().cloned().unwrap_or_default()
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let path = match all.last() {
+                Some(last) => format!(
+                    "/v1/payment_intents?limit=100&starting_after={}",
+                    last["id"].as_str().expect("id")
+                ),
+                None => "/v1/payment_intents?limit=100".to_owned(),
+            };
+            let list = self
+                .call(reqwest::Method::GET, &path, SECRET_KEY, &[])
+                .await;
+            let page = list["data"].as_array().cloned().unwrap_or_default();
+            let more = list["has_more"].as_bool().unwrap_or(false) && !page.is_empty();
+            all.extend(page);
+            if !more {
+                return all;
+            }
+        }
     }
 
     /// Pays as Stripe.js would in the browser: a card PaymentMethod made with the publishable
@@ -198,5 +208,28 @@ impl LocalStripe {
             ],
         )
         .await
+    }
+
+    /// Settles a 3-D Secure authentication the way the bank page would.
+    pub async fn authenticate(&self, intent_id: &str, client_secret: &str, success: bool) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/payment_intents/{intent_id}/_authenticate",
+                self.base_url
+            ))
+            .form(&[
+                ("key", super::PUBLISHABLE_KEY),
+                ("client_secret", client_secret),
+                ("success", if success { "true" } else { "false" }),
+            ])
+            .send()
+            .await
+            .expect("authenticate");
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
     }
 }

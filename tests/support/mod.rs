@@ -5,7 +5,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
 pub mod events;
+pub mod fault_proxy;
 pub mod gateway;
 pub mod localstripe;
 pub mod postgres;
@@ -37,7 +39,7 @@ pub const GATEWAY_TOKEN: &str = "gateway-test-token";
 pub const PUBLISHABLE_KEY: &str = "pk_test_paybridge";
 pub const RETURN_URL: &str = "https://pay.example.com/payment/return";
 
-fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
@@ -90,6 +92,10 @@ pub struct TestApp {
     pub channel: Channel,
     /// Shared with replicas (`spawn_replica`).
     pub stripe: std::sync::Arc<LocalStripe>,
+    /// Between the core and the Stripe fake, when `Options::stripe_proxy` asked for it.
+    pub proxy: Option<std::sync::Arc<fault_proxy::FaultProxy>>,
+    /// What the core uses as Stripe's API base (the proxy's URL when there is one).
+    stripe_api_base: String,
     pub database_url: String,
     pub db: Db,
     /// Where the core listens; kept across `stop_core`/`start_core`.
@@ -113,8 +119,13 @@ pub struct Options {
     /// Zero (the default in tests) turns the reconciler off.
     pub reconcile_interval: Duration,
     pub reconcile_after: Duration,
+    pub reconcile_batch: u32,
+    /// The core's Stripe request budget (requests/s).
+    pub stripe_max_rps: u32,
     /// One more origin billing may redirect to (a local page in browser tests).
     pub extra_redirect_origin: Option<String>,
+    /// Put a fault-injecting TCP proxy between the core and the Stripe fake.
+    pub stripe_proxy: bool,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
@@ -125,10 +136,13 @@ impl Default for Options {
             webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
             reconcile_interval: Duration::ZERO,
             reconcile_after: Duration::from_secs(60),
+            reconcile_batch: 100,
+            stripe_max_rps: 1000,
             stripe_timeout: Duration::from_secs(10),
             stripe_max_retries: 2,
             health_interval: Duration::from_millis(200),
             extra_redirect_origin: None,
+            stripe_proxy: false,
         }
     }
 }
@@ -146,6 +160,14 @@ impl TestApp {
             Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
             Db::Postgres => postgres::fresh_database().await,
         };
+        TestApp::start(db, options, dir, stripe, database_url).await
+    }
+
+    /// Like `spawn_with`, on a database the test made itself (its own PostgreSQL cluster, say).
+    pub async fn spawn_on(db: Db, options: Options, database_url: String) -> TestApp {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stripe = std::sync::Arc::new(LocalStripe::start().await);
         TestApp::start(db, options, dir, stripe, database_url).await
     }
 
@@ -170,8 +192,18 @@ impl TestApp {
         database_url: String,
     ) -> TestApp {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let proxy = if options.stripe_proxy {
+            Some(std::sync::Arc::new(
+                fault_proxy::FaultProxy::start(&stripe.base_url).await,
+            ))
+        } else {
+            None
+        };
+        let stripe_api_base = proxy
+            .as_ref()
+            .map_or_else(|| stripe.base_url.clone(), |p| p.url());
         let (addr, admin_addr, shutdown, server) =
-            start_server(&database_url, &stripe.base_url, addr, &options).await;
+            start_server(&database_url, &stripe_api_base, addr, &options).await;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -181,6 +213,8 @@ impl TestApp {
             client: PaymentServiceClient::new(channel.clone()),
             channel,
             stripe,
+            proxy,
+            stripe_api_base,
             database_url,
             db,
             grpc_addr: addr,
@@ -215,7 +249,7 @@ impl TestApp {
         assert!(self.server.is_none(), "the core is running");
         let (_, admin_addr, shutdown, server) = start_server(
             &self.database_url,
-            &self.stripe.base_url,
+            &self.stripe_api_base,
             self.grpc_addr,
             &self.options,
         )
@@ -262,6 +296,17 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// This core's counter of finished calls to one gRPC method (`"VerifyReturn"`), any code,
+    /// read from its `/metrics`.
+    pub async fn rpc_count(&self, method: &str) -> u64 {
+        metric_sum(
+            &self.admin_addr,
+            "paybridge_grpc_requests_total",
+            &format!("method=\"{method}\""),
+        )
+        .await
+    }
+
     pub async fn list(
         &self,
         request: pb::ListPaymentsRequest,
@@ -298,7 +343,7 @@ async fn start_server(
         stripe_api_base: stripe_base_url.parse().expect("stripe url"),
         stripe_timeout: options.stripe_timeout,
         stripe_max_retries: options.stripe_max_retries,
-        stripe_max_rps: 1000,
+        stripe_max_rps: options.stripe_max_rps,
         admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         return_url: RETURN_URL.parse().expect("return url"),
         tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
@@ -313,6 +358,7 @@ async fn start_server(
         reconcile_interval: options.reconcile_interval,
         reconcile_after: options.reconcile_after,
         reconcile_batch: 100,
+        reconcile_lease: Duration::from_secs(120),
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         health_interval: options.health_interval,
@@ -333,6 +379,20 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// The sum of the samples of `metric` whose labels contain `label`, from `/metrics` at `admin`.
+pub async fn metric_sum(admin: &SocketAddr, metric: &str, label: &str) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.starts_with(metric) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A request carrying a tenant's bearer token.

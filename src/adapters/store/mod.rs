@@ -60,6 +60,18 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // PostgreSQL going away under a session (shutdown, restart, failover) or refusing
+            // new ones: the database is unavailable, not the request wrong. SQLSTATE class 08
+            // (connection exception), 57P01–57P03 (admin or crash shutdown, cannot connect now),
+            // 53300 (too many connections).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -763,6 +775,44 @@ impl Store {
         .bind(payment_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// One recorded status change, for watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Increasing within a payment.
+    pub payment_event_id: i64,
+    pub to: PaymentStatus,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// The status changes of a payment recorded after `after` (an event id; 0 for all), oldest
+    /// first.
+    pub async fn status_events_after(
+        &self,
+        payment_id: &str,
+        after: i64,
+    ) -> Result<Vec<StatusEvent>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "select payment_event_id, to_status, created_at from payment_event \
+             where payment_id = $1 and payment_event_id > $2 order by payment_event_id",
+        )
+        .bind(payment_id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(payment_event_id, to, created_at)| {
+                Ok(StatusEvent {
+                    payment_event_id,
+                    to: parse_status(&to)?,
+                    created_at,
+                })
+            })
+            .collect()
     }
 }
 

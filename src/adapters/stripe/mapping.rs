@@ -74,6 +74,7 @@ pub(crate) fn map_http_error(error: StripeHttpError) -> ProviderError {
             ..
         } => ProviderError::Unavailable(e.to_string()),
         e @ (StripeHttpError::Exhausted { .. }
+        | StripeHttpError::OverBudget
         | StripeHttpError::Connection(_)
         | StripeHttpError::Timeout(_)) => ProviderError::Unavailable(e.to_string()),
         e @ (StripeHttpError::Status { .. }

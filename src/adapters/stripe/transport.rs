@@ -41,6 +41,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 const STRIPE_VERSION: HeaderName = HeaderName::from_static("stripe-version");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
+/// Longest a request waits for its slot in the request budget before it is refused
+/// (UNAVAILABLE to the caller, who retries; a browser gets the retry page).
+const MAX_BUDGET_WAIT: Duration = Duration::from_secs(5);
+
 const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
 
 /// Counters for benchmarks and metrics: how many HTTP attempts were sent and how many TCP
@@ -145,6 +149,8 @@ pub enum StripeHttpError {
         code: Option<String>,
         message: String,
     },
+    #[error("the process's Stripe request budget is exhausted")]
+    OverBudget,
     #[error("gave up after {attempts} attempts; last error: {last}")]
     Exhausted {
         attempts: u32,
@@ -291,7 +297,10 @@ impl PooledStripeClient {
         let may_retry = req.method == Method::GET || req.idempotency_key.is_some();
         let mut retries = 0u32;
         loop {
-            self.settings.budget.take().await;
+            if self.settings.budget.take(MAX_BUDGET_WAIT).await.is_err() {
+                tracing::warn!("Stripe request budget exhausted; not sending");
+                return Err(StripeHttpError::OverBudget);
+            }
             self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let attempt = self.attempt(&req).await;

@@ -16,19 +16,26 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::ConnectInfo;
 use axum::routing::{MethodFilter, get, on, post};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::config::GatewayConfig;
 
 pub use self::core::CoreClient;
+pub use self::return_route::{Refusal as ReturnRefusal, ReturnQuery, parse_return_query};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -36,6 +43,8 @@ struct GatewayState {
     core: CoreClient,
     /// Set from the moment shutdown starts, so `/readyz` stops sending traffic here.
     draining: AtomicBool,
+    /// How long a webhook's body may take to arrive.
+    read_timeout: Duration,
 }
 
 /// A built, bound, not yet running gateway.
@@ -46,7 +55,8 @@ pub struct GatewayApp {
     addr: SocketAddr,
     state: Arc<GatewayState>,
     router: Router,
-    shutdown_grace: std::time::Duration,
+    read_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 impl GatewayApp {
@@ -58,6 +68,7 @@ impl GatewayApp {
         let state = Arc::new(GatewayState {
             core,
             draining: AtomicBool::new(false),
+            read_timeout: config.read_timeout,
         });
         let router = router(&config, state.clone());
         let admin_listener = match config.admin_addr {
@@ -78,6 +89,7 @@ impl GatewayApp {
             addr,
             state,
             router,
+            read_timeout: config.read_timeout,
             shutdown_grace: config.shutdown_grace,
         })
     }
@@ -107,15 +119,12 @@ impl GatewayApp {
             }))
         });
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
+        let server = tokio::spawn(serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        let server = tokio::spawn(server.into_future());
+            self.router,
+            self.read_timeout,
+            stopped,
+        ));
         tracing::info!(gateway_addr = %self.addr, "paybridge gateway serving");
 
         shutdown.await;
@@ -123,7 +132,7 @@ impl GatewayApp {
         self.state.draining.store(true, Ordering::SeqCst);
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.shutdown_grace, server).await {
-            Ok(joined) => joined.context("gateway task")?.context("gateway server")?,
+            Ok(joined) => joined.context("gateway task")?,
             Err(_) => tracing::warn!(
                 grace = ?self.shutdown_grace,
                 "requests still running after the grace period; exiting anyway"
@@ -136,6 +145,59 @@ impl GatewayApp {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Accepts HTTP/1 connections until `stopped`, then lets open ones finish their request and
+/// close. Served with hyper directly rather than `axum::serve`, which sets no timer and so has no
+/// header read timeout: a client dribbling its headers (or an idle keep-alive connection) would
+/// hold a connection and its task forever.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    read_timeout: Duration,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    tokio::pin!(stopped);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // What `into_make_service_with_connect_info` would add: the rate limit keys on it.
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                if error.is_timeout() {
+                    tracing::info!(client = %peer.ip(), "client too slow sending headers: connection closed");
+                } else {
+                    tracing::debug!(client = %peer.ip(), %error, "connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn router(config: &GatewayConfig, state: Arc<GatewayState>) -> Router {

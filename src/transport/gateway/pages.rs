@@ -60,6 +60,34 @@ pub(super) fn retry_later() -> Response {
     response
 }
 
+/// The core could not verify the return just now (Stripe or the core unreachable or slow). The
+/// payment may well have gone through, so this is neither a success nor a failure: the browser is
+/// told the payment is being confirmed and reloads the same return by itself (the verification is
+/// idempotent; nothing was recorded). A 503 rather than a redirect with `status=processing`: the
+/// gateway holds no tenant URLs, and when the core is down there is no URL to send the browser to.
+pub(super) fn confirming() -> Response {
+    let body = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"5\">\
+         <title>We're confirming your payment</title></head>\
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto; padding: 0 1em\">\
+         <h1>We're confirming your payment</h1><p>This takes a moment longer than usual. \
+         Please keep this page open: it checks again by itself in a few seconds. \
+         Do not pay again — you will not be charged twice.</p></body></html>\n";
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::RETRY_AFTER, HeaderValue::from_static("5")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// Too many requests from one client address.
 pub(super) fn too_many_requests() -> Response {
     let mut response = page(

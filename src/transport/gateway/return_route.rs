@@ -19,7 +19,7 @@ const MAX_REDIRECT_LEN: usize = 4096;
 
 /// Why a query was refused before the core saw it; logged (never the values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
     Missing,
     TooLong,
     Malformed,
@@ -31,7 +31,7 @@ enum Refusal {
 }
 
 /// The parsed query; its `Debug` leaves the secret out.
-struct ReturnQuery {
+pub struct ReturnQuery {
     payment_intent: String,
     client_secret: String,
     redirect_status: String,
@@ -44,6 +44,25 @@ impl std::fmt::Debug for ReturnQuery {
             .field("redirect_status", &self.redirect_status)
             .finish_non_exhaustive()
     }
+}
+
+impl ReturnQuery {
+    pub fn payment_intent(&self) -> &str {
+        &self.payment_intent
+    }
+
+    pub fn client_secret(&self) -> &str {
+        &self.client_secret
+    }
+
+    pub fn redirect_status(&self) -> &str {
+        &self.redirect_status
+    }
+}
+
+/// The return route's query check, on its own (for property tests and fuzzing).
+pub fn parse_return_query(raw: &str) -> Result<ReturnQuery, Refusal> {
+    parse_query(Some(raw))
 }
 
 fn is_id_char(b: u8) -> bool {
@@ -168,11 +187,13 @@ fn core_failed(payment_intent: &str, status: &tonic::Status) -> Response {
         }
         Code::Unauthenticated | Code::PermissionDenied => {
             tracing::error!(code = ?status.code(), "the core refused the gateway's credential: check PAYBRIDGE_GATEWAY_TOKEN");
-            pages::retry_later()
+            pages::confirming()
         }
         code => {
-            tracing::warn!(%payment_intent, ?code, message = status.message(), "core unavailable for a return");
-            pages::retry_later()
+            // Stripe or the core unreachable or slow: the payment may have gone through, so the
+            // browser hears neither success nor failure, and comes back by itself.
+            tracing::warn!(%payment_intent, ?code, message = status.message(), "core could not verify a return now");
+            pages::confirming()
         }
     }
 }

@@ -53,15 +53,24 @@ pub(super) async fn stripe_webhook(
             );
         }
     };
-    // A chunked body is capped while it streams in.
-    let payload = match axum::body::to_bytes(body, MAX_WEBHOOK_BODY).await {
-        Ok(payload) => payload,
-        Err(error) => {
+    // A chunked body is capped while it streams in, and must arrive within the read timeout
+    // (a client dribbling a body would otherwise hold the request open forever).
+    let read = tokio::time::timeout(
+        state.read_timeout,
+        axum::body::to_bytes(body, MAX_WEBHOOK_BODY),
+    );
+    let payload = match read.await {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(error)) => {
             tracing::warn!(error = %error, "webhook refused: body too large or unreadable");
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body too large or unreadable\n",
             );
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?state.read_timeout, "webhook refused: body too slow");
+            return answer(StatusCode::REQUEST_TIMEOUT, "body too slow\n");
         }
     };
     let result = state

@@ -1138,7 +1138,8 @@ async def compat_middleware(request, handler):
                 'route': _route_key(request), 'status': status,
                 'idempotency_key': idem_key, 'replayed': ctx['replayed'],
                 'fault': ctx['fault'], 'request_id': request_id,
-                'ms': int((time.monotonic() - started) * 1000)})
+                'ms': int((time.monotonic() - started) * 1000),
+                'at_ms': int(time.time() * 1000)})
 
 
 async def _dispatch(request, handler, ctx, is_api, idem_key):

@@ -1,0 +1,247 @@
+//! `kill -9` of `paybridge serve` (the built binary) at random moments while several clients
+//! create payments, on a SQLite file and on PostgreSQL. Clients retry with their keys; some give
+//! up after one try. In the end each key has exactly one PaymentIntent at the Stripe fake, no row
+//! stays `creating` once the reconciler has run, and every payment paid at Stripe is settled —
+//! without a return or a webhook, across one more crash.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paybridge::pb::v1 as pb;
+use rand::Rng;
+use serde_json::json;
+use sqlx::Connection;
+use support::child::ServeProcess;
+use support::localstripe::CARD_SUCCEEDS;
+use support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
+use tonic::Code;
+
+const KILLS: usize = 5;
+const CLIENTS: usize = 6;
+
+/// What one client did.
+#[derive(Default)]
+struct ClientReport {
+    answers: Vec<(String, pb::CreateInvoicePaymentResponse)>,
+    abandoned: Vec<String>,
+    calls: u64,
+    failures: u64,
+}
+
+async fn run_client(serve: ServeProcess, client: usize, stop: Arc<AtomicBool>) -> ClientReport {
+    let grpc = serve.client();
+    let mut report = ClientReport::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let (key, invoice) = (format!("crash-{client}-{n}"), format!("INV-K{client}-{n}"));
+        // Every third key is tried once only: its client "crashes" too, and only the
+        // reconciler can finish what the server started for it.
+        let give_up = n % 3 == 2;
+        n += 1;
+        loop {
+            assert!(Instant::now() < deadline, "{key}: no answer within 120 s");
+            let mut request = as_tenant(BILLING_TOKEN, create_request(&key, &invoice));
+            request.set_timeout(Duration::from_secs(5));
+            report.calls += 1;
+            match grpc.clone().create_invoice_payment(request).await {
+                Ok(answer) => {
+                    report.answers.push((key.clone(), answer.into_inner()));
+                    break;
+                }
+                Err(status) => {
+                    report.failures += 1;
+                    assert!(
+                        matches!(
+                            status.code(),
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unknown
+                        ),
+                        "{key}: {status:?}"
+                    );
+                    if give_up {
+                        report.abandoned.push(key.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    report
+}
+
+async fn count_rows(database_url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(database_url)
+        .await
+        .expect("database");
+    let (count,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    conn.close().await.ok();
+    count
+}
+
+async fn wait_for_rows(database_url: &str, sql: &str, want: i64, within: Duration) -> i64 {
+    let until = Instant::now() + within;
+    loop {
+        let count = count_rows(database_url, sql).await;
+        if count == want || Instant::now() > until {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn kill_9_during_creates_leaves_one_intent_per_key_and_nothing_stuck(db: Db) {
+    let dir = tempfile::tempdir().expect("dir");
+    let stripe = LocalStripe::start().await;
+    let database_url = match db {
+        Db::Sqlite => format!("sqlite:{}", dir.path().join("crash.db").display()),
+        Db::Postgres => support::postgres::fresh_database().await,
+    };
+    // Stripe acts, then answers 150 ms later: most kills land between the committed `creating`
+    // row and the recorded intent, the window the design must survive.
+    stripe
+        .inject_fault(json!({"method": "POST", "path_prefix": "/v1/payment_intents", "status": null, "when": "after", "delay_ms": 150, "times": 1000000}))
+        .await;
+    let serve = ServeProcess::new(dir.path(), database_url.clone(), stripe.base_url.clone())
+        .env("PAYBRIDGE_RECONCILE_INTERVAL", "1s")
+        .env("PAYBRIDGE_RECONCILE_AFTER", "1s")
+        // A killed process strands the claims of its sweep for the lease: keep it short here.
+        .env("PAYBRIDGE_RECONCILE_LEASE", "3s")
+        .env("PAYBRIDGE_SHUTDOWN_GRACE", "2s");
+    let mut running = serve.start().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| tokio::spawn(run_client(serve.clone(), client, Arc::clone(&stop))))
+        .collect();
+    let kills = AtomicU64::new(0);
+    for _ in 0..KILLS {
+        let pause = rand::rng().random_range(300..900);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        running.kill9().await;
+        kills.fetch_add(1, Ordering::SeqCst);
+        running = serve.start().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut answers: BTreeMap<String, pb::CreateInvoicePaymentResponse> = BTreeMap::new();
+    let (mut calls, mut failures, mut abandoned) = (0, 0, 0);
+    for client in clients {
+        let report = client.await.expect("client");
+        calls += report.calls;
+        failures += report.failures;
+        abandoned += report.abandoned.len();
+        answers.extend(report.answers);
+    }
+    stripe.clear_faults().await;
+
+    // The reconciler finishes what the abandoned keys left `creating`.
+    let creating = wait_for_rows(
+        &database_url,
+        "select count(*) from payment where status = 'creating'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Half the payments are paid at Stripe; then one more crash, and nobody comes back to
+    // tell paybridge (no return, no webhook): the reconciler must notice on its own.
+    let mut paid = Vec::new();
+    for answer in answers.values().step_by(2) {
+        let payment = answer.payment.as_ref().expect("payment");
+        let confirmed = stripe
+            .pay(
+                &payment.stripe_payment_intent_id,
+                &answer.client_secret,
+                CARD_SUCCEEDS,
+            )
+            .await;
+        assert_eq!(confirmed["status"], "succeeded", "{confirmed}");
+        paid.push(payment.id.clone());
+    }
+    running.kill9().await;
+    let running = serve.start().await;
+    let settled_sql = format!(
+        "select count(*) from payment where status = 'succeeded' and payment_id in ({})",
+        paid.iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let settled = wait_for_rows(
+        &database_url,
+        &settled_sql,
+        paid.len() as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // One intent per payment and per invoice (each key has its own invoice).
+    let intents = stripe.payment_intents().await;
+    let mut by_payment: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_invoice: BTreeMap<String, usize> = BTreeMap::new();
+    for intent in &intents {
+        *by_payment
+            .entry(intent["metadata"]["paybridge_payment_id"].to_string())
+            .or_default() += 1;
+        *by_invoice
+            .entry(intent["metadata"]["invoice_id"].to_string())
+            .or_default() += 1;
+    }
+    let duplicates: usize = by_payment.values().map(|n| n - 1).sum::<usize>()
+        + by_invoice.values().map(|n| n - 1).sum::<usize>();
+    let rows = count_rows(&database_url, "select count(*) from payment").await;
+    let creating_at_end = count_rows(
+        &database_url,
+        "select count(*) from payment where status = 'creating'",
+    )
+    .await;
+    let (status, _, _) = running.terminate(Duration::from_secs(10)).await;
+    eprintln!(
+        "crashes ({db:?}): {} kill -9 during creates + 1 after paying, {calls} create calls \
+         ({failures} failed and were retried or abandoned), {} keys answered, {abandoned} abandoned, \
+         {rows} payment rows, {} intents at Stripe, {duplicates} duplicate intents, \
+         {creating} rows creating after the reconciler, {}/{} paid payments settled",
+        kills.load(Ordering::SeqCst),
+        answers.len(),
+        intents.len(),
+        settled,
+        paid.len()
+    );
+    for answer in answers.values() {
+        let payment = answer.payment.as_ref().expect("payment");
+        assert_eq!(
+            by_payment.get(&format!("\"{}\"", payment.id)),
+            Some(&1),
+            "payment {} has no intent or several",
+            payment.id
+        );
+    }
+    assert_eq!(duplicates, 0, "a key or invoice got a second PaymentIntent");
+    assert_eq!(creating, 0, "rows stayed creating after the reconciler ran");
+    assert_eq!(creating_at_end, 0);
+    assert_eq!(
+        settled,
+        paid.len() as i64,
+        "a paid payment stayed unsettled"
+    );
+    assert_eq!(
+        rows as usize,
+        intents.len(),
+        "every payment row has its intent"
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+on_both_databases!(kill_9_during_creates_leaves_one_intent_per_key_and_nothing_stuck);

@@ -1,0 +1,266 @@
+//! The database failing under load. PostgreSQL (a cluster of this test's own) stopped and started
+//! again while clients create: health goes NOT_SERVING, calls fail UNAVAILABLE, and paybridge
+//! recovers by itself. SQLite: many concurrent writers and a lock held by another connection are
+//! waited out, never answered with an error.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use support::{Db, Options, TestApp, create_request};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A PostgreSQL cluster for one test, stopped and removed on drop.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/throwaway-postgres")
+}
+
+impl OwnCluster {
+    fn start() -> OwnCluster {
+        let dir = tempfile::tempdir().expect("dir");
+        let output = Command::new(script())
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .output()
+            .expect("throwaway-postgres");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .expect("url")
+            .to_owned();
+        OwnCluster { dir, url }
+    }
+
+    /// `pg_ctl` on the cluster's data directory, as its owner (the script's layout).
+    fn pg_ctl(&self, args: &[&str]) {
+        let pg = self.dir.path().join("pg");
+        let cluster = std::fs::read_to_string(pg.join("cluster-path"))
+            .map(|p| PathBuf::from(p.trim()))
+            .unwrap_or_else(|_| pg.join("cluster"));
+        let bindir = String::from_utf8(
+            Command::new("pg_config")
+                .arg("--bindir")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+        let bindir = if bindir.is_empty() || !PathBuf::from(&bindir).join("pg_ctl").exists() {
+            std::fs::read_dir("/usr/lib/postgresql")
+                .expect("postgresql installed")
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|p| p.join("pg_ctl").exists())
+                .max()
+                .expect("pg_ctl")
+        } else {
+            PathBuf::from(bindir)
+        };
+        let pg_ctl = bindir.join("pg_ctl");
+        let data = cluster.join("data");
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let status = command
+            .current_dir(&cluster)
+            .args(args)
+            .arg("-D")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl");
+        assert!(status.success(), "pg_ctl {args:?}");
+    }
+}
+
+impl OwnCluster {
+    /// Starts the stopped cluster on its old port, with the options the script uses.
+    fn start_again(&self) {
+        let port = std::fs::read_to_string(self.dir.path().join("pg/port")).expect("port");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            port.trim()
+        );
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", "/dev/null", "-o", &options]);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .output();
+    }
+}
+
+async fn health(app: &TestApp) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(app.channel.clone());
+    let check = client.check(tonic_health::pb::HealthCheckRequest {
+        service: "paybridge.v1.PaymentService".to_owned(),
+    });
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(answer)) => ServingStatus::try_from(answer.into_inner().status).ok(),
+        _ => None,
+    }
+}
+
+async fn wait_for_health(app: &TestApp, want: ServingStatus, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if health(app).await == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_is_unavailable_then_recovers_without_a_restart() {
+    let cluster = OwnCluster::start();
+    let app =
+        Arc::new(TestApp::spawn_on(Db::Postgres, Options::default(), cluster.url.clone()).await);
+    assert!(wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(10)).await);
+
+    let down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (app, down, stop) = (Arc::clone(&app), Arc::clone(&down), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable, mut other) = (0u64, 0u64, Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("pg-{client}-{n}");
+                match app.create(create_request(&key, &key)).await {
+                    Ok(_) => ok += 1,
+                    Err(status) if status.code() == Code::Unavailable => unavailable += 1,
+                    Err(status) => other.push(format!(
+                        "{key} (database down: {}): {status:?}",
+                        down.load(Ordering::SeqCst)
+                    )),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, unavailable, other)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // Stop (fast: open sessions are terminated, as in a failover), wait, start on the same port.
+    down.store(true, Ordering::SeqCst);
+    cluster.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    let not_serving =
+        wait_for_health(&app, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let health_while_down = health(&app).await;
+    cluster.start_again();
+    down.store(false, Ordering::SeqCst);
+    let serving_again =
+        wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let (mut ok, mut unavailable, mut other) = (0, 0, Vec::new());
+    for client in clients {
+        let (o, u, x) = client.await.expect("client");
+        ok += o;
+        unavailable += u;
+        other.extend(x);
+    }
+    // After the outage, a fresh create on the same paybridge works.
+    let after = app.create(create_request("pg-after", "pg-after")).await;
+    eprintln!(
+        "postgres restart: {} calls, {ok} ok, {unavailable} UNAVAILABLE, {} other; \
+         health NOT_SERVING while down: {not_serving} ({health_while_down:?}), SERVING again: {serving_again}",
+        ok + unavailable + other.len() as u64,
+        other.len()
+    );
+    assert!(not_serving, "health did not go NOT_SERVING");
+    assert!(serving_again, "health did not come back without a restart");
+    assert!(
+        other.is_empty(),
+        "calls failed otherwise than UNAVAILABLE: {other:#?}"
+    );
+    assert!(unavailable > 0, "the outage was not noticed by any call");
+    after.expect("creates work again after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_busy_and_locked_are_waited_out_not_answered_as_errors() {
+    let app = Arc::new(TestApp::spawn(Db::Sqlite).await);
+    // Another process's connection holds the write lock for 1.5 s while 64 writers arrive.
+    let mut holder = sqlx::SqliteConnection::connect(&app.database_url)
+        .await
+        .expect("second connection");
+    sqlx::query("begin immediate")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for n in 0..64 {
+        let app = Arc::clone(&app);
+        writers.push(tokio::spawn(async move {
+            let key = format!("busy-{n}");
+            let created = app.create(create_request(&key, &key)).await?;
+            let id = created.payment.expect("payment").id;
+            // A write that is not a create: cancel every fourth one.
+            if n % 4 == 0 {
+                app.cancel(&id).await?;
+            }
+            app.get(&id, false).await.map(|_| ())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("commit")
+        .execute(&mut holder)
+        .await
+        .expect("unlock");
+    let mut errors = Vec::new();
+    for writer in writers {
+        if let Err(status) = writer.await.expect("writer") {
+            errors.push(status);
+        }
+    }
+    eprintln!(
+        "sqlite busy: 64 concurrent writers (+16 cancels, 64 reads) behind a 1.5 s lock: {} errors, {:?} in all",
+        errors.len(),
+        started.elapsed()
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(app.stripe.payment_intents().await.len(), 64);
+}

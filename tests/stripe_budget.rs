@@ -1,0 +1,115 @@
+//! The process's Stripe request budget holds under a burst of returns, and every browser still
+//! gets an answer it can act on.
+
+mod support;
+
+use support::gateway::{GatewayOptions, GatewayTest};
+use support::localstripe::CARD_SUCCEEDS;
+use support::{Db, Options, create_request};
+
+const RATE: u32 = 10;
+/// The budget's burst at this rate (a tenth of the rate, at least one).
+const BURST: u32 = 1;
+
+async fn two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget(db: Db) {
+    let test = GatewayTest::spawn_with(
+        db,
+        Options {
+            stripe_max_rps: RATE,
+            ..Default::default()
+        },
+        GatewayOptions::default(),
+    )
+    .await;
+    // The payments are taken and paid through another replica with a budget of its own, so that
+    // only the returns spend the gateway's core's budget.
+    let taker = test.app.spawn_replica(Options::default()).await;
+    let mut created = Vec::new();
+    for i in 0..200 {
+        let answer = taker
+            .create(create_request(&format!("k{i}"), &format!("inv-{i}")))
+            .await
+            .expect("created");
+        test.remember_secret(&answer.client_secret);
+        created.push(answer);
+    }
+    for chunk in created.chunks(20) {
+        futures::future::join_all(chunk.iter().map(|answer| {
+            let payment = answer.payment.as_ref().expect("payment");
+            test.app.stripe.pay(
+                &payment.stripe_payment_intent_id,
+                &answer.client_secret,
+                CARD_SUCCEEDS,
+            )
+        }))
+        .await;
+    }
+    let before: Vec<u64> = read_times(&test).await;
+
+    let answers = futures::future::join_all(
+        created
+            .iter()
+            .map(|answer| test.return_for(answer, "succeeded")),
+    )
+    .await;
+    let mut redirected = 0;
+    let mut asked_to_retry = 0;
+    for response in &answers {
+        match response.status().as_u16() {
+            303 => {
+                let location = support::gateway::assert_redirect(response);
+                assert!(location.contains("status=succeeded"), "{location}");
+                redirected += 1;
+            }
+            503 => {
+                assert!(
+                    response.headers().contains_key("retry-after"),
+                    "{response:?}"
+                );
+                asked_to_retry += 1;
+            }
+            other => panic!("a browser got {other}"),
+        }
+    }
+    assert_eq!(redirected + asked_to_retry, 200);
+    assert!(redirected > 0, "nobody was served");
+
+    let reads: Vec<u64> = read_times(&test)
+        .await
+        .into_iter()
+        .filter(|at| !before.contains(at))
+        .collect();
+    assert_eq!(
+        reads.len(),
+        redirected,
+        "one Stripe read per verified return"
+    );
+    for (i, start) in reads.iter().enumerate() {
+        let in_window = reads[i..]
+            .iter()
+            .take_while(|at| **at < start + 1000)
+            .count();
+        assert!(
+            in_window <= (RATE + BURST) as usize,
+            "{in_window} Stripe reads in the second after {start}"
+        );
+    }
+    drop(taker);
+    test.finish().await;
+}
+
+/// When the fake answered each `GET /v1/payment_intents/{id}` (unix ms), sorted.
+async fn read_times(test: &GatewayTest) -> Vec<u64> {
+    let log = test.app.stripe.requests().await;
+    let mut times: Vec<u64> = log["requests"]
+        .as_array()
+        .expect("request log")
+        .iter()
+        .filter(|r| r["route"] == "GET /v1/payment_intents/{id}")
+        .filter_map(|r| r["at_ms"].as_u64())
+        .collect();
+    times.sort_unstable();
+    times
+}
+
+on_both_databases!(two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget);
