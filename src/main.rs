@@ -35,7 +35,10 @@ async fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: PAYBRIDGE_DATABASE_URL: {}", chain(&error));
+                    eprintln!(
+                        "error: PAYBRIDGE_DATABASE_URL: {}",
+                        paybridge::app::error_chain(&error)
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -101,15 +104,4 @@ async fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -72,7 +72,7 @@ impl From<ProviderError> for AppError {
 }
 
 /// An error and its sources, one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

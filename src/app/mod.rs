@@ -24,7 +24,7 @@ use ports::PaymentProvider;
 
 pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
-pub(crate) use error::error_chain;
+pub use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
 pub use verify_return::{ReturnCaller, ReturnQuery, VerifiedReturn};

@@ -341,16 +341,12 @@ impl Store {
         tenant: &str,
         invoice_id: &str,
     ) -> Result<Option<Payment>, StoreError> {
-        let sql = format!(
-            "select {PAYMENT_COLUMNS} from payment \
-             where tenant = $1 and invoice_id = $2 and status <> 'canceled'"
-        );
-        let row: Option<PaymentRow> = sqlx::query_as(&sql)
-            .bind(tenant)
-            .bind(invoice_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(Payment::try_from).transpose()
+        self.find_payment(
+            "tenant = $1 and invoice_id = $2 and status <> 'canceled'",
+            tenant,
+            Some(invoice_id),
+        )
+        .await
     }
 
     /// The payment of a PaymentIntent, only if it belongs to `tenant` (when given).
@@ -359,16 +355,12 @@ impl Store {
         tenant: Option<&str>,
         intent_id: &str,
     ) -> Result<Option<Payment>, StoreError> {
-        let sql = format!(
-            "select {PAYMENT_COLUMNS} from payment \
-             where stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)"
-        );
-        let row: Option<PaymentRow> = sqlx::query_as(&sql)
-            .bind(intent_id)
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(Payment::try_from).transpose()
+        self.find_payment(
+            "stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)",
+            intent_id,
+            tenant,
+        )
+        .await
     }
 
     /// One payment by id, only if it belongs to `tenant` (when given).
@@ -377,13 +369,25 @@ impl Store {
         tenant: Option<&str>,
         payment_id: &str,
     ) -> Result<Option<Payment>, StoreError> {
-        let sql = format!(
-            "select {PAYMENT_COLUMNS} from payment \
-             where payment_id = $1 and ($2 is null or tenant = $2)"
-        );
+        self.find_payment(
+            "payment_id = $1 and ($2 is null or tenant = $2)",
+            payment_id,
+            tenant,
+        )
+        .await
+    }
+
+    /// The payment matching `filter` (two parameters), if any.
+    async fn find_payment(
+        &self,
+        filter: &'static str,
+        first: &str,
+        second: Option<&str>,
+    ) -> Result<Option<Payment>, StoreError> {
+        let sql = format!("select {PAYMENT_COLUMNS} from payment where {filter}");
         let row: Option<PaymentRow> = sqlx::query_as(&sql)
-            .bind(payment_id)
-            .bind(tenant)
+            .bind(first)
+            .bind(second)
             .fetch_optional(&self.pool)
             .await?;
         row.map(Payment::try_from).transpose()
