@@ -3,7 +3,6 @@
 mod support;
 
 use paybridge::pb::v1 as pb;
-use support::localstripe::CARD_SUCCEEDS;
 use support::{Db, TestApp, create_request};
 use tonic::Code;
 
@@ -43,18 +42,7 @@ async fn cancel_cancels_the_intent_and_frees_the_invoice(db: Db) {
 
 async fn a_succeeded_payment_cannot_be_cancelled(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app
-        .create(create_request("k1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    app.stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
+    let (_, payment, _) = app.create_paid("k1", "inv-1").await;
     // Not yet refreshed: paybridge still believes it is open, Stripe refuses the cancel, and the
     // payment is recorded as what Stripe says it is.
     let status = app.cancel(&payment.id).await.expect_err("paid");
@@ -70,18 +58,7 @@ async fn a_succeeded_payment_cannot_be_cancelled(db: Db) {
 
 async fn get_with_refresh_records_what_stripe_says(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app
-        .create(create_request("k1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    app.stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
+    let (_, payment, _) = app.create_paid("k1", "inv-1").await;
     let stale = app.get(&payment.id, false).await.expect("get");
     assert_eq!(stale.status(), pb::PaymentStatus::RequiresPaymentMethod);
     let fresh = app.get(&payment.id, true).await.expect("refresh");

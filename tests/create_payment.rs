@@ -110,20 +110,7 @@ async fn twenty_keys_for_one_invoice_make_one_intent(db: Db) {
 
 async fn a_paid_invoice_refuses_a_new_payment(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app
-        .create(create_request("key-1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    let paid = app
-        .stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
-    assert_eq!(paid["status"], "succeeded", "{paid}");
+    let (_, payment, _) = app.create_paid("key-1", "inv-1").await;
     let settled = app.get(&payment.id, true).await.expect("refreshed");
     assert_eq!(settled.status(), pb::PaymentStatus::Succeeded);
 

@@ -31,18 +31,7 @@ async fn wait_for_status(app: &TestApp, id: &str, want: pb::PaymentStatus) -> pb
 
 async fn a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler(db: Db) {
     let app = TestApp::spawn_with(db, reconciling()).await;
-    let answer = app
-        .create(create_request("k1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    app.stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
+    let (_, payment, _) = app.create_paid("k1", "inv-1").await;
     assert_eq!(
         wait_for_status(&app, &payment.id, pb::PaymentStatus::Succeeded).await,
         pb::PaymentStatus::Succeeded

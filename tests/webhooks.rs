@@ -7,27 +7,14 @@ use paybridge::adapters::stripe::webhook::sign;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
 use support::events::{event, now};
-use support::localstripe::{CARD_DECLINED, CARD_SUCCEEDS};
+use support::localstripe::CARD_DECLINED;
 use support::{Db, Options, TestApp, create_request};
 use tonic::Code;
 
 /// A payment paid at the fake (4242), not yet known to paybridge, and its intent as Stripe
 /// holds it.
 async fn paid_payment(app: &TestApp) -> (pb::Payment, serde_json::Value) {
-    let answer = app
-        .create(create_request("k1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    let intent = app
-        .stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
-    assert_eq!(intent["status"], "succeeded");
+    let (_, payment, intent) = app.create_paid("k1", "inv-1").await;
     (payment, intent)
 }
 

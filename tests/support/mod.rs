@@ -271,6 +271,35 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Creates a payment as the billing tenant for `invoice_id` and pays it at the fake with the
+    /// test card 4242 as Stripe.js would; paybridge is not told. Returns the create answer, its
+    /// payment and the intent as Stripe holds it afterwards.
+    pub async fn create_paid(
+        &self,
+        key: &str,
+        invoice_id: &str,
+    ) -> (
+        pb::CreateInvoicePaymentResponse,
+        pb::Payment,
+        serde_json::Value,
+    ) {
+        let answer = self
+            .create(create_request(key, invoice_id))
+            .await
+            .expect("created");
+        let payment = answer.payment.clone().expect("payment");
+        let intent = self
+            .stripe
+            .pay(
+                &payment.stripe_payment_intent_id,
+                &answer.client_secret,
+                localstripe::CARD_SUCCEEDS,
+            )
+            .await;
+        assert_eq!(intent["status"], "succeeded", "{intent}");
+        (answer, payment, intent)
+    }
+
     pub async fn get(&self, id: &str, refresh: bool) -> Result<pb::Payment, tonic::Status> {
         self.client
             .clone()
