@@ -116,23 +116,23 @@ impl Payments {
         let tenant_id = tenant.id().as_str();
         let key = command.idempotency_key.as_str();
 
+        let now = now_millis();
+        let found = self
+            .store
+            .find_for_create(tenant_id, key, command.invoice_id.as_str())
+            .await?;
+
         // 1. The same key again: the same request gets the first answer.
-        if let Some(record) = self.store.find_idempotency_key(tenant_id, key).await? {
+        if let Some((record, payment)) = found.key {
             if record.request_fingerprint != fingerprint {
                 return Err(AppError::IdempotencyKeyReused);
             }
-            let payment = self.load(Some(tenant_id), &record.payment_id).await?;
             let payment = self.finish_creating(payment).await?;
             return self.answer(payment, false).map(Some);
         }
 
         // 2. The double-charge guard: one open or succeeded payment per invoice.
-        let now = now_millis();
-        if let Some(live) = self
-            .store
-            .find_live_payment_for_invoice(tenant_id, command.invoice_id.as_str())
-            .await?
-        {
+        if let Some(live) = found.live {
             if live.status == PaymentStatus::Succeeded {
                 return Err(AppError::AlreadyPaid {
                     payment_id: live.id,
@@ -190,12 +190,15 @@ impl Payments {
             updated_at: now,
             last_event_created: None,
         };
+        // Locked before the row exists, so no other call of this process can start on it, and
+        // the intent is created from the row as written, without reading it back.
+        let _guard = self.locks.lock(&payment.id).await;
         match self.store.insert_payment(&payment, key, fingerprint).await {
             Err(StoreError::Conflict) => return Ok(None),
             other => other?,
         }
         tracing::info!(payment_id = %payment.id, "payment recorded");
-        let payment = self.finish_creating(payment).await?;
+        let payment = self.create_intent(payment).await?;
         self.answer(payment, true).map(Some)
     }
 
@@ -212,6 +215,12 @@ impl Payments {
         if payment.status != PaymentStatus::Creating {
             return Ok(payment);
         }
+        self.create_intent(payment).await
+    }
+
+    /// Creates the intent of a `Creating` payment at Stripe and records it; the caller holds the
+    /// payment's lock.
+    async fn create_intent(&self, payment: Payment) -> Result<Payment, AppError> {
         let result = self
             .provider
             .create_payment_intent(intent_request(&payment))

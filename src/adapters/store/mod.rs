@@ -1,19 +1,23 @@
 //! The payment store on sqlx's `Any` driver: one implementation for SQLite (the embedded default)
 //! and PostgreSQL (production). Both speak the same SQL here (`$n` parameters, partial unique
-//! indexes, `on conflict`), so the only differences are the migrations, the connection set-up and
-//! how a write transaction begins.
+//! indexes, `on conflict`), except the migrations, the connection set-up, how a write transaction
+//! begins, and the writes on the hot path, which go to the database as one round trip each: a
+//! `begin immediate; …; commit;` batch on SQLite, one statement with data-modifying `with` clauses
+//! on PostgreSQL.
 
 mod rows;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::domain::{LastPaymentError, Payment, PaymentStatus, StatusChange};
-use rows::PaymentRow;
+use rows::{LookupRow, PaymentRow};
+use writer::{Bound, WriteTx, Writer};
 
 /// Which database engine the URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,15 @@ pub struct IdempotencyRecord {
     pub payment_id: String,
 }
 
+/// What a create finds before it writes (see [`Store::find_for_create`]).
+#[derive(Debug, Default)]
+pub struct CreateLookup {
+    /// The idempotency key's record and the payment it names.
+    pub key: Option<(IdempotencyRecord, Payment)>,
+    /// The invoice's open or succeeded payment.
+    pub live: Option<Payment>,
+}
+
 /// Where a status change came from; stored in `payment_event.source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventSource {
@@ -134,11 +147,9 @@ pub struct ListQuery<'a> {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// Where write transactions run. On SQLite a pool of one connection: writers queue for it
-    /// in order instead of colliding on the database lock, whose busy handler sleeps (1, 2, 5…
-    /// 100 ms) between retries — at 64 concurrent creates that sleeping cost most of the time.
-    /// On PostgreSQL the same pool as reads.
-    writer: AnyPool,
+    /// Where write transactions run: on SQLite one connection of its own (see `writer.rs`), on
+    /// PostgreSQL the same pool as reads.
+    writer: Writer,
     backend: Backend,
     /// Ids of payments that changed. On SQLite the store sends them after each commit; on
     /// PostgreSQL a `LISTEN` task forwards `pg_notify`s sent inside each changing transaction, so
@@ -174,10 +185,18 @@ pub struct WebhookEventRecord<'a> {
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-const PAYMENT_COLUMNS: &str = "payment_id, tenant, invoice_id, amount, currency, status, \
-     stripe_payment_intent_id, stripe_customer_id, client_secret, description, metadata, \
-     success_url, failure_url, last_payment_error_code, last_payment_error_message, \
-     created_at, updated_at, last_event_created";
+/// The columns of a `payment` row as [`PaymentRow`] reads them, as a literal for `concat!`, so
+/// that the hot statements are built at compile time.
+macro_rules! payment_columns {
+    () => {
+        "payment_id, tenant, invoice_id, amount, currency, status, \
+         stripe_payment_intent_id, stripe_customer_id, client_secret, description, metadata, \
+         success_url, failure_url, last_payment_error_code, last_payment_error_message, \
+         created_at, updated_at, last_event_created"
+    };
+}
+
+const PAYMENT_COLUMNS: &str = payment_columns!();
 
 impl Store {
     /// Connects (creating the SQLite file if needed). Does not migrate.
@@ -195,31 +214,30 @@ impl Store {
                 // the lock instead of failing the caller (another process may write too). Each
                 // connection keeps its own page cache (SQLite's default is 2 MiB): at 1 MiB the
                 // pool's caches stay under 17 MiB, and a miss is a read from the OS page cache.
-                let sqlite = |max_connections: u32| {
-                    options(max_connections).after_connect(|conn, _meta| {
+                const PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
+                     pragma foreign_keys = on; pragma synchronous = normal; \
+                     pragma cache_size = -1024;";
+                let url = sqlite_url_creating_file(url);
+                // A SQLite connection is a file handle in this process: it does not drop out
+                // from under the pool, so the ping sqlx sends before every acquire (a round
+                // trip to the connection's thread) buys nothing.
+                let pool = options(max_connections)
+                    .test_before_acquire(false)
+                    .after_connect(|conn, _meta| {
                         Box::pin(async move {
-                            conn.execute(
-                                "pragma journal_mode = wal; pragma busy_timeout = 10000; \
-                                 pragma foreign_keys = on; pragma synchronous = normal; \
-                                 pragma cache_size = -1024;",
-                            )
-                            .await?;
+                            conn.execute(PRAGMAS).await?;
                             Ok(())
                         })
                     })
-                };
-                let url = sqlite_url_creating_file(url);
-                let pool = sqlite(max_connections).connect(&url).await?;
-                // Writers wait for the one connection as long as they would for the lock.
-                let writer = sqlite(1)
-                    .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await?;
-                (pool, writer)
+                let mut writer = AnyConnection::connect(&url).await?;
+                writer.execute(PRAGMAS).await?;
+                (pool, Writer::sqlite(writer))
             }
             Backend::Postgres => {
                 let pool = options(max_connections).connect(url).await?;
-                (pool.clone(), pool)
+                (pool.clone(), Writer::Postgres(pool))
             }
         };
         let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -283,16 +301,12 @@ impl Store {
     }
 
     /// Inside a changing transaction: on PostgreSQL, announce the change on commit.
-    async fn announce_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        payment_id: &str,
-    ) -> Result<(), StoreError> {
+    async fn announce_in(&self, tx: &mut WriteTx, payment_id: &str) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             sqlx::query("select pg_notify($1, $2)")
                 .bind(CHANGE_CHANNEL)
                 .bind(payment_id)
-                .execute(&mut **tx)
+                .execute(tx.conn())
                 .await?;
         }
         Ok(())
@@ -305,48 +319,53 @@ impl Store {
         }
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.backend {
-            // Take the write lock at the start, so the busy timeout applies instead of a
-            // deadlock error when two readers both try to upgrade.
-            Backend::Sqlite => self.writer.begin_with("begin immediate").await?,
-            Backend::Postgres => self.writer.begin().await?,
-        })
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        self.writer.begin().await
     }
 
-    pub async fn find_idempotency_key(
+    /// What a create must know before it writes, in one query: the payment an idempotency key
+    /// already names (with the fingerprint of the request that named it), and the invoice's live
+    /// payment — open or succeeded, at most one by the unique index. Often the same payment.
+    pub async fn find_for_create(
         &self,
         tenant: &str,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "select request_fingerprint, payment_id from idempotency_key \
-             where tenant = $1 and idempotency_key = $2",
-        )
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(
-            row.map(|(request_fingerprint, payment_id)| IdempotencyRecord {
-                request_fingerprint,
-                payment_id,
-            }),
-        )
-    }
-
-    /// The payment of an invoice that is open or succeeded (at most one, by the unique index).
-    pub async fn find_live_payment_for_invoice(
-        &self,
-        tenant: &str,
+        idempotency_key: &str,
         invoice_id: &str,
-    ) -> Result<Option<Payment>, StoreError> {
-        self.find_payment(
-            "tenant = $1 and invoice_id = $2 and status <> 'canceled'",
-            tenant,
-            Some(invoice_id),
-        )
-        .await
+    ) -> Result<CreateLookup, StoreError> {
+        const SQL: &str = concat!(
+            "select request_fingerprint, ",
+            payment_columns!(),
+            " from (select payment_id, request_fingerprint from idempotency_key \
+                   where tenant = $1 and idempotency_key = $2) as k \
+             join payment using (payment_id) \
+             union all \
+             select null, ",
+            payment_columns!(),
+            " from payment where tenant = $1 and invoice_id = $3 and status <> 'canceled'"
+        );
+        let rows: Vec<LookupRow> = sqlx::query_as(SQL)
+            .bind(tenant)
+            .bind(idempotency_key)
+            .bind(invoice_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut lookup = CreateLookup::default();
+        for row in rows {
+            let payment = Payment::try_from(row.payment)?;
+            match row.request_fingerprint {
+                Some(request_fingerprint) => {
+                    lookup.key = Some((
+                        IdempotencyRecord {
+                            request_fingerprint,
+                            payment_id: payment.id.clone(),
+                        },
+                        payment,
+                    ));
+                }
+                None => lookup.live = Some(payment),
+            }
+        }
+        Ok(lookup)
     }
 
     /// The payment of a PaymentIntent, only if it belongs to `tenant` (when given).
@@ -355,12 +374,12 @@ impl Store {
         tenant: Option<&str>,
         intent_id: &str,
     ) -> Result<Option<Payment>, StoreError> {
-        self.find_payment(
-            "stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)",
-            intent_id,
-            tenant,
-        )
-        .await
+        const SQL: &str = concat!(
+            "select ",
+            payment_columns!(),
+            " from payment where stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)"
+        );
+        self.fetch_one_payment(SQL, intent_id, tenant).await
     }
 
     /// One payment by id, only if it belongs to `tenant` (when given).
@@ -369,23 +388,22 @@ impl Store {
         tenant: Option<&str>,
         payment_id: &str,
     ) -> Result<Option<Payment>, StoreError> {
-        self.find_payment(
-            "payment_id = $1 and ($2 is null or tenant = $2)",
-            payment_id,
-            tenant,
-        )
-        .await
+        const SQL: &str = concat!(
+            "select ",
+            payment_columns!(),
+            " from payment where payment_id = $1 and ($2 is null or tenant = $2)"
+        );
+        self.fetch_one_payment(SQL, payment_id, tenant).await
     }
 
-    /// The payment matching `filter` (two parameters), if any.
-    async fn find_payment(
+    /// The payment `sql` (two parameters) finds, if any.
+    async fn fetch_one_payment(
         &self,
-        filter: &'static str,
+        sql: &'static str,
         first: &str,
         second: Option<&str>,
     ) -> Result<Option<Payment>, StoreError> {
-        let sql = format!("select {PAYMENT_COLUMNS} from payment where {filter}");
-        let row: Option<PaymentRow> = sqlx::query_as(&sql)
+        let row: Option<PaymentRow> = sqlx::query_as(sql)
             .bind(first)
             .bind(second)
             .fetch_optional(&self.pool)
@@ -394,62 +412,67 @@ impl Store {
     }
 
     /// Writes a new payment (in `Creating`), its idempotency key and its first event in one
-    /// transaction. `Conflict` when the key or the invoice was taken concurrently.
+    /// transaction, sent as one statement batch. `Conflict` when the key or the invoice was taken
+    /// concurrently.
     pub async fn insert_payment(
         &self,
         payment: &Payment,
         idempotency_key: &str,
         request_fingerprint: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        // $1–$18 the payment's columns, $19 the key, $20 the fingerprint.
+        const SQLITE: &str = concat!(
+            "begin immediate; insert into payment (",
+            payment_columns!(),
+            ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18); \
+             insert into idempotency_key \
+             (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+             values ($2, $19, $20, $1, $16); \
+             insert into payment_event \
+             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+             values ($1, 'create', null, $6, null, $16); commit;"
+        );
+        // One statement: PostgreSQL runs the three inserts atomically, foreign keys checked at
+        // its end.
+        const POSTGRES: &str = concat!(
+            "with new_payment as (insert into payment (",
+            payment_columns!(),
+            ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+               returning payment_id), \
+             new_key as (insert into idempotency_key \
+               (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+               select $2, $19, $20, payment_id, $16 from new_payment) \
+             insert into payment_event \
+             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+             select payment_id, 'create', null, $6, null, $16 from new_payment"
+        );
         let metadata = serde_json::to_string(&payment.metadata)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sql = format!(
-            "insert into payment ({PAYMENT_COLUMNS}) values \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-        );
         let error = payment.last_payment_error.clone().unwrap_or_default();
-        sqlx::query(&sql)
-            .bind(&payment.id)
-            .bind(&payment.tenant)
-            .bind(&payment.invoice_id)
-            .bind(payment.amount)
-            .bind(&payment.currency)
-            .bind(payment.status.as_str())
-            .bind(&payment.stripe_payment_intent_id)
-            .bind(&payment.stripe_customer_id)
-            .bind(&payment.client_secret)
-            .bind(&payment.description)
-            .bind(metadata)
-            .bind(&payment.success_url)
-            .bind(&payment.failure_url)
-            .bind(error.code)
-            .bind(error.message)
-            .bind(payment.created_at)
-            .bind(payment.updated_at)
-            .bind(payment.last_event_created)
-            .execute(&mut *tx)
-            .await?;
-        insert_idempotency_key(
-            &mut tx,
-            &payment.tenant,
-            idempotency_key,
-            request_fingerprint,
-            &payment.id,
-            payment.created_at,
-        )
-        .await?;
-        insert_event(
-            &mut tx,
-            &payment.id,
-            EventSource::Create,
-            None,
-            payment.status,
-            None,
-            payment.created_at,
-        )
-        .await?;
-        tx.commit().await?;
+        let values = vec![
+            Bound::text(&payment.id),
+            Bound::text(&payment.tenant),
+            Bound::text(&payment.invoice_id),
+            Bound::Int(Some(payment.amount)),
+            Bound::text(&payment.currency),
+            Bound::text(payment.status.as_str()),
+            Bound::Text(payment.stripe_payment_intent_id.clone()),
+            Bound::Text(payment.stripe_customer_id.clone()),
+            Bound::Text(payment.client_secret.clone()),
+            Bound::Text(payment.description.clone()),
+            Bound::Text(Some(metadata)),
+            Bound::text(&payment.success_url),
+            Bound::text(&payment.failure_url),
+            Bound::Text(error.code),
+            Bound::Text(error.message),
+            Bound::Int(Some(payment.created_at)),
+            Bound::Int(Some(payment.updated_at)),
+            Bound::Int(payment.last_event_created),
+            Bound::text(idempotency_key),
+            Bound::text(request_fingerprint),
+        ];
+        let _: Vec<PaymentRow> = self.writer.run_batch(SQLITE, POSTGRES, values).await?;
+        count_transition(None, payment.status, EventSource::Create);
         Ok(())
     }
 
@@ -487,42 +510,58 @@ impl Store {
         change: &StatusChange,
         now: i64,
     ) -> Result<Payment, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let error = change.last_payment_error.clone().unwrap_or_default();
-        let updated = sqlx::query(
-            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
+        // The update returns the row only when it changed it; the event is written only then.
+        const SQLITE: &str = concat!(
+            "begin immediate; update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
              last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
-             where payment_id = $7 and status = 'creating'",
-        )
-        .bind(intent_id)
-        .bind(client_secret)
-        .bind(change.to.as_str())
-        .bind(error.code)
-        .bind(error.message)
-        .bind(now)
-        .bind(payment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            insert_event(
-                &mut tx,
-                payment_id,
-                EventSource::Create,
-                Some(PaymentStatus::Creating),
-                change.to,
-                None,
-                now,
-            )
-            .await?;
-            self.announce_in(&mut tx, payment_id).await?;
+             where payment_id = $7 and status = 'creating' \
+             returning ",
+            payment_columns!(),
+            "; insert into payment_event \
+             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+             select $7, 'create', 'creating', $3, null, $6 where changes() = 1; commit;"
+        );
+        const POSTGRES: &str = concat!(
+            "with attached as (update payment set stripe_payment_intent_id = $1, \
+               client_secret = $2, status = $3, last_payment_error_code = $4, \
+               last_payment_error_message = $5, updated_at = $6 \
+               where payment_id = $7 and status = 'creating' \
+               returning ",
+            payment_columns!(),
+            "), event as (insert into payment_event \
+               (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+               select payment_id, 'create', 'creating', status, null, $6 from attached), \
+             announced as (select pg_notify($8, payment_id) from attached) \
+             select attached.* from attached cross join (select count(*) from announced) as sent"
+        );
+        let error = change.last_payment_error.clone().unwrap_or_default();
+        let values = vec![
+            Bound::text(intent_id),
+            Bound::Text(client_secret.map(str::to_owned)),
+            Bound::text(change.to.as_str()),
+            Bound::Text(error.code),
+            Bound::Text(error.message),
+            Bound::Int(Some(now)),
+            Bound::text(payment_id),
+            Bound::text(CHANGE_CHANNEL),
+        ];
+        let mut rows: Vec<PaymentRow> = self.writer.run_batch(SQLITE, POSTGRES, values).await?;
+        match rows.pop() {
+            Some(row) => {
+                count_transition(
+                    Some(PaymentStatus::Creating),
+                    change.to,
+                    EventSource::Create,
+                );
+                self.announce_committed(payment_id);
+                Payment::try_from(row)
+            }
+            // Another writer finished it first: answer what it stored.
+            None => self
+                .get_payment(None, payment_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished"))),
         }
-        let payment = fetch_payment(&mut tx, payment_id).await?;
-        tx.commit().await?;
-        if updated == 1 {
-            self.announce_committed(payment_id);
-        }
-        Ok(payment)
     }
 
     /// Applies a status change if the payment is still in `change.from` (compare-and-set), and
@@ -548,7 +587,7 @@ impl Store {
         .bind(now)
         .bind(payment_id)
         .bind(change.from.as_str())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected();
         let changed = updated == 1;
@@ -593,7 +632,7 @@ impl Store {
         .bind(event.payment_id)
         .bind(event.result)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -615,7 +654,7 @@ impl Store {
                 .bind(event.event_created)
                 .bind(payment_id)
                 .bind(change.from.as_str())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?
                 .rows_affected();
                 if updated == 0 {
@@ -677,7 +716,7 @@ impl Store {
             .bind(changed_before)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(tx.conn())
             .await?;
         tx.commit().await?;
         rows.into_iter().map(Payment::try_from).collect()
@@ -685,10 +724,14 @@ impl Store {
 
     /// Leaves a payment alone until `until` (unix ms): the reconciler found nothing new.
     pub async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
-        sqlx::query("update payment set reconcile_lease_until = $1 where payment_id = $2")
-            .bind(until)
-            .bind(payment_id)
-            .execute(&self.writer)
+        const SQL: &str = "update payment set reconcile_lease_until = $1 where payment_id = $2";
+        let _: Vec<(i64,)> = self
+            .writer
+            .run_batch(
+                SQL,
+                SQL,
+                vec![Bound::Int(Some(until)), Bound::text(payment_id)],
+            )
             .await?;
         Ok(())
     }
@@ -754,14 +797,14 @@ impl Store {
         .bind(email)
         .bind(stripe_customer_id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         let (id,): (String,) = sqlx::query_as(
             "select stripe_customer_id from customer where tenant = $1 and email = $2",
         )
         .bind(tenant)
         .bind(email)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn())
         .await?;
         tx.commit().await?;
         Ok(id)
@@ -841,7 +884,7 @@ async fn forward_notifications(
 }
 
 async fn insert_idempotency_key(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut WriteTx,
     tenant: &str,
     idempotency_key: &str,
     request_fingerprint: &str,
@@ -858,13 +901,13 @@ async fn insert_idempotency_key(
     .bind(request_fingerprint)
     .bind(payment_id)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     Ok(())
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut WriteTx,
     payment_id: &str,
     source: EventSource,
     from: Option<PaymentStatus>,
@@ -883,8 +926,14 @@ async fn insert_event(
     .bind(to.as_str())
     .bind(stripe_event_id)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
+    count_transition(from, to, source);
+    Ok(())
+}
+
+/// Counts a recorded status change in the transitions metric.
+fn count_transition(from: Option<PaymentStatus>, to: PaymentStatus, source: EventSource) {
     crate::metrics::METRICS
         .transitions
         .get_or_create(&crate::metrics::TransitionLabels {
@@ -893,17 +942,13 @@ async fn insert_event(
             source: source.as_str(),
         })
         .inc();
-    Ok(())
 }
 
-async fn fetch_payment(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    payment_id: &str,
-) -> Result<Payment, StoreError> {
+async fn fetch_payment(tx: &mut WriteTx, payment_id: &str) -> Result<Payment, StoreError> {
     let sql = format!("select {PAYMENT_COLUMNS} from payment where payment_id = $1");
     let row: PaymentRow = sqlx::query_as(&sql)
         .bind(payment_id)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn())
         .await?;
     Payment::try_from(row)
 }

@@ -27,6 +27,15 @@ pub(super) struct PaymentRow {
     last_event_created: Option<i64>,
 }
 
+/// A row of `Store::find_for_create`: a payment, with the fingerprint of the request whose
+/// idempotency key named it (null on the invoice's row).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct LookupRow {
+    pub(super) request_fingerprint: Option<String>,
+    #[sqlx(flatten)]
+    pub(super) payment: PaymentRow,
+}
+
 impl TryFrom<PaymentRow> for Payment {
     type Error = StoreError;
 
