@@ -233,7 +233,9 @@ impl Store {
                     .await?;
                 let mut writer = AnyConnection::connect(&url).await?;
                 writer.execute(PRAGMAS).await?;
-                (pool, Writer::sqlite(writer))
+                let writer = Writer::sqlite(writer)
+                    .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
+                (pool, writer)
             }
             Backend::Postgres => {
                 let pool = options(max_connections).connect(url).await?;

@@ -1,42 +1,91 @@
 //! Where the store's writes run.
 //!
-//! SQLite takes one writer at a time, so paybridge gives it exactly one connection of its own,
-//! held by one write at a time: writers queue in order for it instead of colliding on the
-//! database lock (whose busy handler sleeps 1, 2, 5… 100 ms between retries). It is a plain
-//! connection, not a pool of one: a pool pings a connection on its thread each time it is handed
-//! back, and on the one writer that round trip sat between every two transactions.
+//! SQLite takes one writer at a time, so paybridge gives it exactly one connection, owned by one
+//! task on a thread of its own (`paybridge-sqlite-writer`). Writes queue for it in order instead
+//! of colliding on the database lock (whose busy handler sleeps 1, 2, 5… 100 ms between
+//! retries). The hot writes are batches the writer task runs itself, one after another, without
+//! waiting for the requesting task to be scheduled in between: with a shared lock, the one
+//! writer stood idle while each next holder was woken and scheduled on the busy runtime, and that
+//! handover, not the CPU, set the pace of CreateInvoicePayment. Other writes borrow the connection
+//! for a transaction ([`Writer::begin`]) and hand it back when they end.
 //!
 //! PostgreSQL writes use the shared pool: its writers do not wait for each other.
 
-use std::sync::Arc;
-
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::query::QueryAs;
+use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
 /// Where writes run.
 #[derive(Debug, Clone)]
 pub(super) enum Writer {
-    /// The one SQLite writer connection; `None` once the store is closed.
-    Sqlite(Arc<Mutex<Option<AnyConnection>>>),
+    /// The SQLite writer task's queue.
+    Sqlite(mpsc::UnboundedSender<Request>),
     Postgres(AnyPool),
 }
 
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Batch { sql, .. } => f.debug_struct("Batch").field("sql", sql).finish(),
+            Request::Lend { .. } => f.write_str("Lend"),
+        }
+    }
+}
+
+/// What the SQLite writer task is asked to do.
+pub(super) enum Request {
+    /// Run a `begin immediate; …; commit;` batch and answer its rows.
+    Batch {
+        sql: &'static str,
+        values: Vec<Bound>,
+        reply: oneshot::Sender<Result<Vec<AnyRow>, sqlx::Error>>,
+    },
+    /// Lend the connection for a transaction; it comes back through the `Loan`.
+    Lend { reply: oneshot::Sender<Loan> },
+}
+
+/// The SQLite connection on loan from the writer task. Dropped, it goes back (rolled back
+/// first if its transaction did not end).
+#[derive(Debug)]
+pub(super) struct Loan {
+    conn: Option<AnyConnection>,
+    in_transaction: bool,
+    back: Option<oneshot::Sender<Returned>>,
+}
+
+#[derive(Debug)]
+pub(super) struct Returned {
+    conn: AnyConnection,
+    in_transaction: bool,
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
+            let _ = back.send(Returned {
+                conn,
+                in_transaction: self.in_transaction,
+            });
+        }
+    }
+}
+
 /// One write transaction, begun with [`Writer::begin`]. Dropped without `commit`, it is rolled
-/// back (on SQLite before the next writer gets the connection).
+/// back (on SQLite before the writer task does anything else).
 pub(super) struct WriteTx {
     inner: Option<TxInner>,
 }
 
 enum TxInner {
     Pooled(sqlx::Transaction<'static, Any>),
-    Sqlite(OwnedMutexGuard<Option<AnyConnection>>),
+    Sqlite(Loan),
 }
 
-/// An owned value bound to a write batch (owned, so the batch can run on a task of its own).
+/// An owned value bound to a write batch (owned, so the batch can be handed to the writer task).
+#[derive(Debug)]
 pub(super) enum Bound {
     Text(Option<String>),
     Int(Option<i64>),
@@ -49,9 +98,17 @@ impl Bound {
 }
 
 impl Writer {
-    /// Opens the SQLite writer connection.
-    pub(super) fn sqlite(connection: AnyConnection) -> Writer {
-        Writer::Sqlite(Arc::new(Mutex::new(Some(connection))))
+    /// Starts the SQLite writer task on a thread of its own, owning `connection`. The task ends
+    /// (closing the connection) when the last `Writer` is dropped or [`Writer::close`] is called.
+    pub(super) fn sqlite(connection: AnyConnection) -> std::io::Result<Writer> {
+        let (requests, queue) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("paybridge-sqlite-writer".to_owned())
+            .spawn(move || runtime.block_on(run_sqlite_writer(connection, queue)))?;
+        Ok(Writer::Sqlite(requests))
     }
 
     /// Begins a write transaction: `begin immediate` on SQLite, so the lock is taken at the
@@ -59,23 +116,25 @@ impl Writer {
     pub(super) async fn begin(&self) -> Result<WriteTx, StoreError> {
         let inner = match self {
             Writer::Postgres(pool) => TxInner::Pooled(pool.begin().await?),
-            Writer::Sqlite(connection) => {
-                let mut guard = Arc::clone(connection).lock_owned().await;
-                let conn = guard.as_mut().ok_or(closed())?;
+            Writer::Sqlite(requests) => {
+                let (reply, loan) = oneshot::channel();
+                requests
+                    .send(Request::Lend { reply })
+                    .map_err(|_| closed())?;
+                let mut loan = loan.await.map_err(|_| closed())?;
+                let conn = loan.conn.as_mut().ok_or_else(closed)?;
                 conn.execute("begin immediate").await?;
-                TxInner::Sqlite(guard)
+                loan.in_transaction = true;
+                TxInner::Sqlite(loan)
             }
         };
         Ok(WriteTx { inner: Some(inner) })
     }
 
     /// Runs one write transaction in one round trip to the database and returns the rows it
-    /// selects: on SQLite `sqlite` — `begin immediate; …; commit;` — runs on the connection's
-    /// thread in one go, so the lock is never held while a task waits to be scheduled; on
-    /// PostgreSQL `postgres` is one statement (data-modifying `with` clauses), atomic by itself.
-    ///
-    /// The batch runs on a task of its own, so a caller that goes away (a cancelled RPC) cannot
-    /// leave it half done with its transaction open on the shared connection.
+    /// selects: on SQLite the writer task runs `sqlite` — `begin immediate; …; commit;` — in one
+    /// go; on PostgreSQL `postgres` is one statement (data-modifying `with` clauses), atomic by
+    /// itself. A caller that goes away meanwhile (a cancelled RPC) cannot leave either half done.
     pub(super) async fn run_batch<R>(
         &self,
         sqlite: &'static str,
@@ -83,42 +142,45 @@ impl Writer {
         values: Vec<Bound>,
     ) -> Result<Vec<R>, StoreError>
     where
-        R: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin + 'static,
+        R: for<'r> sqlx::FromRow<'r, AnyRow>,
     {
-        let writer = self.clone();
-        let batch = tokio::spawn(async move {
-            match writer {
-                Writer::Postgres(pool) => Ok(bind_all(sqlx::query_as::<_, R>(postgres), values)
-                    .fetch_all(&pool)
-                    .await?),
-                Writer::Sqlite(connection) => {
-                    let mut guard = connection.lock_owned().await;
-                    let conn = guard.as_mut().ok_or(closed())?;
-                    let result = bind_all(sqlx::query_as::<_, R>(sqlite), values)
-                        .fetch_all(&mut *conn)
-                        .await;
-                    if result.is_err() {
-                        // SQLite stopped at the failing statement, inside the transaction
-                        // (unless `begin` itself failed: then there is nothing to roll back).
-                        roll_back(&mut guard).await;
-                    }
-                    Ok(result?)
-                }
+        let rows = match self {
+            Writer::Postgres(pool) => {
+                bind_all(sqlx::query(postgres), values)
+                    .fetch_all(pool)
+                    .await?
             }
-        });
-        batch.await.map_err(|join| {
-            StoreError::Database(sqlx::Error::Protocol(format!(
-                "write task ended abnormally: {join}"
-            )))
-        })?
+            Writer::Sqlite(requests) => {
+                let (reply, answer) = oneshot::channel();
+                requests
+                    .send(Request::Batch {
+                        sql: sqlite,
+                        values,
+                        reply,
+                    })
+                    .map_err(|_| closed())?;
+                answer.await.map_err(|_| closed())??
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(R::from_row)
+            .collect::<Result<Vec<R>, sqlx::Error>>()?)
     }
 
-    /// Closes the SQLite connection; later writes fail as unavailable.
+    /// Closes the pool, or ends the SQLite writer task once the writes queued before are done;
+    /// later writes fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
             Writer::Postgres(pool) => pool.close().await,
-            Writer::Sqlite(connection) => {
-                if let Some(conn) = connection.lock().await.take() {
+            // The task ends when every sender is gone; this one is not the last while the store
+            // is shared, so ask for a loan and keep it: nothing runs after it.
+            Writer::Sqlite(requests) => {
+                let (reply, loan) = oneshot::channel();
+                if requests.send(Request::Lend { reply }).is_ok()
+                    && let Ok(mut loan) = loan.await
+                    && let Some(conn) = loan.conn.take()
+                {
                     let _ = conn.close().await;
                 }
             }
@@ -131,9 +193,10 @@ impl WriteTx {
     pub(super) fn conn(&mut self) -> &mut AnyConnection {
         match self.inner.as_mut() {
             Some(TxInner::Pooled(tx)) => tx,
-            Some(TxInner::Sqlite(guard)) => guard
+            Some(TxInner::Sqlite(loan)) => loan
+                .conn
                 .as_mut()
-                .expect("a begun SQLite write holds an open connection"),
+                .expect("a begun SQLite write holds the connection"),
             None => unreachable!("a write transaction is used after it ended"),
         }
     }
@@ -141,12 +204,11 @@ impl WriteTx {
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         match self.inner.take() {
             Some(TxInner::Pooled(tx)) => tx.commit().await?,
-            Some(TxInner::Sqlite(mut guard)) => {
-                let conn = guard.as_mut().ok_or(closed())?;
-                if let Err(error) = conn.execute("commit").await {
-                    roll_back(&mut guard).await;
-                    return Err(error.into());
-                }
+            Some(TxInner::Sqlite(mut loan)) => {
+                let conn = loan.conn.as_mut().ok_or_else(closed)?;
+                // On failure the loan goes back still in the transaction: rolled back there.
+                conn.execute("commit").await?;
+                loan.in_transaction = false;
             }
             None => {}
         }
@@ -156,56 +218,85 @@ impl WriteTx {
     pub(super) async fn rollback(mut self) -> Result<(), StoreError> {
         match self.inner.take() {
             Some(TxInner::Pooled(tx)) => tx.rollback().await?,
-            Some(TxInner::Sqlite(mut guard)) => roll_back(&mut guard).await,
+            Some(TxInner::Sqlite(mut loan)) => {
+                let conn = loan.conn.as_mut().ok_or_else(closed)?;
+                conn.execute("rollback").await?;
+                loan.in_transaction = false;
+            }
             None => {}
         }
         Ok(())
     }
 }
 
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        // The pooled transaction rolls itself back; the SQLite one is rolled back before the
-        // guard lets the next writer in.
-        if let Some(TxInner::Sqlite(mut guard)) = self.inner.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move { roll_back(&mut guard).await });
+/// The SQLite writer task: runs batches and lends the connection, one request at a time.
+async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::UnboundedReceiver<Request>) {
+    while let Some(request) = queue.recv().await {
+        match request {
+            Request::Batch { sql, values, reply } => {
+                let result = bind_all(sqlx::query(sql), values)
+                    .fetch_all(&mut conn)
+                    .await;
+                if result.is_err() {
+                    // SQLite stopped at the failing statement, inside the transaction (unless
+                    // `begin` itself failed: then there is nothing to roll back).
+                    if !roll_back(&mut conn).await {
+                        let _ = reply.send(result);
+                        return;
+                    }
                 }
-                // No runtime to roll back on (the process is ending): close the connection,
-                // which SQLite rolls back.
-                Err(_) => drop(guard.take()),
+                let _ = reply.send(result);
             }
+            Request::Lend { reply } => {
+                let (back, returned) = oneshot::channel();
+                let loan = Loan {
+                    conn: Some(conn),
+                    in_transaction: false,
+                    back: Some(back),
+                };
+                // A borrower that went away before taking it drops it here: it comes straight back.
+                drop(reply.send(loan));
+                let Ok(Returned {
+                    conn: mut returned,
+                    in_transaction,
+                }) = returned.await
+                else {
+                    // Kept for good: the store was closed.
+                    return;
+                };
+                if in_transaction && !roll_back(&mut returned).await {
+                    return;
+                }
+                conn = returned;
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Rolls back whatever transaction the connection has open. False when that failed for any
+/// reason other than there being none: the connection is then closed (SQLite rolls back on
+/// close) and the writer stops, so that no later write runs inside a stale transaction.
+async fn roll_back(conn: &mut AnyConnection) -> bool {
+    match conn.execute("rollback").await {
+        Ok(_) => true,
+        Err(sqlx::Error::Database(db)) if db.message().contains("no transaction is active") => true,
+        Err(error) => {
+            tracing::error!(%error, "rolling back a failed write failed; the SQLite writer stops");
+            false
         }
     }
 }
 
-/// Rolls back whatever transaction the SQLite connection has open. If that fails for any reason
-/// other than there being none, the connection is closed (SQLite rolls back on close), so that
-/// no later writer runs inside a stale transaction.
-async fn roll_back(guard: &mut OwnedMutexGuard<Option<AnyConnection>>) {
-    let Some(conn) = guard.as_mut() else { return };
-    if let Err(error) = conn.execute("rollback").await {
-        let no_transaction = matches!(&error, sqlx::Error::Database(db)
-            if db.message().contains("no transaction is active"));
-        if !no_transaction {
-            tracing::error!(%error, "rolling back a failed write; closing the writer connection");
-            if let Some(conn) = guard.take() {
-                let _ = conn.close_hard().await;
-            }
-        }
-    }
-}
-
-/// The error of a write after the store was closed (on shutdown).
+/// The error of a write after the store was closed (on shutdown) or its writer stopped.
 fn closed() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-fn bind_all<'q, R>(
-    mut query: QueryAs<'q, Any, R, AnyArguments<'q>>,
+fn bind_all<'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
     values: Vec<Bound>,
-) -> QueryAs<'q, Any, R, AnyArguments<'q>> {
+) -> Query<'q, Any, AnyArguments<'q>> {
     for value in values {
         query = match value {
             Bound::Text(text) => query.bind(text),
