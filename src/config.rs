@@ -65,9 +65,23 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Largest number of pooled database connections.
-    #[arg(long, env = "PAYBRIDGE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
-    pub database_max_connections: u32,
+    /// Database connections for reads (and, on PostgreSQL, writes): at most this many pooled on
+    /// PostgreSQL (default 16); exactly this many readers beside the one writer on SQLite
+    /// (default 4: each is a thread with its own page cache).
+    #[arg(long, env = "PAYBRIDGE_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
+}
+
+impl DatabaseArgs {
+    /// The connection count to use: the one given, or the engine's default.
+    pub fn max_connections(&self) -> u32 {
+        self.database_max_connections
+            .unwrap_or(if self.database_url.starts_with("sqlite:") {
+                4
+            } else {
+                16
+            })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -212,9 +226,10 @@ impl ServeArgs {
         };
         crate::adapters::store::Backend::from_url(&self.database.database_url)
             .map_err(|error| format!("PAYBRIDGE_DATABASE_URL: {error}"))?;
+        let database_max_connections = self.database.max_connections();
         Ok(ServeConfig {
             database_url: self.database.database_url,
-            database_max_connections: self.database.database_max_connections,
+            database_max_connections,
             grpc_addr: self.grpc_addr,
             migrate: !self.no_migrate,
             stripe_secret_key: self.stripe_secret_key,

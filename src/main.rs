@@ -22,8 +22,7 @@ async fn main() -> ExitCode {
         Command::Migrate(database) => {
             let result = async {
                 let store =
-                    Store::connect(&database.database_url, database.database_max_connections)
-                        .await?;
+                    Store::connect(&database.database_url, database.max_connections()).await?;
                 store.migrate().await?;
                 store.close().await;
                 Ok::<_, paybridge::adapters::store::StoreError>(())

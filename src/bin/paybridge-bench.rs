@@ -243,7 +243,7 @@ struct Stack {
 
 async fn start_stack(parts: &Parts, database_url: &str, stripe: &str) -> anyhow::Result<Stack> {
     let gateway_addr = procs::free_addr()?;
-    let (serve, grpc, _) = parts.serve(database_url, stripe, gateway_addr, 16).await?;
+    let (serve, grpc, _) = parts.serve(database_url, stripe, gateway_addr).await?;
     let gateway = parts.gateway(gateway_addr, grpc).await?;
     let clients = load::grpc_clients(grpc, procs::TENANT_TOKEN, 4).await?;
     Ok(Stack {
@@ -270,7 +270,7 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             parts.work.join(format!("startup-{i}.db")).display()
         );
         let (mut serve, _, took) = parts
-            .serve(&db, &stand_in.base_url(), procs::free_addr()?, 16)
+            .serve(&db, &stand_in.base_url(), procs::free_addr()?)
             .await?;
         startup.push(took.as_secs_f64() * 1000.0);
         serve.stop(Duration::from_secs(5));

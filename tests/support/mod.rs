@@ -364,7 +364,12 @@ async fn start_server(
 ) {
     let config = ServeConfig {
         database_url: database_url.to_owned(),
-        database_max_connections: 16,
+        // The defaults of `paybridge serve`.
+        database_max_connections: if database_url.starts_with("sqlite:") {
+            4
+        } else {
+            16
+        },
         grpc_addr: addr,
         migrate: true,
         stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),

@@ -5,17 +5,20 @@
 //! `begin immediate; …; commit;` batch on SQLite, one statement with data-modifying `with` clauses
 //! on PostgreSQL.
 
+mod readers;
 mod rows;
 mod writer;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, Connection, Executor};
 
 use crate::domain::{LastPaymentError, Payment, PaymentStatus, StatusChange};
+use readers::Readers;
 use rows::{LookupRow, PaymentRow};
 use writer::{Bound, WriteTx, Writer};
 
@@ -146,7 +149,9 @@ pub struct ListQuery<'a> {
 /// The payment store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    /// Where reads run: on SQLite a set of connections of their own (see `readers.rs`), on
+    /// PostgreSQL sqlx's pool.
+    readers: Arc<Readers>,
     /// Where write transactions run: on SQLite one connection of its own (see `writer.rs`), on
     /// PostgreSQL the same pool as reads.
     writer: Writer,
@@ -203,43 +208,35 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         install_default_drivers();
         let backend = Backend::from_url(url)?;
-        let options = |max_connections: u32| {
-            AnyPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(5))
-        };
-        let (pool, writer) = match backend {
+        let (readers, writer) = match backend {
             Backend::Sqlite => {
                 // WAL lets readers run beside the one writer; busy_timeout makes a writer wait for
                 // the lock instead of failing the caller (another process may write too). Each
                 // connection keeps its own page cache (SQLite's default is 2 MiB): at 1 MiB the
-                // pool's caches stay under 17 MiB, and a miss is a read from the OS page cache.
+                // caches stay small, and a miss is a read from the OS page cache.
                 const PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
                      pragma foreign_keys = on; pragma synchronous = normal; \
                      pragma cache_size = -1024;";
                 let url = sqlite_url_creating_file(url);
-                // A SQLite connection is a file handle in this process: it does not drop out
-                // from under the pool, so the ping sqlx sends before every acquire (a round
-                // trip to the connection's thread) buys nothing.
-                let pool = options(max_connections)
-                    .test_before_acquire(false)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(PRAGMAS).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?;
+                // The writer first: it creates the file and switches it to WAL.
                 let mut writer = AnyConnection::connect(&url).await?;
                 writer.execute(PRAGMAS).await?;
                 let writer = Writer::sqlite(writer)
                     .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
-                (pool, writer)
+                let readers = Readers::sqlite(&url, max_connections, PRAGMAS).await?;
+                (readers, writer)
             }
             Backend::Postgres => {
-                let pool = options(max_connections).connect(url).await?;
-                (pool.clone(), Writer::Postgres(pool))
+                // No ping before each use (a round trip to the server per query): a session the
+                // server ended (restart, failover) fails its next query as unavailable, and sqlx
+                // then drops it, since it pings every connection when it comes back.
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .connect(url)
+                    .await?;
+                (Readers::Pool(pool.clone()), Writer::Postgres(pool))
             }
         };
         let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -249,7 +246,7 @@ impl Store {
             tokio::spawn(forward_notifications(listener, changes.clone()));
         }
         Ok(Store {
-            pool,
+            readers: Arc::new(readers),
             writer,
             backend,
             changes,
@@ -262,9 +259,10 @@ impl Store {
 
     /// Applies the migrations of this backend.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.readers.get().await?;
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&mut *conn).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&mut *conn).await?,
         }
         Ok(())
     }
@@ -277,7 +275,7 @@ impl Store {
         };
         let applied: Vec<(i64,)> =
             match sqlx::query_as("select version from _sqlx_migrations where success")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.readers.get().await?)
                 .await
             {
                 Ok(rows) => rows,
@@ -292,8 +290,8 @@ impl Store {
 
     /// Closes the pool (on shutdown).
     pub async fn close(&self) {
-        self.pool.close().await;
         self.writer.close().await;
+        self.readers.close().await;
     }
 
     /// Ids of payments as they change (on any replica, on PostgreSQL). A receiver that falls
@@ -349,7 +347,7 @@ impl Store {
             .bind(tenant)
             .bind(idempotency_key)
             .bind(invoice_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.readers.get().await?)
             .await?;
         let mut lookup = CreateLookup::default();
         for row in rows {
@@ -408,7 +406,7 @@ impl Store {
         let row: Option<PaymentRow> = sqlx::query_as(sql)
             .bind(first)
             .bind(second)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await?;
         row.map(Payment::try_from).transpose()
     }
@@ -760,7 +758,7 @@ impl Store {
             .bind(after_created)
             .bind(after_id)
             .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.readers.get().await?)
             .await?;
         rows.into_iter().map(Payment::try_from).collect()
     }
@@ -776,7 +774,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(email)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row.map(|(id,)| id))
     }
@@ -822,7 +820,7 @@ impl Store {
              where payment_id = $1 order by payment_event_id",
         )
         .bind(payment_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?)
     }
 }
@@ -851,7 +849,7 @@ impl Store {
         )
         .bind(payment_id)
         .bind(after)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?;
         rows.into_iter()
             .map(|(payment_event_id, to, created_at)| {

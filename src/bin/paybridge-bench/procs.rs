@@ -159,15 +159,10 @@ impl Parts {
         database_url: &str,
         stripe_api_base: &str,
         gateway_addr: SocketAddr,
-        max_connections: u32,
     ) -> anyhow::Result<(ChildGuard, SocketAddr, Duration)> {
         let grpc_addr = free_addr()?;
         let env = [
             ("PAYBRIDGE_DATABASE_URL", database_url.to_owned()),
-            (
-                "PAYBRIDGE_DATABASE_MAX_CONNECTIONS",
-                max_connections.to_string(),
-            ),
             ("PAYBRIDGE_GRPC_ADDR", grpc_addr.to_string()),
             ("PAYBRIDGE_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             (
