@@ -81,6 +81,9 @@ struct Args {
     /// `"valgrind --tool=callgrind --callgrind-out-file=/tmp/serve.%p.callgrind"`.
     #[arg(long)]
     serve_wrapper: Option<String>,
+    /// An extra setting for `paybridge serve`, e.g. `PAYBRIDGE_SETTLED_CACHE_SIZE=0` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    serve_env: Vec<String>,
     /// Do not run `cargo build --release --bin paybridge` first (when started by cargo).
     #[arg(long)]
     no_build: bool,
@@ -121,6 +124,16 @@ fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("paybridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut parts = Parts::new(paybridge, repo, work.clone())?;
+    parts.serve_env = args
+        .serve_env
+        .iter()
+        .map(|setting| {
+            setting
+                .split_once('=')
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .with_context(|| format!("--serve-env {setting:?}: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     parts.serve_wrapper = args
         .serve_wrapper
         .as_deref()

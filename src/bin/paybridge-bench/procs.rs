@@ -89,6 +89,8 @@ pub(crate) struct Parts {
     pub(crate) tenants_file: PathBuf,
     /// A command (and its arguments) that `serve` runs under, for profiling.
     pub(crate) serve_wrapper: Vec<String>,
+    /// Extra environment for `serve` (`--serve-env`), applied last.
+    pub(crate) serve_env: Vec<(String, String)>,
 }
 
 impl Parts {
@@ -110,6 +112,7 @@ impl Parts {
             work,
             tenants_file,
             serve_wrapper: Vec::new(),
+            serve_env: Vec::new(),
         })
     }
 
@@ -145,6 +148,9 @@ impl Parts {
             .stderr(log_file);
         for (key, value) in env {
             command.env(key, value);
+        }
+        if name == "serve" {
+            command.envs(self.serve_env.iter().map(|(k, v)| (k, v)));
         }
         let child = command
             .spawn()
