@@ -305,3 +305,89 @@ fn bind_all<'q>(
     }
     query
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite_writer() -> (tempfile::TempDir, String, Writer) {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}?mode=rwc", dir.path().join("w.db").display());
+        let mut conn = AnyConnection::connect(&url).await.expect("connect");
+        conn.execute(
+            "pragma journal_mode = wal; \
+             create table t (id integer primary key, name text not null unique);",
+        )
+        .await
+        .expect("schema");
+        (dir, url, Writer::sqlite(conn).expect("writer"))
+    }
+
+    async fn names(url: &str) -> Vec<String> {
+        let mut conn = AnyConnection::connect(url).await.expect("reader");
+        let rows: Vec<(String,)> = sqlx::query_as("select name from t order by id")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read");
+        rows.into_iter().map(|(name,)| name).collect()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_before_commit_is_rolled_back_before_the_next_write() {
+        let (_dir, url, writer) = sqlite_writer().await;
+        let mut tx = writer.begin().await.expect("begin");
+        sqlx::query("insert into t (name) values ('dropped')")
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+        drop(tx);
+        // The next write gets the connection only after the rollback, outside any transaction.
+        let mut tx = writer.begin().await.expect("begin again");
+        sqlx::query("insert into t (name) values ('kept')")
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        assert_eq!(names(&url).await, ["kept"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_failing_half_way_leaves_nothing_and_the_writer_goes_on() {
+        let (_dir, url, writer) = sqlite_writer().await;
+        const BATCH: &str = "begin immediate; insert into t (name) values ($1); \
+                             insert into t (name) values ($2); commit;";
+        let ok: Result<Vec<(i64,)>, _> = writer
+            .run_batch(BATCH, BATCH, vec![Bound::text("a"), Bound::text("b")])
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+        // The second insert breaks the unique index after the first one ran.
+        let failed: Result<Vec<(i64,)>, _> = writer
+            .run_batch(BATCH, BATCH, vec![Bound::text("c"), Bound::text("a")])
+            .await;
+        assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
+        let ok: Result<Vec<(i64,)>, _> = writer
+            .run_batch(BATCH, BATCH, vec![Bound::text("d"), Bound::text("e")])
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(names(&url).await, ["a", "b", "d", "e"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_caller_went_away_still_runs_to_its_end() {
+        let (_dir, url, writer) = sqlite_writer().await;
+        const BATCH: &str = "begin immediate; insert into t (name) values ($1); \
+                             insert into t (name) values ($2); commit;";
+        let abandoned =
+            writer.run_batch::<(i64,)>(BATCH, BATCH, vec![Bound::text("x"), Bound::text("y")]);
+        // Polled once (the request is queued), then dropped, as a cancelled RPC would be.
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
+        let mut tx = writer.begin().await.expect("begin after");
+        sqlx::query("insert into t (name) values ('z')")
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        assert_eq!(names(&url).await, ["x", "y", "z"]);
+    }
+}
