@@ -945,8 +945,12 @@ fn count_transition(from: Option<PaymentStatus>, to: PaymentStatus, source: Even
 }
 
 async fn fetch_payment(tx: &mut WriteTx, payment_id: &str) -> Result<Payment, StoreError> {
-    let sql = format!("select {PAYMENT_COLUMNS} from payment where payment_id = $1");
-    let row: PaymentRow = sqlx::query_as(&sql)
+    const SQL: &str = concat!(
+        "select ",
+        payment_columns!(),
+        " from payment where payment_id = $1"
+    );
+    let row: PaymentRow = sqlx::query_as(SQL)
         .bind(payment_id)
         .fetch_one(tx.conn())
         .await?;
