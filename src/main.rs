@@ -43,64 +43,65 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => {
-            let shutdown = match shutdown_signal() {
-                Ok(shutdown) => shutdown,
-                Err(error) => {
-                    eprintln!("error: listening for signals: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let config = match args.into_config() {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let app = match Application::build(config).await {
-                Ok(app) => app,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match app.run_until_stopped(shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_service(
+                || args.into_config(),
+                Application::build,
+                Application::run_until_stopped,
+            )
+            .await
         }
         Command::Gateway(args) => {
-            let shutdown = match shutdown_signal() {
-                Ok(shutdown) => shutdown,
-                Err(error) => {
-                    eprintln!("error: listening for signals: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let config = match args.into_config() {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let app = match GatewayApp::build(config).await {
-                Ok(app) => app,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match app.run_until_stopped(shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_service(
+                || args.into_config(),
+                GatewayApp::build,
+                GatewayApp::run_until_stopped,
+            )
+            .await
+        }
+    }
+}
+
+/// The signal future a long-running command stops on.
+type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `serve` or `gateway`: signal handlers first (so that a SIGTERM during start-up stops the
+/// process cleanly), then the checked settings, the build and the run, each failure printed as
+/// one line with its exit code.
+async fn run_service<C, A, Built, Ran>(
+    config: impl FnOnce() -> Result<C, String>,
+    build: impl FnOnce(C) -> Built,
+    run: impl FnOnce(A, Shutdown) -> Ran,
+) -> ExitCode
+where
+    Built: Future<Output = anyhow::Result<A>>,
+    Ran: Future<Output = anyhow::Result<()>>,
+{
+    let shutdown: Shutdown = match shutdown_signal() {
+        Ok(shutdown) => Box::pin(shutdown),
+        Err(error) => {
+            eprintln!("error: listening for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let app = match build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(app, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }
