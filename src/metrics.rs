@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use anyhow::Context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -243,9 +244,14 @@ pub fn stripe_operation(method: &str, path: &str) -> String {
     format!("{method} /v1/{}", parts.join("/"))
 }
 
-/// The admin endpoint: `GET /metrics`. Binds now (port 0 works), serves until `shutdown`.
-pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// The admin endpoint (`GET /metrics`), bound now when `PAYBRIDGE_ADMIN_ADDR` is set (port 0
+/// works); [`serve_admin`] serves it.
+pub async fn bind_admin(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

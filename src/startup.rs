@@ -82,14 +82,7 @@ impl Application {
                 }),
             },
         ));
-        let admin_listener = match config.admin_addr {
-            Some(addr) => Some(
-                crate::metrics::bind_admin(addr)
-                    .await
-                    .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?,
-            ),
-            None => None,
-        };
+        let admin_listener = crate::metrics::bind_admin(config.admin_addr).await?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GRPC_ADDR: binding {}", config.grpc_addr))?;

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use paybridge::pb::v1 as pb;
+use paybridge::transport::gateway::BearerToken;
 use pb::payment_service_client::PaymentServiceClient;
 use tokio::net::TcpStream;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -46,22 +46,7 @@ impl Sample {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub(crate) type Client = PaymentServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = PaymentServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// `channels` HTTP/2 connections to the core, each a tenant client.
 pub(crate) async fn grpc_clients(
@@ -69,7 +54,7 @@ pub(crate) async fn grpc_clients(
     token: &str,
     channels: usize,
 ) -> anyhow::Result<Vec<Client>> {
-    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let bearer = BearerToken::new(token).context("the tenant token is not a header value")?;
     let mut clients = Vec::new();
     for _ in 0..channels.max(1) {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?

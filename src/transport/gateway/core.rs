@@ -17,9 +17,19 @@ use crate::pb::v1::payment_service_client::PaymentServiceClient;
 /// The gRPC service whose health `/readyz` reports.
 const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
 
-/// Adds `authorization: Bearer <gateway token>`, marked sensitive so no layer prints it.
+/// Adds `authorization: Bearer <token>` to every call, marked sensitive so no layer prints it.
 #[derive(Clone)]
-struct BearerToken(AsciiMetadataValue);
+pub struct BearerToken(AsciiMetadataValue);
+
+impl BearerToken {
+    /// `None` when the token cannot be a header value.
+    pub fn new(token: &str) -> Option<BearerToken> {
+        let mut header: AsciiMetadataValue =
+            MetadataValue::try_from(format!("Bearer {token}")).ok()?;
+        header.set_sensitive(true);
+        Some(BearerToken(header))
+    }
+}
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,13 +72,11 @@ impl CoreClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         let channel = endpoint.connect_lazy();
-        let mut header: AsciiMetadataValue =
-            MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| {
-                anyhow::anyhow!("PAYBRIDGE_GATEWAY_TOKEN is not a valid header value")
-            })?;
-        header.set_sensitive(true);
+        let bearer = BearerToken::new(token.expose_secret()).ok_or_else(|| {
+            anyhow::anyhow!("PAYBRIDGE_GATEWAY_TOKEN is not a valid header value")
+        })?;
         Ok(CoreClient {
-            payments: PaymentServiceClient::with_interceptor(channel.clone(), BearerToken(header)),
+            payments: PaymentServiceClient::with_interceptor(channel.clone(), bearer),
             health: HealthClient::new(channel),
         })
     }

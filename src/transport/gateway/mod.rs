@@ -34,7 +34,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::config::GatewayConfig;
 
-pub use self::core::CoreClient;
+pub use self::core::{BearerToken, CoreClient};
 pub use self::return_route::{Refusal as ReturnRefusal, ReturnQuery, parse_return_query};
 
 /// What every handler shares.
@@ -71,14 +71,7 @@ impl GatewayApp {
             read_timeout: config.read_timeout,
         });
         let router = router(&config, state.clone());
-        let admin_listener = match config.admin_addr {
-            Some(addr) => Some(
-                crate::metrics::bind_admin(addr)
-                    .await
-                    .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?,
-            ),
-            None => None,
-        };
+        let admin_listener = crate::metrics::bind_admin(config.admin_addr).await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GATEWAY_ADDR: binding {}", config.addr))?;
