@@ -76,11 +76,16 @@ impl DatabaseArgs {
     /// The connection count to use: the one given, or the engine's default.
     pub fn max_connections(&self) -> u32 {
         self.database_max_connections
-            .unwrap_or(if self.database_url.starts_with("sqlite:") {
-                4
-            } else {
-                16
-            })
+            .unwrap_or_else(|| default_max_connections(&self.database_url))
+    }
+}
+
+/// `PAYBRIDGE_DATABASE_MAX_CONNECTIONS` when unset: 4 SQLite readers, 16 pooled on PostgreSQL.
+pub fn default_max_connections(database_url: &str) -> u32 {
+    if database_url.starts_with("sqlite:") {
+        4
+    } else {
+        16
     }
 }
 

@@ -364,12 +364,7 @@ async fn start_server(
 ) {
     let config = ServeConfig {
         database_url: database_url.to_owned(),
-        // The defaults of `paybridge serve`.
-        database_max_connections: if database_url.starts_with("sqlite:") {
-            4
-        } else {
-            16
-        },
+        database_max_connections: paybridge::config::default_max_connections(database_url),
         grpc_addr: addr,
         migrate: true,
         stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),

@@ -210,20 +210,11 @@ impl Store {
         let backend = Backend::from_url(url)?;
         let (readers, writer) = match backend {
             Backend::Sqlite => {
-                // WAL lets readers run beside the one writer; busy_timeout makes a writer wait for
-                // the lock instead of failing the caller (another process may write too). Each
-                // connection keeps its own page cache (SQLite's default is 2 MiB): at 1 MiB the
-                // caches stay small, and a miss is a read from the OS page cache.
-                const PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
-                     pragma foreign_keys = on; pragma synchronous = normal; \
-                     pragma cache_size = -1024;";
                 let url = sqlite_url_creating_file(url);
                 // The writer first: it creates the file and switches it to WAL.
-                let mut writer = AnyConnection::connect(&url).await?;
-                writer.execute(PRAGMAS).await?;
-                let writer = Writer::sqlite(writer)
+                let writer = Writer::sqlite(open_sqlite(&url).await?)
                     .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
-                let readers = Readers::sqlite(&url, max_connections, PRAGMAS).await?;
+                let readers = Readers::sqlite(&url, max_connections).await?;
                 (readers, writer)
             }
             Backend::Postgres => {
@@ -317,10 +308,6 @@ impl Store {
         if self.backend == Backend::Sqlite {
             let _ = self.changes.send(payment_id.to_owned());
         }
-    }
-
-    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        self.writer.begin().await
     }
 
     /// What a create must know before it writes, in one query: the payment an idempotency key
@@ -486,7 +473,7 @@ impl Store {
         payment_id: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         insert_idempotency_key(
             &mut tx,
             tenant,
@@ -574,7 +561,7 @@ impl Store {
         stripe_event_id: Option<&str>,
         now: i64,
     ) -> Result<(Payment, bool), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let error = change.last_payment_error.clone().unwrap_or_default();
         let updated = sqlx::query(
             "update payment set status = $1, last_payment_error_code = $2, \
@@ -620,7 +607,7 @@ impl Store {
         change: Option<&StatusChange>,
         now: i64,
     ) -> Result<EventRecorded, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "insert into stripe_event \
              (stripe_event_id, event_type, event_created, payment_id, result, received_at) \
@@ -710,7 +697,7 @@ impl Store {
                  limit $4 {lock}) \
              returning {PAYMENT_COLUMNS}"
         );
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let rows: Vec<PaymentRow> = sqlx::query_as(&sql)
             .bind(lease_until)
             .bind(changed_before)
@@ -788,7 +775,7 @@ impl Store {
         stripe_customer_id: &str,
         now: i64,
     ) -> Result<String, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into customer (tenant, email, stripe_customer_id, created_at) \
              values ($1, $2, $3, $4) on conflict (tenant, email) do nothing",
@@ -955,6 +942,20 @@ async fn fetch_payment(tx: &mut WriteTx, payment_id: &str) -> Result<Payment, St
         .fetch_one(tx.conn())
         .await?;
     Payment::try_from(row)
+}
+
+/// One SQLite connection, set up as every one of paybridge's: WAL lets readers run beside the one
+/// writer; busy_timeout makes a writer wait for the lock instead of failing the caller (another
+/// process may write too). Each connection keeps its own page cache (SQLite's default is 2 MiB):
+/// at 1 MiB the caches stay small, and a miss is a read from the OS page cache.
+async fn open_sqlite(url: &str) -> Result<AnyConnection, StoreError> {
+    let mut conn = AnyConnection::connect(url).await?;
+    conn.execute(
+        "pragma journal_mode = wal; pragma busy_timeout = 10000; pragma foreign_keys = on; \
+         pragma synchronous = normal; pragma cache_size = -1024;",
+    )
+    .await?;
+    Ok(conn)
 }
 
 /// `sqlite:path` → `sqlite:path?mode=rwc`, so the file is created on first start.

@@ -42,17 +42,11 @@ pub(super) enum ReadConn<'a> {
 }
 
 impl Readers {
-    /// `connections` SQLite connections, each set up with `pragmas`.
-    pub(super) async fn sqlite(
-        url: &str,
-        connections: u32,
-        pragmas: &'static str,
-    ) -> Result<Readers, StoreError> {
+    /// `connections` SQLite connections.
+    pub(super) async fn sqlite(url: &str, connections: u32) -> Result<Readers, StoreError> {
         let mut idle = Vec::new();
         for _ in 0..connections.max(1) {
-            let mut conn = AnyConnection::connect(url).await?;
-            sqlx::Executor::execute(&mut conn, pragmas).await?;
-            idle.push(conn);
+            idle.push(super::open_sqlite(url).await?);
         }
         Ok(Readers::Sqlite(SqliteReaders {
             permits: Semaphore::new(idle.len()),
