@@ -5,7 +5,6 @@ mod support;
 
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use support::localstripe::CARD_SUCCEEDS;
 use support::{Db, TestApp, create_request};
 use tonic::Code;
 
@@ -281,18 +280,7 @@ on_both_databases!(
 
 async fn every_status_change_is_appended_to_the_event_log(db: Db) {
     let app = TestApp::spawn(db).await;
-    let answer = app
-        .create(create_request("key-1", "inv-1"))
-        .await
-        .expect("created");
-    let payment = answer.payment.expect("payment");
-    app.stripe
-        .pay(
-            &payment.stripe_payment_intent_id,
-            &answer.client_secret,
-            CARD_SUCCEEDS,
-        )
-        .await;
+    let (_, payment, _) = app.create_paid("key-1", "inv-1").await;
     app.get(&payment.id, true).await.expect("refreshed");
     app.get(&payment.id, true)
         .await

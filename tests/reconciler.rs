@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use paybridge::adapters::store::Store;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use support::localstripe::CARD_SUCCEEDS;
 use support::{Db, Options, TestApp, create_request};
 
 fn reconciling() -> Options {
@@ -102,18 +101,7 @@ async fn two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice
     let app = TestApp::spawn(db).await;
     let mut intents = Vec::new();
     for i in 0..12 {
-        let answer = app
-            .create(create_request(&format!("k{i}"), &format!("inv-{i}")))
-            .await
-            .expect("created");
-        let payment = answer.payment.expect("payment");
-        app.stripe
-            .pay(
-                &payment.stripe_payment_intent_id,
-                &answer.client_secret,
-                CARD_SUCCEEDS,
-            )
-            .await;
+        let (_, payment, _) = app.create_paid(&format!("k{i}"), &format!("inv-{i}")).await;
         intents.push((payment.id, payment.stripe_payment_intent_id));
     }
     // Slow reads widen the window in which both replicas sweep at once.
