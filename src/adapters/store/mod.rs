@@ -1,12 +1,14 @@
-//! The payment store on sqlx's `Any` driver: one implementation for SQLite (the embedded default)
-//! and PostgreSQL (production). Both speak the same SQL here (`$n` parameters, partial unique
-//! indexes, `on conflict`), except the migrations, the connection set-up, how a write transaction
-//! begins, and the writes on the hot path, which go to the database as one round trip each: a
-//! `begin immediate; …; commit;` batch on SQLite, one statement with data-modifying `with` clauses
-//! on PostgreSQL.
+//! The payment store: one implementation for SQLite (the embedded default) and PostgreSQL
+//! (production). Both speak the same SQL here (`$n` parameters, partial unique indexes,
+//! `on conflict`), except the migrations, the connection set-up, how a write transaction begins,
+//! and the writes on the hot path, which go to the database as one round trip each: a batch of
+//! statements run by the SQLite writer, one statement with data-modifying `with` clauses on
+//! PostgreSQL. PostgreSQL runs on sqlx's `Any` driver; SQLite's reads and batches on rusqlite in
+//! the calling thread (`sqlite.rs`), its transactions held across awaits on sqlx.
 
 mod readers;
 mod rows;
+mod sqlite;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -51,17 +53,20 @@ pub enum StoreError {
     /// A unique index refused the write: a concurrent writer got there first.
     #[error("a concurrent write took the same unique key")]
     Conflict,
-    /// The database could not be reached (connection refused, pool timed out, I/O).
+    /// The database could not be reached (connection refused, pool timed out, I/O, locked).
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] BoxError),
     /// A stored row could not be read back into the domain (a bug or a hand-edited row).
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] BoxError),
 }
+
+/// The cause of a store error, from sqlx or rusqlite.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
@@ -77,14 +82,14 @@ impl From<sqlx::Error> for StoreError {
                         || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
                 }) =>
             {
-                StoreError::Unavailable(error)
+                StoreError::Unavailable(Box::new(error))
             }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
-            _ => StoreError::Database(error),
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(Box::new(error)),
+            _ => StoreError::Database(Box::new(error)),
         }
     }
 }
@@ -212,9 +217,9 @@ impl Store {
             Backend::Sqlite => {
                 let url = sqlite_url_creating_file(url);
                 // The writer first: it creates the file and switches it to WAL.
-                let writer = Writer::sqlite(open_sqlite(&url).await?)
-                    .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
-                let readers = Readers::sqlite(&url, max_connections).await?;
+                let writer = Writer::sqlite(open_sqlite(&url).await?, sqlite::open(&url)?)
+                    .map_err(|error| StoreError::Unavailable(Box::new(error)))?;
+                let readers = Readers::Sqlite(sqlite::Readers::open(&url, max_connections)?);
                 (readers, writer)
             }
             Backend::Postgres => {
@@ -250,10 +255,13 @@ impl Store {
 
     /// Applies the migrations of this backend.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.readers.get().await?;
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&mut *conn).await?,
-            Backend::Postgres => POSTGRES_MIGRATOR.run(&mut *conn).await?,
+        match &self.writer {
+            Writer::Sqlite(_) => {
+                SQLITE_MIGRATOR
+                    .run(self.writer.lend().await?.conn()?)
+                    .await?
+            }
+            Writer::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
         }
         Ok(())
     }
@@ -264,16 +272,16 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATOR,
             Backend::Postgres => &POSTGRES_MIGRATOR,
         };
-        let applied: Vec<(i64,)> =
-            match sqlx::query_as("select version from _sqlx_migrations where success")
-                .fetch_all(&mut *self.readers.get().await?)
-                .await
-            {
-                Ok(rows) => rows,
-                // No migration table yet: reachable but not migrated.
-                Err(sqlx::Error::Database(_)) => return Ok(false),
-                Err(other) => return Err(other.into()),
-            };
+        let applied: Vec<(i64,)> = match self
+            .readers
+            .read("select version from _sqlx_migrations where success", vec![])
+            .await
+        {
+            Ok(rows) => rows,
+            // No migration table yet: reachable but not migrated.
+            Err(StoreError::Database(_)) => return Ok(false),
+            Err(other) => return Err(other),
+        };
         Ok(migrator
             .iter()
             .all(|m| applied.iter().any(|(version,)| *version == m.version)))
@@ -330,11 +338,16 @@ impl Store {
             payment_columns!(),
             " from payment where tenant = $1 and invoice_id = $3 and status <> 'canceled'"
         );
-        let rows: Vec<LookupRow> = sqlx::query_as(SQL)
-            .bind(tenant)
-            .bind(idempotency_key)
-            .bind(invoice_id)
-            .fetch_all(&mut *self.readers.get().await?)
+        let rows: Vec<LookupRow> = self
+            .readers
+            .read(
+                SQL,
+                vec![
+                    Bound::text(tenant),
+                    Bound::text(idempotency_key),
+                    Bound::text(invoice_id),
+                ],
+            )
             .await?;
         let mut lookup = CreateLookup::default();
         for row in rows {
@@ -390,12 +403,14 @@ impl Store {
         first: &str,
         second: Option<&str>,
     ) -> Result<Option<Payment>, StoreError> {
-        let row: Option<PaymentRow> = sqlx::query_as(sql)
-            .bind(first)
-            .bind(second)
-            .fetch_optional(&mut *self.readers.get().await?)
+        let mut rows: Vec<PaymentRow> = self
+            .readers
+            .read(
+                sql,
+                vec![Bound::text(first), Bound::Text(second.map(str::to_owned))],
+            )
             .await?;
-        row.map(Payment::try_from).transpose()
+        rows.pop().map(Payment::try_from).transpose()
     }
 
     /// Writes a new payment (in `Creating`), its idempotency key and its first event in one
@@ -409,7 +424,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         // $1–$18 the payment's columns, $19 the key, $20 the fingerprint.
         const SQLITE: &str = concat!(
-            "begin immediate; insert into payment (",
+            "insert into payment (",
             payment_columns!(),
             ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18); \
              insert into idempotency_key \
@@ -417,7 +432,7 @@ impl Store {
              values ($2, $19, $20, $1, $16); \
              insert into payment_event \
              (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             values ($1, 'create', null, $6, null, $16); commit;"
+             values ($1, 'create', null, $6, null, $16)"
         );
         // One statement: PostgreSQL runs the three inserts atomically, foreign keys checked at
         // its end.
@@ -458,7 +473,7 @@ impl Store {
             Bound::text(idempotency_key),
             Bound::text(request_fingerprint),
         ];
-        let _: Vec<PaymentRow> = self.writer.run_batch(SQLITE, POSTGRES, values).await?;
+        self.writer.run_batch(SQLITE, POSTGRES, values).await?;
         count_transition(None, payment.status, EventSource::Create);
         Ok(())
     }
@@ -499,14 +514,14 @@ impl Store {
     ) -> Result<Payment, StoreError> {
         // The update returns the row only when it changed it; the event is written only then.
         const SQLITE: &str = concat!(
-            "begin immediate; update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
+            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
              last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
              where payment_id = $7 and status = 'creating' \
              returning ",
             payment_columns!(),
             "; insert into payment_event \
              (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             select $7, 'create', 'creating', $3, null, $6 where changes() = 1; commit;"
+             select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
         );
         const POSTGRES: &str = concat!(
             "with attached as (update payment set stripe_payment_intent_id = $1, \
@@ -532,7 +547,7 @@ impl Store {
             Bound::text(payment_id),
             Bound::text(CHANGE_CHANNEL),
         ];
-        let mut rows: Vec<PaymentRow> = self.writer.run_batch(SQLITE, POSTGRES, values).await?;
+        let mut rows = self.writer.run_batch(SQLITE, POSTGRES, values).await?;
         match rows.pop() {
             Some(row) => {
                 count_transition(
@@ -712,8 +727,7 @@ impl Store {
     /// Leaves a payment alone until `until` (unix ms): the reconciler found nothing new.
     pub async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
         const SQL: &str = "update payment set reconcile_lease_until = $1 where payment_id = $2";
-        let _: Vec<(i64,)> = self
-            .writer
+        self.writer
             .run_batch(
                 SQL,
                 SQL,
@@ -738,14 +752,19 @@ impl Store {
              order by created_at desc, payment_id desc \
              limit $6"
         );
-        let rows: Vec<PaymentRow> = sqlx::query_as(&sql)
-            .bind(query.tenant)
-            .bind(query.invoice_id)
-            .bind(query.status.map(PaymentStatus::as_str))
-            .bind(after_created)
-            .bind(after_id)
-            .bind(i64::from(query.limit))
-            .fetch_all(&mut *self.readers.get().await?)
+        let rows: Vec<PaymentRow> = self
+            .readers
+            .read(
+                &sql,
+                vec![
+                    Bound::text(query.tenant),
+                    Bound::Text(query.invoice_id.map(str::to_owned)),
+                    Bound::Text(query.status.map(|s| s.as_str().to_owned())),
+                    Bound::Int(after_created),
+                    Bound::Text(after_id.map(str::to_owned)),
+                    Bound::Int(Some(i64::from(query.limit))),
+                ],
+            )
             .await?;
         rows.into_iter().map(Payment::try_from).collect()
     }
@@ -756,14 +775,14 @@ impl Store {
         tenant: &str,
         email: &str,
     ) -> Result<Option<String>, StoreError> {
-        let row: Option<(String,)> = sqlx::query_as(
-            "select stripe_customer_id from customer where tenant = $1 and email = $2",
-        )
-        .bind(tenant)
-        .bind(email)
-        .fetch_optional(&mut *self.readers.get().await?)
-        .await?;
-        Ok(row.map(|(id,)| id))
+        let mut rows: Vec<(String,)> = self
+            .readers
+            .read(
+                "select stripe_customer_id from customer where tenant = $1 and email = $2",
+                vec![Bound::text(tenant), Bound::text(email)],
+            )
+            .await?;
+        Ok(rows.pop().map(|(id,)| id))
     }
 
     /// Remembers the Stripe customer of a tenant's email; the first writer wins and every caller
@@ -802,13 +821,13 @@ impl Store {
         &self,
         payment_id: &str,
     ) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "select source, from_status, to_status from payment_event \
-             where payment_id = $1 order by payment_event_id",
-        )
-        .bind(payment_id)
-        .fetch_all(&mut *self.readers.get().await?)
-        .await?)
+        self.readers
+            .read(
+                "select source, from_status, to_status from payment_event \
+                 where payment_id = $1 order by payment_event_id",
+                vec![Bound::text(payment_id)],
+            )
+            .await
     }
 }
 
@@ -830,14 +849,14 @@ impl Store {
         payment_id: &str,
         after: i64,
     ) -> Result<Vec<StatusEvent>, StoreError> {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "select payment_event_id, to_status, created_at from payment_event \
-             where payment_id = $1 and payment_event_id > $2 order by payment_event_id",
-        )
-        .bind(payment_id)
-        .bind(after)
-        .fetch_all(&mut *self.readers.get().await?)
-        .await?;
+        let rows: Vec<(i64, String, i64)> = self
+            .readers
+            .read(
+                "select payment_event_id, to_status, created_at from payment_event \
+                 where payment_id = $1 and payment_event_id > $2 order by payment_event_id",
+                vec![Bound::text(payment_id), Bound::Int(Some(after))],
+            )
+            .await?;
         rows.into_iter()
             .map(|(payment_event_id, to, created_at)| {
                 Ok(StatusEvent {
@@ -944,17 +963,11 @@ async fn fetch_payment(tx: &mut WriteTx, payment_id: &str) -> Result<Payment, St
     Payment::try_from(row)
 }
 
-/// One SQLite connection, set up as every one of paybridge's: WAL lets readers run beside the one
-/// writer; busy_timeout makes a writer wait for the lock instead of failing the caller (another
-/// process may write too). Each connection keeps its own page cache (SQLite's default is 2 MiB):
-/// at 1 MiB the caches stay small, and a miss is a read from the OS page cache.
+/// The SQLite writer's sqlx connection (transactions held across awaits, the migrations), set up
+/// as the rusqlite ones (`sqlite::PRAGMAS`).
 async fn open_sqlite(url: &str) -> Result<AnyConnection, StoreError> {
     let mut conn = AnyConnection::connect(url).await?;
-    conn.execute(
-        "pragma journal_mode = wal; pragma busy_timeout = 10000; pragma foreign_keys = on; \
-         pragma synchronous = normal; pragma cache_size = -1024;",
-    )
-    .await?;
+    conn.execute(sqlite::PRAGMAS).await?;
     Ok(conn)
 }
 

@@ -36,6 +36,32 @@ pub(super) struct LookupRow {
     pub(super) payment: PaymentRow,
 }
 
+impl PaymentRow {
+    /// The payment's columns of a SQLite row, in `payment_columns!` order from `first`.
+    pub(super) fn from_sqlite_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(PaymentRow {
+            payment_id: row.get(first)?,
+            tenant: row.get(first + 1)?,
+            invoice_id: row.get(first + 2)?,
+            amount: row.get(first + 3)?,
+            currency: row.get(first + 4)?,
+            status: row.get(first + 5)?,
+            stripe_payment_intent_id: row.get(first + 6)?,
+            stripe_customer_id: row.get(first + 7)?,
+            client_secret: row.get(first + 8)?,
+            description: row.get(first + 9)?,
+            metadata: row.get(first + 10)?,
+            success_url: row.get(first + 11)?,
+            failure_url: row.get(first + 12)?,
+            last_payment_error_code: row.get(first + 13)?,
+            last_payment_error_message: row.get(first + 14)?,
+            created_at: row.get(first + 15)?,
+            updated_at: row.get(first + 16)?,
+            last_event_created: row.get(first + 17)?,
+        })
+    }
+}
+
 impl TryFrom<PaymentRow> for Payment {
     type Error = StoreError;
 

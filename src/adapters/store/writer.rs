@@ -1,22 +1,28 @@
 //! Where the store's writes run.
 //!
-//! SQLite takes one writer at a time, so paybridge gives it exactly one connection, owned by one
-//! task on a thread of its own (`paybridge-sqlite-writer`). Writes queue for it in order instead
-//! of colliding on the database lock (whose busy handler sleeps 1, 2, 5… 100 ms between
-//! retries). The hot writes are batches the writer task runs itself, one after another, without
-//! waiting for the requesting task to be scheduled in between: with a shared lock, the one
-//! writer stood idle while each next holder was woken and scheduled on the busy runtime, and that
-//! handover, not the CPU, set the pace of CreateInvoicePayment. Other writes borrow the connection
-//! for a transaction ([`Writer::begin`]) and hand it back when they end.
+//! SQLite takes one writer at a time, so paybridge gives it exactly one writer, a thread of its own
+//! (`paybridge-sqlite-writer`) that owns the write connections. Writes queue for it in order
+//! instead of colliding on the database lock (whose busy handler sleeps 1, 2, 5… 100 ms between
+//! retries). The hot writes are batches the writer runs itself, on a rusqlite connection in its
+//! own thread (`sqlite.rs`), without waiting for the requesting task to be scheduled in between.
+//! Batches that queued up while the writer was busy are committed together (group commit): each
+//! in a savepoint of one transaction, so one that fails is rolled back alone and the others go on;
+//! every caller is answered only after the commit. Other writes borrow the writer's sqlx
+//! connection for a transaction ([`Writer::begin`]) and hand it back when they end.
 //!
 //! PostgreSQL writes use the shared pool: its writers do not wait for each other.
 
-use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, FromRow};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::rows::PaymentRow;
+use super::sqlite;
+
+/// At most this many queued batches share one commit (bounds how long the first one waits).
+const MAX_GROUP: usize = 64;
 
 /// Where writes run.
 #[derive(Debug, Clone)]
@@ -37,11 +43,12 @@ impl std::fmt::Debug for Request {
 
 /// What the SQLite writer task is asked to do.
 pub(super) enum Request {
-    /// Run a `begin immediate; …; commit;` batch and answer its rows.
+    /// Run a batch of statements in the writer's transaction and answer its payment rows once
+    /// committed.
     Batch {
         sql: &'static str,
         values: Vec<Bound>,
-        reply: oneshot::Sender<Result<Vec<AnyRow>, sqlx::Error>>,
+        reply: oneshot::Sender<Result<Vec<PaymentRow>, StoreError>>,
     },
     /// Lend the connection for a transaction; it comes back through the `Loan`.
     Lend { reply: oneshot::Sender<Loan> },
@@ -60,6 +67,13 @@ pub(super) struct Loan {
 pub(super) struct Returned {
     conn: AnyConnection,
     in_transaction: bool,
+}
+
+impl Loan {
+    /// The borrowed connection.
+    pub(super) fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        self.conn.as_mut().ok_or_else(closed)
+    }
 }
 
 impl Drop for Loan {
@@ -98,17 +112,37 @@ impl Bound {
 }
 
 impl Writer {
-    /// Starts the SQLite writer task on a thread of its own, owning `connection`. The task ends
-    /// (closing the connection) when the last `Writer` is dropped or [`Writer::close`] is called.
-    pub(super) fn sqlite(connection: AnyConnection) -> std::io::Result<Writer> {
+    /// Starts the SQLite writer on a thread of its own, owning `connection` (sqlx, for borrowed
+    /// transactions) and `batches` (rusqlite, for batches), two connections to the same file that
+    /// it uses one at a time. The writer ends (closing both) when the last `Writer` is dropped or
+    /// [`Writer::close`] is called.
+    pub(super) fn sqlite(
+        connection: AnyConnection,
+        batches: rusqlite::Connection,
+    ) -> std::io::Result<Writer> {
         let (requests, queue) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name("paybridge-sqlite-writer".to_owned())
-            .spawn(move || runtime.block_on(run_sqlite_writer(connection, queue)))?;
+            .spawn(move || runtime.block_on(run_sqlite_writer(connection, batches, queue)))?;
         Ok(Writer::Sqlite(requests))
+    }
+
+    /// Borrows the SQLite writer's sqlx connection, outside any transaction (the migrations
+    /// run on it). Nothing else writes until the loan is dropped.
+    pub(super) async fn lend(&self) -> Result<Loan, StoreError> {
+        let Writer::Sqlite(requests) = self else {
+            return Err(StoreError::Database(
+                "only the SQLite writer lends its connection".into(),
+            ));
+        };
+        let (reply, loan) = oneshot::channel();
+        requests
+            .send(Request::Lend { reply })
+            .map_err(|_| closed())?;
+        loan.await.map_err(|_| closed())
     }
 
     /// Begins a write transaction: `begin immediate` on SQLite, so the lock is taken at the
@@ -116,14 +150,9 @@ impl Writer {
     pub(super) async fn begin(&self) -> Result<WriteTx, StoreError> {
         let inner = match self {
             Writer::Postgres(pool) => TxInner::Pooled(pool.begin().await?),
-            Writer::Sqlite(requests) => {
-                let (reply, loan) = oneshot::channel();
-                requests
-                    .send(Request::Lend { reply })
-                    .map_err(|_| closed())?;
-                let mut loan = loan.await.map_err(|_| closed())?;
-                let conn = loan.conn.as_mut().ok_or_else(closed)?;
-                conn.execute("begin immediate").await?;
+            Writer::Sqlite(_) => {
+                let mut loan = self.lend().await?;
+                loan.conn()?.execute("begin immediate").await?;
                 loan.in_transaction = true;
                 TxInner::Sqlite(loan)
             }
@@ -131,24 +160,26 @@ impl Writer {
         Ok(WriteTx { inner: Some(inner) })
     }
 
-    /// Runs one write transaction in one round trip to the database and returns the rows it
-    /// selects: on SQLite the writer task runs `sqlite` — `begin immediate; …; commit;` — in one
-    /// go; on PostgreSQL `postgres` is one statement (data-modifying `with` clauses), atomic by
-    /// itself. A caller that goes away meanwhile (a cancelled RPC) cannot leave either half done.
-    pub(super) async fn run_batch<R>(
+    /// Runs one write transaction in one round trip to the database and returns the payment rows
+    /// it returns: on SQLite the writer runs the statements of `sqlite` in its transaction
+    /// (shared with the batches queued beside it, each in a savepoint); on PostgreSQL `postgres`
+    /// is one statement (data-modifying `with` clauses), atomic by itself. Answered after the
+    /// commit. A caller that goes away meanwhile (a cancelled RPC) cannot leave either half done.
+    pub(super) async fn run_batch(
         &self,
         sqlite: &'static str,
         postgres: &'static str,
         values: Vec<Bound>,
-    ) -> Result<Vec<R>, StoreError>
-    where
-        R: for<'r> sqlx::FromRow<'r, AnyRow>,
-    {
-        let rows = match self {
+    ) -> Result<Vec<PaymentRow>, StoreError> {
+        match self {
             Writer::Postgres(pool) => {
-                bind_all(sqlx::query(postgres), values)
+                let rows = bind_all(sqlx::query(postgres), values)
                     .fetch_all(pool)
-                    .await?
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(PaymentRow::from_row)
+                    .collect::<Result<Vec<PaymentRow>, sqlx::Error>>()?)
             }
             Writer::Sqlite(requests) => {
                 let (reply, answer) = oneshot::channel();
@@ -159,13 +190,9 @@ impl Writer {
                         reply,
                     })
                     .map_err(|_| closed())?;
-                answer.await.map_err(|_| closed())??
+                answer.await.map_err(|_| closed())?
             }
-        };
-        Ok(rows
-            .iter()
-            .map(R::from_row)
-            .collect::<Result<Vec<R>, sqlx::Error>>()?)
+        }
     }
 
     /// Closes the pool, or ends the SQLite writer task once the writes queued before are done;
@@ -229,23 +256,47 @@ impl WriteTx {
     }
 }
 
-/// The SQLite writer task: runs batches and lends the connection, one request at a time.
-async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::UnboundedReceiver<Request>) {
-    while let Some(request) = queue.recv().await {
+/// A batch waiting for its group's commit.
+struct Batch {
+    sql: &'static str,
+    values: Vec<Bound>,
+    reply: oneshot::Sender<Result<Vec<PaymentRow>, StoreError>>,
+}
+
+/// The SQLite writer: runs batches (those queued together in one commit) and lends the sqlx
+/// connection, one request at a time.
+async fn run_sqlite_writer(
+    mut conn: AnyConnection,
+    batches: rusqlite::Connection,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut next = None;
+    loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => match queue.recv().await {
+                Some(request) => request,
+                None => break,
+            },
+        };
         match request {
             Request::Batch { sql, values, reply } => {
-                let result = bind_all(sqlx::query(sql), values)
-                    .fetch_all(&mut conn)
-                    .await;
-                if result.is_err() {
-                    // SQLite stopped at the failing statement, inside the transaction (unless
-                    // `begin` itself failed: then there is nothing to roll back).
-                    if !roll_back(&mut conn).await {
-                        let _ = reply.send(result);
-                        return;
+                let mut group = vec![Batch { sql, values, reply }];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(Request::Batch { sql, values, reply }) => {
+                            group.push(Batch { sql, values, reply })
+                        }
+                        Ok(lend) => {
+                            next = Some(lend);
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
-                let _ = reply.send(result);
+                if !commit_group(&batches, group) {
+                    return;
+                }
             }
             Request::Lend { reply } => {
                 let (back, returned) = oneshot::channel();
@@ -274,6 +325,72 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::UnboundedRe
     let _ = conn.close().await;
 }
 
+/// Runs a group of batches in one transaction, each in a savepoint, commits, then answers each
+/// caller (an error for a batch that failed, which was rolled back alone). False when rolling
+/// back failed: the writer then stops (see `roll_back`).
+fn commit_group(conn: &rusqlite::Connection, group: Vec<Batch>) -> bool {
+    if let Err(error) = conn.execute_batch("begin immediate") {
+        let message = error.to_string();
+        let mut first = Some(StoreError::from(error));
+        for batch in group {
+            let error = first.take().unwrap_or_else(|| failed_commit(&message));
+            let _ = batch.reply.send(Err(error));
+        }
+        return true;
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for batch in &group {
+        let result = savepoint(conn, |conn| {
+            sqlite::run_batch(conn, batch.sql, &batch.values)
+        });
+        match result {
+            Ok(result) => results.push(result.map_err(StoreError::from)),
+            Err(error) => {
+                tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
+                let _ = conn.execute_batch("rollback");
+                return false;
+            }
+        }
+    }
+    if let Err(error) = conn.execute_batch("commit") {
+        let message = error.to_string();
+        if let Err(error) = conn.execute_batch("rollback") {
+            tracing::error!(%error, "rolling back a failed commit failed; the SQLite writer stops");
+            return false;
+        }
+        for batch in group {
+            let _ = batch.reply.send(Err(failed_commit(&message)));
+        }
+        return true;
+    }
+    for (batch, result) in group.into_iter().zip(results) {
+        let _ = batch.reply.send(result);
+    }
+    true
+}
+
+/// Runs `run` in a savepoint: released when it succeeded, rolled back to when it failed. The
+/// outer error is a failure to roll back.
+fn savepoint<T>(
+    conn: &rusqlite::Connection,
+    run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<rusqlite::Result<T>> {
+    if let Err(error) = conn.prepare_cached("savepoint batch")?.execute([]) {
+        return Ok(Err(error));
+    }
+    let result = run(conn);
+    if result.is_err() {
+        conn.prepare_cached("rollback to batch")?.execute([])?;
+    }
+    conn.prepare_cached("release batch")?.execute([])?;
+    Ok(result)
+}
+
+/// What each batch of a group whose transaction could not begin or commit is answered.
+fn failed_commit(message: &str) -> StoreError {
+    StoreError::Unavailable(format!("the write transaction failed: {message}").into())
+}
+
 /// Rolls back whatever transaction the connection has open. False when that failed for any
 /// reason other than there being none: the connection is then closed (SQLite rolls back on
 /// close) and the writer stops, so that no later write runs inside a stale transaction.
@@ -290,10 +407,11 @@ async fn roll_back(conn: &mut AnyConnection) -> bool {
 
 /// The error of a write after the store was closed (on shutdown) or its writer stopped.
 fn closed() -> StoreError {
-    StoreError::Unavailable(sqlx::Error::PoolClosed)
+    StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
 }
 
-fn bind_all<'q>(
+/// Binds `values` in order to `$1`, `$2`, … of a sqlx query.
+pub(super) fn bind_all<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
     values: Vec<Bound>,
 ) -> Query<'q, Any, AnyArguments<'q>> {
@@ -321,7 +439,8 @@ mod tests {
         )
         .await
         .expect("schema");
-        (dir, url, Writer::sqlite(conn).expect("writer"))
+        let batches = sqlite::open(&url).expect("rusqlite connection");
+        (dir, url, Writer::sqlite(conn, batches).expect("writer"))
     }
 
     async fn names(url: &str) -> Vec<String> {
@@ -355,18 +474,17 @@ mod tests {
     #[tokio::test]
     async fn a_batch_failing_half_way_leaves_nothing_and_the_writer_goes_on() {
         let (_dir, url, writer) = sqlite_writer().await;
-        const BATCH: &str = "begin immediate; insert into t (name) values ($1); \
-                             insert into t (name) values ($2); commit;";
-        let ok: Result<Vec<(i64,)>, _> = writer
+        const BATCH: &str = "insert into t (name) values ($1); insert into t (name) values ($2)";
+        let ok = writer
             .run_batch(BATCH, BATCH, vec![Bound::text("a"), Bound::text("b")])
             .await;
         assert!(ok.is_ok(), "{ok:?}");
         // The second insert breaks the unique index after the first one ran.
-        let failed: Result<Vec<(i64,)>, _> = writer
+        let failed = writer
             .run_batch(BATCH, BATCH, vec![Bound::text("c"), Bound::text("a")])
             .await;
         assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
-        let ok: Result<Vec<(i64,)>, _> = writer
+        let ok = writer
             .run_batch(BATCH, BATCH, vec![Bound::text("d"), Bound::text("e")])
             .await;
         assert!(ok.is_ok(), "{ok:?}");
@@ -376,10 +494,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_whose_caller_went_away_still_runs_to_its_end() {
         let (_dir, url, writer) = sqlite_writer().await;
-        const BATCH: &str = "begin immediate; insert into t (name) values ($1); \
-                             insert into t (name) values ($2); commit;";
-        let abandoned =
-            writer.run_batch::<(i64,)>(BATCH, BATCH, vec![Bound::text("x"), Bound::text("y")]);
+        const BATCH: &str = "insert into t (name) values ($1); insert into t (name) values ($2)";
+        let abandoned = writer.run_batch(BATCH, BATCH, vec![Bound::text("x"), Bound::text("y")]);
         // Polled once (the request is queued), then dropped, as a cancelled RPC would be.
         let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
         let mut tx = writer.begin().await.expect("begin after");
@@ -389,5 +505,36 @@ mod tests {
             .expect("insert");
         tx.commit().await.expect("commit");
         assert_eq!(names(&url).await, ["x", "y", "z"]);
+    }
+
+    #[tokio::test]
+    async fn batches_queued_together_commit_together_and_a_failing_one_is_rolled_back_alone() {
+        let (_dir, url, writer) = sqlite_writer().await;
+        const BATCH: &str = "insert into t (name) values ($1); insert into t (name) values ($2)";
+        // A borrowed transaction keeps the writer busy while three batches queue behind it.
+        let mut tx = writer.begin().await.expect("begin");
+        sqlx::query("insert into t (name) values ('held')")
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+        let mut first =
+            Box::pin(writer.run_batch(BATCH, BATCH, vec![Bound::text("p"), Bound::text("q")]));
+        // Its second insert takes the name the first batch inserted in the same transaction.
+        let mut second =
+            Box::pin(writer.run_batch(BATCH, BATCH, vec![Bound::text("r"), Bound::text("p")]));
+        let mut third =
+            Box::pin(writer.run_batch(BATCH, BATCH, vec![Bound::text("s"), Bound::text("t")]));
+        for queued in [&mut first, &mut second, &mut third] {
+            assert!(
+                futures::poll!(queued.as_mut()).is_pending(),
+                "queued, not answered"
+            );
+        }
+        tx.commit().await.expect("commit");
+        let (first, second, third) = tokio::join!(first, second, third);
+        assert!(first.is_ok(), "{first:?}");
+        assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
+        assert!(third.is_ok(), "{third:?}");
+        assert_eq!(names(&url).await, ["held", "p", "q", "s", "t"]);
     }
 }
