@@ -309,6 +309,16 @@ impl Postgres {
         Ok(Postgres { script, dir, url })
     }
 
+    /// The server's main process (its sessions are its children), from `postmaster.pid` in the
+    /// cluster directory the script chose (`cluster-path` when it had to move it).
+    pub(crate) fn postmaster_pid(&self) -> Option<u32> {
+        let cluster = std::fs::read_to_string(self.dir.join("cluster-path"))
+            .map(|path| PathBuf::from(path.trim()))
+            .unwrap_or_else(|_| self.dir.join("cluster"));
+        let file = std::fs::read_to_string(cluster.join("data/postmaster.pid")).ok()?;
+        file.lines().next()?.trim().parse().ok()
+    }
+
     /// A fresh database in the cluster, for one serve instance.
     pub(crate) fn create_database(&self, name: &str) -> anyhow::Result<String> {
         let status = Command::new("psql")

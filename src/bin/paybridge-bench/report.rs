@@ -33,7 +33,8 @@ pub(crate) struct Figure {
     pub(crate) pool: Option<usize>,
     pub(crate) offered_rate: Option<f64>,
     /// CPU seconds of serve, gateway and the bench (load generator and stand-in) over the runs.
-    pub(crate) cpu_s: Option<[f64; 3]>,
+    /// CPU seconds of serve, gateway, the bench and the database server during the runs.
+    pub(crate) cpu_s: Option<[f64; 4]>,
     /// Resident MiB of serve and gateway after the runs.
     pub(crate) rss_after: Option<[f64; 2]>,
 }
@@ -134,12 +135,13 @@ impl Figure {
         if let Some(rate) = self.offered_rate {
             value["offered_rate"] = json!(rate);
         }
-        if let Some([serve, gateway, bench]) = self.cpu_s {
+        if let Some([serve, gateway, bench, database]) = self.cpu_s {
             let calls = self.all_calls().max(1.0);
             value["cpu_us_per_call"] = json!({
                 "serve": round(serve * 1e6 / calls, 0),
                 "gateway": round(gateway * 1e6 / calls, 0),
                 "bench": round(bench * 1e6 / calls, 0),
+                "database_server": round(database * 1e6 / calls, 0),
             });
         }
         if let Some([serve, gateway]) = self.rss_after {
@@ -329,7 +331,7 @@ impl Report {
         );
         println!();
         println!(
-            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | CPU µs/call serve+gw / bench | errors |"
+            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | CPU µs/call serve+gw / bench / PostgreSQL server | errors |"
         );
         println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for f in &self.figures {
@@ -354,10 +356,15 @@ impl Report {
             };
             let cpu = f
                 .cpu_s
-                .map(|[serve, gateway, bench]| {
+                .map(|[serve, gateway, bench, database]| {
                     let calls = f.all_calls().max(1.0);
+                    let database = if f.backend == "postgres" {
+                        format!("{:.0}", database * 1e6 / calls)
+                    } else {
+                        "-".to_owned()
+                    };
                     format!(
-                        "{:.0} / {:.0}",
+                        "{:.0} / {:.0} / {database}",
                         (serve + gateway) * 1e6 / calls,
                         bench * 1e6 / calls
                     )
