@@ -223,11 +223,7 @@ fn cpu_of(pid: &str) -> f64 {
 fn cpu_with_children(pid: u32) -> f64 {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    cpu_of(&pid.to_string())
-        + children
-            .split_whitespace()
-            .map(cpu_of)
-            .sum::<f64>()
+    cpu_of(&pid.to_string()) + children.split_whitespace().map(cpu_of).sum::<f64>()
 }
 
 /// CPU used so far by serve, gateway, the bench itself and the database server (0 on SQLite,

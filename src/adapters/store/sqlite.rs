@@ -41,9 +41,12 @@ pub(super) fn open(url: &str) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The settings of every SQLite connection (sqlx's ones get them too).
+/// The settings of every SQLite connection (sqlx's ones get them too). `temp_store = memory`
+/// keeps the statement journal of a savepoint (the pages a batch changed, as they were before it)
+/// in memory: in a temporary file it was a `pwrite` per page and 28% of the writer's time.
 pub(super) const PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
-     pragma foreign_keys = on; pragma synchronous = normal; pragma cache_size = -1024;";
+     pragma foreign_keys = on; pragma synchronous = normal; pragma cache_size = -1024; \
+     pragma temp_store = memory;";
 
 /// A fixed set of connections for reads, each used by one caller at a time and only for the
 /// length of one synchronous query: a point read holds its worker thread for microseconds. In

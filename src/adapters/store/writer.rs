@@ -339,20 +339,31 @@ fn commit_group(conn: &rusqlite::Connection, group: Vec<Batch>) -> bool {
         return true;
     }
     let mut results = Vec::with_capacity(group.len());
-    for batch in &group {
-        let result = savepoint(conn, |conn| {
-            sqlite::run_batch(conn, batch.sql, &batch.values)
-        });
-        match result {
-            Ok(result) => results.push(result.map_err(StoreError::from)),
-            Err(error) => {
-                tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
-                let _ = conn.execute_batch("rollback");
-                return false;
+    if let [batch] = group.as_slice() {
+        // Alone in its transaction: no savepoint; if it fails, the transaction is rolled back.
+        results.push(sqlite::run_batch(conn, batch.sql, &batch.values).map_err(StoreError::from));
+    } else {
+        for batch in &group {
+            let result = savepoint(conn, |conn| {
+                sqlite::run_batch(conn, batch.sql, &batch.values)
+            });
+            match result {
+                Ok(result) => results.push(result.map_err(StoreError::from)),
+                Err(error) => {
+                    tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
+                    let _ = conn.execute_batch("rollback");
+                    return false;
+                }
             }
         }
     }
-    if let Err(error) = conn.execute_batch("commit") {
+    let failed_alone = results.len() == 1 && results[0].is_err();
+    if failed_alone {
+        if let Err(error) = conn.execute_batch("rollback") {
+            tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
+            return false;
+        }
+    } else if let Err(error) = conn.execute_batch("commit") {
         let message = error.to_string();
         if let Err(error) = conn.execute_batch("rollback") {
             tracing::error!(%error, "rolling back a failed commit failed; the SQLite writer stops");
