@@ -37,7 +37,9 @@ async fn a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler(d
     );
 }
 
-async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent(db: Db) {
+async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent_and_settled_once_paid(
+    db: Db,
+) {
     let app = TestApp::spawn_with(
         db,
         Options {
@@ -65,6 +67,22 @@ async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_inte
     assert_eq!(intents.len(), 1);
     let payment = app.get(&id, false).await.expect("get");
     assert_eq!(intents[0]["id"], payment.stripe_payment_intent_id.as_str());
+    // Paid without a webhook or a return: the reconciler that finished it looks again on its
+    // schedule, not only when the claim's lease (120 s) runs out.
+    let client_secret = intents[0]["client_secret"].as_str().expect("client secret");
+    let paid = app
+        .stripe
+        .pay(
+            &payment.stripe_payment_intent_id,
+            client_secret,
+            support::localstripe::CARD_SUCCEEDS,
+        )
+        .await;
+    assert_eq!(paid["status"], "succeeded", "{paid}");
+    assert_eq!(
+        wait_for_status(&app, &id, pb::PaymentStatus::Succeeded).await,
+        pb::PaymentStatus::Succeeded
+    );
 }
 
 async fn replicas_claim_disjoint_payments(db: Db) {
@@ -138,6 +156,6 @@ async fn two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice
 on_both_databases!(
     two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice,
     a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler,
-    a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent,
+    a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent_and_settled_once_paid,
     replicas_claim_disjoint_payments,
 );

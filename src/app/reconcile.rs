@@ -57,15 +57,20 @@ impl Payments {
                 .sync_with_provider(payment, EventSource::Reconcile)
                 .await
             {
-                Ok(synced) if (synced.status, synced.updated_at) != before => {
-                    report.changed += 1;
-                    tracing::info!(payment_id = %id, status = %synced.status, "reconciled");
-                }
                 Ok(synced) => {
-                    let unchanged_for = now.saturating_sub(synced.updated_at).max(millis(after));
-                    let recheck_at =
-                        now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)));
-                    self.store.defer_reconcile(&id, recheck_at).await?;
+                    if (synced.status, synced.updated_at) != before {
+                        report.changed += 1;
+                        tracing::info!(payment_id = %id, status = %synced.status, "reconciled");
+                    }
+                    // Still open: looked at again on the usual schedule, not only when the claim's
+                    // lease runs out (a payment changed just now is checked again `after` from now).
+                    if !synced.status.is_terminal() {
+                        let unchanged_for =
+                            now.saturating_sub(synced.updated_at).max(millis(after));
+                        let recheck_at =
+                            now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)));
+                        self.store.defer_reconcile(&id, recheck_at).await?;
+                    }
                 }
                 Err(error) => {
                     report.failed += 1;
