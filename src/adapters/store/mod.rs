@@ -154,11 +154,11 @@ pub struct ListQuery<'a> {
 /// The payment store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Where reads run: on SQLite a set of connections of their own (see `readers.rs`), on
-    /// PostgreSQL sqlx's pool.
+    /// Where reads run: on SQLite a set of rusqlite connections read in the calling thread (see
+    /// `sqlite.rs`), on PostgreSQL sqlx's pool.
     readers: Arc<Readers>,
-    /// Where write transactions run: on SQLite one connection of its own (see `writer.rs`), on
-    /// PostgreSQL the same pool as reads.
+    /// Where write transactions run: on SQLite the one writer thread and its connections (see
+    /// `writer.rs`), on PostgreSQL the same pool as reads.
     writer: Writer,
     backend: Backend,
     /// Ids of payments that changed. On SQLite the store sends them after each commit; on
