@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::StoreError;
 use super::sqlite::{self, FromSqliteRow};
-use super::writer::{Bound, bind_all};
+use super::writer::{Bound, fetch_rows};
 
 /// Where reads run.
 #[derive(Debug)]
@@ -24,13 +24,7 @@ impl Readers {
         R: for<'r> sqlx::FromRow<'r, AnyRow> + FromSqliteRow,
     {
         match self {
-            Readers::Pool(pool) => {
-                let rows = bind_all(sqlx::query(sql), values).fetch_all(pool).await?;
-                Ok(rows
-                    .iter()
-                    .map(R::from_row)
-                    .collect::<Result<Vec<R>, sqlx::Error>>()?)
-            }
+            Readers::Pool(pool) => fetch_rows(pool, sql, values).await,
             Readers::Sqlite(readers) => readers.read(sql, &values).await,
         }
     }

@@ -172,15 +172,7 @@ impl Writer {
         values: Vec<Bound>,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         match self {
-            Writer::Postgres(pool) => {
-                let rows = bind_all(sqlx::query(postgres), values)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .map(PaymentRow::from_row)
-                    .collect::<Result<Vec<PaymentRow>, sqlx::Error>>()?)
-            }
+            Writer::Postgres(pool) => fetch_rows(pool, postgres, values).await,
             Writer::Sqlite(requests) => {
                 let (reply, answer) = oneshot::channel();
                 requests
@@ -228,26 +220,23 @@ impl WriteTx {
         }
     }
 
-    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
-        match self.inner.take() {
-            Some(TxInner::Pooled(tx)) => tx.commit().await?,
-            Some(TxInner::Sqlite(mut loan)) => {
-                let conn = loan.conn.as_mut().ok_or_else(closed)?;
-                // On failure the loan goes back still in the transaction: rolled back there.
-                conn.execute("commit").await?;
-                loan.in_transaction = false;
-            }
-            None => {}
-        }
-        Ok(())
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        self.end(true).await
     }
 
-    pub(super) async fn rollback(mut self) -> Result<(), StoreError> {
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        self.end(false).await
+    }
+
+    /// Commits (`commit`) or rolls back.
+    async fn end(mut self, commit: bool) -> Result<(), StoreError> {
         match self.inner.take() {
+            Some(TxInner::Pooled(tx)) if commit => tx.commit().await?,
             Some(TxInner::Pooled(tx)) => tx.rollback().await?,
             Some(TxInner::Sqlite(mut loan)) => {
-                let conn = loan.conn.as_mut().ok_or_else(closed)?;
-                conn.execute("rollback").await?;
+                // On failure the loan goes back still in the transaction: rolled back there.
+                let statement = if commit { "commit" } else { "rollback" };
+                loan.conn()?.execute(statement).await?;
                 loan.in_transaction = false;
             }
             None => {}
@@ -331,53 +320,63 @@ async fn run_sqlite_writer(
 fn commit_group(conn: &rusqlite::Connection, group: Vec<Batch>) -> bool {
     if let Err(error) = conn.execute_batch("begin immediate") {
         let message = error.to_string();
-        let mut first = Some(StoreError::from(error));
-        for batch in group {
-            let error = first.take().unwrap_or_else(|| failed_commit(&message));
-            let _ = batch.reply.send(Err(error));
-        }
+        answer_failed(group, Some(StoreError::from(error)), &message);
         return true;
     }
-    let mut results = Vec::with_capacity(group.len());
-    if let [batch] = group.as_slice() {
-        // Alone in its transaction: no savepoint; if it fails, the transaction is rolled back.
-        results.push(sqlite::run_batch(conn, batch.sql, &batch.values).map_err(StoreError::from));
-    } else {
-        for batch in &group {
-            let result = savepoint(conn, |conn| {
-                sqlite::run_batch(conn, batch.sql, &batch.values)
-            });
-            match result {
-                Ok(result) => results.push(result.map_err(StoreError::from)),
-                Err(error) => {
-                    tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
-                    let _ = conn.execute_batch("rollback");
-                    return false;
-                }
-            }
-        }
-    }
-    let failed_alone = results.len() == 1 && results[0].is_err();
-    if failed_alone {
-        if let Err(error) = conn.execute_batch("rollback") {
+    let results = match run_group(conn, &group) {
+        Ok(results) => results,
+        Err(error) => {
             tracing::error!(%error, "rolling back a failed write batch failed; the SQLite writer stops");
+            let _ = conn.execute_batch("rollback");
             return false;
         }
-    } else if let Err(error) = conn.execute_batch("commit") {
+    };
+    // A batch alone ran without a savepoint: if it failed, its transaction is rolled back whole.
+    let end = if matches!(results.as_slice(), [Err(_)]) {
+        "rollback"
+    } else {
+        "commit"
+    };
+    if let Err(error) = conn.execute_batch(end) {
         let message = error.to_string();
         if let Err(error) = conn.execute_batch("rollback") {
-            tracing::error!(%error, "rolling back a failed commit failed; the SQLite writer stops");
+            tracing::error!(%error, "rolling back a failed write failed; the SQLite writer stops");
             return false;
         }
-        for batch in group {
-            let _ = batch.reply.send(Err(failed_commit(&message)));
-        }
+        answer_failed(group, None, &message);
         return true;
     }
     for (batch, result) in group.into_iter().zip(results) {
         let _ = batch.reply.send(result);
     }
     true
+}
+
+/// Runs the group's batches inside the open transaction: a batch alone as it is, several each in
+/// a savepoint. The outer error is a failure to roll a savepoint back.
+fn run_group(
+    conn: &rusqlite::Connection,
+    group: &[Batch],
+) -> rusqlite::Result<Vec<Result<Vec<PaymentRow>, StoreError>>> {
+    let run = |conn: &rusqlite::Connection, batch: &Batch| {
+        sqlite::run_batch(conn, batch.sql, &batch.values)
+    };
+    if let [batch] = group {
+        return Ok(vec![run(conn, batch).map_err(StoreError::from)]);
+    }
+    group
+        .iter()
+        .map(|batch| Ok(savepoint(conn, |conn| run(conn, batch))?.map_err(StoreError::from)))
+        .collect()
+}
+
+/// Answers every batch of a group whose transaction could not begin or end: `first` (if any) to
+/// the first, the others that the transaction failed with `message`.
+fn answer_failed(group: Vec<Batch>, mut first: Option<StoreError>, message: &str) {
+    for batch in group {
+        let error = first.take().unwrap_or_else(|| failed_commit(message));
+        let _ = batch.reply.send(Err(error));
+    }
 }
 
 /// Runs `run` in a savepoint: released when it succeeded, rolled back to when it failed. The
@@ -421,8 +420,24 @@ fn closed() -> StoreError {
     StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
 }
 
+/// Runs one statement on the pool (`values` bound to `$1`, `$2`, …) and returns its rows.
+pub(super) async fn fetch_rows<R>(
+    pool: &AnyPool,
+    sql: &str,
+    values: Vec<Bound>,
+) -> Result<Vec<R>, StoreError>
+where
+    R: for<'r> FromRow<'r, sqlx::any::AnyRow>,
+{
+    let rows = bind_all(sqlx::query(sql), values).fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(R::from_row)
+        .collect::<Result<Vec<R>, sqlx::Error>>()?)
+}
+
 /// Binds `values` in order to `$1`, `$2`, … of a sqlx query.
-pub(super) fn bind_all<'q>(
+fn bind_all<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
     values: Vec<Bound>,
 ) -> Query<'q, Any, AnyArguments<'q>> {
@@ -454,6 +469,14 @@ mod tests {
         (dir, url, Writer::sqlite(conn, batches).expect("writer"))
     }
 
+    async fn insert_name(tx: &mut WriteTx, name: &str) {
+        sqlx::query("insert into t (name) values ($1)")
+            .bind(name)
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+    }
+
     async fn names(url: &str) -> Vec<String> {
         let mut conn = AnyConnection::connect(url).await.expect("reader");
         let rows: Vec<(String,)> = sqlx::query_as("select name from t order by id")
@@ -467,17 +490,11 @@ mod tests {
     async fn a_transaction_dropped_before_commit_is_rolled_back_before_the_next_write() {
         let (_dir, url, writer) = sqlite_writer().await;
         let mut tx = writer.begin().await.expect("begin");
-        sqlx::query("insert into t (name) values ('dropped')")
-            .execute(tx.conn())
-            .await
-            .expect("insert");
+        insert_name(&mut tx, "dropped").await;
         drop(tx);
         // The next write gets the connection only after the rollback, outside any transaction.
         let mut tx = writer.begin().await.expect("begin again");
-        sqlx::query("insert into t (name) values ('kept')")
-            .execute(tx.conn())
-            .await
-            .expect("insert");
+        insert_name(&mut tx, "kept").await;
         tx.commit().await.expect("commit");
         assert_eq!(names(&url).await, ["kept"]);
     }
@@ -510,10 +527,7 @@ mod tests {
         // Polled once (the request is queued), then dropped, as a cancelled RPC would be.
         let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
         let mut tx = writer.begin().await.expect("begin after");
-        sqlx::query("insert into t (name) values ('z')")
-            .execute(tx.conn())
-            .await
-            .expect("insert");
+        insert_name(&mut tx, "z").await;
         tx.commit().await.expect("commit");
         assert_eq!(names(&url).await, ["x", "y", "z"]);
     }
@@ -524,10 +538,7 @@ mod tests {
         const BATCH: &str = "insert into t (name) values ($1); insert into t (name) values ($2)";
         // A borrowed transaction keeps the writer busy while three batches queue behind it.
         let mut tx = writer.begin().await.expect("begin");
-        sqlx::query("insert into t (name) values ('held')")
-            .execute(tx.conn())
-            .await
-            .expect("insert");
+        insert_name(&mut tx, "held").await;
         let mut first =
             Box::pin(writer.run_batch(BATCH, BATCH, vec![Bound::text("p"), Bound::text("q")]));
         // Its second insert takes the name the first batch inserted in the same transaction.
