@@ -116,6 +116,22 @@ impl Payments {
         let tenant_id = tenant.id().as_str();
         let key = command.idempotency_key.as_str();
 
+        // The usual create first: a new key for an invoice without a live payment. When the
+        // customer needs no lookup (none, or an existing Stripe customer), the payment is
+        // written without reading first; the write does nothing if the key or the invoice is
+        // taken, and the reads below find what took it.
+        let known_customer = match &command.customer {
+            None => Some(None),
+            Some(Customer::Existing(id)) => Some(Some(id.as_str().to_owned())),
+            Some(Customer::New { .. }) => None,
+        };
+        if let Some(stripe_customer_id) = known_customer {
+            let payment = new_payment(tenant, command, stripe_customer_id);
+            if let Some(created) = self.record_and_create(payment, key, fingerprint).await? {
+                return Ok(Some(created));
+            }
+        }
+
         let now = now_millis();
         let found = self
             .store
@@ -157,45 +173,29 @@ impl Payments {
             return self.answer(payment, false).map(Some);
         }
 
-        // 3. A new payment: the row is committed in `Creating` before Stripe hears of it.
+        // 3. A new payment for a customer looked up (or made) by email.
         let stripe_customer_id = self
             .resolve_customer(tenant, command.customer.as_ref())
             .await?;
-        let payment = Payment {
-            id: PaymentId::generate().as_str().to_owned(),
-            tenant: tenant_id.to_owned(),
-            invoice_id: command.invoice_id.as_str().to_owned(),
-            amount: command.money.amount().minor_units(),
-            currency: command.money.currency().as_str().to_owned(),
-            status: PaymentStatus::Creating,
-            stripe_payment_intent_id: None,
-            stripe_customer_id,
-            client_secret: None,
-            description: command.description.as_ref().map(|d| d.as_str().to_owned()),
-            metadata: command.metadata.as_map().clone(),
-            success_url: command
-                .success_url
-                .as_ref()
-                .unwrap_or(tenant.success_url())
-                .as_str()
-                .to_owned(),
-            failure_url: command
-                .failure_url
-                .as_ref()
-                .unwrap_or(tenant.failure_url())
-                .as_str()
-                .to_owned(),
-            last_payment_error: None,
-            created_at: now,
-            updated_at: now,
-            last_event_created: None,
-        };
+        let payment = new_payment(tenant, command, stripe_customer_id);
+        self.record_and_create(payment, key, fingerprint).await
+    }
+
+    /// Writes a new payment (in `Creating`, committed before Stripe hears of it), then creates
+    /// its intent. `None` when the key or the invoice was taken: nothing was written.
+    async fn record_and_create(
+        &self,
+        payment: Payment,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<CreatedPayment>, AppError> {
         // Locked before the row exists, so no other call of this process can start on it, and
         // the intent is created from the row as written, without reading it back.
         let _guard = self.locks.lock(&payment.id).await;
         match self.store.insert_payment(&payment, key, fingerprint).await {
-            Err(StoreError::Conflict) => return Ok(None),
-            other => other?,
+            Ok(true) => {}
+            Ok(false) | Err(StoreError::Conflict) => return Ok(None),
+            Err(other) => return Err(other.into()),
         }
         tracing::info!(payment_id = %payment.id, "payment recorded");
         let payment = self.create_intent(payment).await?;
@@ -378,5 +378,44 @@ pub(crate) fn observation_of(intent: &super::ports::ProviderIntent) -> Observati
     Observation {
         status: intent.status,
         last_payment_error: intent.last_payment_error.clone(),
+    }
+}
+
+/// A new payment in `Creating` for the request, with the tenant's default URLs where the request
+/// gives none.
+fn new_payment(
+    tenant: &Tenant,
+    command: &CreatePaymentCommand,
+    stripe_customer_id: Option<String>,
+) -> Payment {
+    let now = now_millis();
+    Payment {
+        id: PaymentId::generate().as_str().to_owned(),
+        tenant: tenant.id().as_str().to_owned(),
+        invoice_id: command.invoice_id.as_str().to_owned(),
+        amount: command.money.amount().minor_units(),
+        currency: command.money.currency().as_str().to_owned(),
+        status: PaymentStatus::Creating,
+        stripe_payment_intent_id: None,
+        stripe_customer_id,
+        client_secret: None,
+        description: command.description.as_ref().map(|d| d.as_str().to_owned()),
+        metadata: command.metadata.as_map().clone(),
+        success_url: command
+            .success_url
+            .as_ref()
+            .unwrap_or(tenant.success_url())
+            .as_str()
+            .to_owned(),
+        failure_url: command
+            .failure_url
+            .as_ref()
+            .unwrap_or(tenant.failure_url())
+            .as_str()
+            .to_owned(),
+        last_payment_error: None,
+        created_at: now,
+        updated_at: now,
+        last_event_created: None,
     }
 }

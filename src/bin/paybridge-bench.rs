@@ -84,6 +84,9 @@ struct Args {
     /// An extra setting for `paybridge serve`, e.g. `PAYBRIDGE_SETTLED_CACHE_SIZE=0` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     serve_env: Vec<String>,
+    /// An extra setting for `paybridge gateway`, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    gateway_env: Vec<String>,
     /// Do not run `cargo build --release --bin paybridge` first (when started by cargo).
     #[arg(long)]
     no_build: bool,
@@ -95,6 +98,19 @@ const WEBHOOK_POOL: usize = 2000;
 const UNSETTLED_POOL_MIN: usize = 15_000;
 /// Payments per `stripe_calls_per_payment` scenario.
 const FLOW_PAYMENTS: usize = 100;
+
+/// `KEY=VALUE` settings of `option`, as pairs.
+fn settings(option: &str, settings: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    settings
+        .iter()
+        .map(|setting| {
+            setting
+                .split_once('=')
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .with_context(|| format!("{option} {setting:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -126,16 +142,8 @@ fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("paybridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut parts = Parts::new(paybridge, repo, work.clone())?;
-    parts.serve_env = args
-        .serve_env
-        .iter()
-        .map(|setting| {
-            setting
-                .split_once('=')
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .with_context(|| format!("--serve-env {setting:?}: expected KEY=VALUE"))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    parts.serve_env = settings("--serve-env", &args.serve_env)?;
+    parts.gateway_env = settings("--gateway-env", &args.gateway_env)?;
     parts.serve_wrapper = args
         .serve_wrapper
         .as_deref()

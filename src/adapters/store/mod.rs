@@ -6,6 +6,7 @@
 //! PostgreSQL. PostgreSQL runs on sqlx's `Any` driver; SQLite's reads and batches on rusqlite in
 //! the calling thread (`sqlite.rs`), its transactions held across awaits on sqlx.
 
+mod postgres;
 mod readers;
 mod rows;
 mod sqlite;
@@ -16,10 +17,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::install_default_drivers;
 use sqlx::{AnyConnection, Connection, Executor};
 
 use crate::domain::{LastPaymentError, Payment, PaymentStatus, StatusChange};
+use postgres::Connections;
 use readers::Readers;
 use rows::{LookupRow, PaymentRow};
 use writer::{Bound, WriteTx, Writer};
@@ -223,16 +225,11 @@ impl Store {
                 (readers, writer)
             }
             Backend::Postgres => {
-                // No ping before each use (a round trip to the server per query): a session the
-                // server ended (restart, failover) fails its next query as unavailable, and sqlx
-                // then drops it, since it pings every connection when it comes back.
-                let pool = AnyPoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .test_before_acquire(false)
-                    .connect(url)
-                    .await?;
-                (Readers::Pool(pool.clone()), Writer::Postgres(pool))
+                let connections = Connections::connect(url, max_connections).await?;
+                (
+                    Readers::Postgres(Arc::clone(&connections)),
+                    Writer::Postgres(connections),
+                )
             }
         };
         let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -261,7 +258,11 @@ impl Store {
                     .run(self.writer.lend().await?.conn()?)
                     .await?
             }
-            Writer::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
+            Writer::Postgres(connections) => {
+                let mut held = connections.acquire().await?;
+                POSTGRES_MIGRATOR.run(held.conn()).await?;
+                held.release();
+            }
         }
         Ok(())
     }
@@ -414,39 +415,54 @@ impl Store {
     }
 
     /// Writes a new payment (in `Creating`), its idempotency key and its first event in one
-    /// transaction, sent as one statement batch. `Conflict` when the key or the invoice was taken
-    /// concurrently.
+    /// transaction, sent as one statement batch, unless the key is taken or the invoice has a live
+    /// payment (open or succeeded): then nothing is written and the answer is false. So the
+    /// usual create (a new key, a free invoice) reads nothing first. `Conflict` when a concurrent
+    /// create took the key or the invoice after this one looked.
     pub async fn insert_payment(
         &self,
         payment: &Payment,
         idempotency_key: &str,
         request_fingerprint: &str,
-    ) -> Result<(), StoreError> {
-        // $1–$18 the payment's columns, $19 the key, $20 the fingerprint.
+    ) -> Result<bool, StoreError> {
+        // $1–$18 the payment's columns, $19 the key, $20 the fingerprint. The key and the event
+        // are written only beside a payment this batch wrote (its id is new).
         const SQLITE: &str = concat!(
             "insert into payment (",
             payment_columns!(),
-            ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18); \
-             insert into idempotency_key \
+            ") select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+             where not exists (select 1 from idempotency_key where tenant = $2 and idempotency_key = $19) \
+               and not exists (select 1 from payment \
+                               where tenant = $2 and invoice_id = $3 and status <> 'canceled') \
+             returning ",
+            payment_columns!(),
+            "; insert into idempotency_key \
              (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
-             values ($2, $19, $20, $1, $16); \
+             select $2, $19, $20, $1, $16 where exists (select 1 from payment where payment_id = $1); \
              insert into payment_event \
              (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             values ($1, 'create', null, $6, null, $16)"
+             select $1, 'create', null, $6, null, $16 \
+             where exists (select 1 from payment where payment_id = $1)"
         );
         // One statement: PostgreSQL runs the three inserts atomically, foreign keys checked at
         // its end.
         const POSTGRES: &str = concat!(
             "with new_payment as (insert into payment (",
             payment_columns!(),
-            ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-               returning payment_id), \
-             new_key as (insert into idempotency_key \
+            ") select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+               where not exists (select 1 from idempotency_key \
+                                 where tenant = $2 and idempotency_key = $19) \
+                 and not exists (select 1 from payment \
+                                 where tenant = $2 and invoice_id = $3 and status <> 'canceled') \
+               returning ",
+            payment_columns!(),
+            "), new_key as (insert into idempotency_key \
                (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
-               select $2, $19, $20, payment_id, $16 from new_payment) \
-             insert into payment_event \
-             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             select payment_id, 'create', null, $6, null, $16 from new_payment"
+               select $2, $19, $20, payment_id, $16 from new_payment), \
+             new_event as (insert into payment_event \
+               (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+               select payment_id, 'create', null, $6, null, $16 from new_payment) \
+             select * from new_payment"
         );
         let metadata = serde_json::to_string(&payment.metadata)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -473,9 +489,15 @@ impl Store {
             Bound::text(idempotency_key),
             Bound::text(request_fingerprint),
         ];
-        self.writer.run_batch(SQLITE, POSTGRES, values).await?;
-        count_transition(None, payment.status, EventSource::Create);
-        Ok(())
+        let written = !self
+            .writer
+            .run_batch(SQLITE, POSTGRES, values)
+            .await?
+            .is_empty();
+        if written {
+            count_transition(None, payment.status, EventSource::Create);
+        }
+        Ok(written)
     }
 
     /// Points another idempotency key at an existing payment (a second key for an invoice whose

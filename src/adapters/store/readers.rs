@@ -1,19 +1,21 @@
 //! Where the store's reads run.
 //!
-//! On PostgreSQL: sqlx's pool. On SQLite: a fixed set of connections read in the calling
+//! On PostgreSQL: the shared set of connections (`postgres.rs`). On SQLite: a fixed set of connections read in the calling
 //! thread (`sqlite.rs`).
 
-use sqlx::AnyPool;
+use std::sync::Arc;
+
 use sqlx::any::AnyRow;
 
 use super::StoreError;
+use super::postgres::Connections;
 use super::sqlite::{self, FromSqliteRow};
-use super::writer::{Bound, fetch_rows};
+use super::writer::Bound;
 
 /// Where reads run.
 #[derive(Debug)]
 pub(super) enum Readers {
-    Pool(AnyPool),
+    Postgres(Arc<Connections>),
     Sqlite(sqlite::Readers),
 }
 
@@ -24,7 +26,7 @@ impl Readers {
         R: for<'r> sqlx::FromRow<'r, AnyRow> + FromSqliteRow,
     {
         match self {
-            Readers::Pool(pool) => fetch_rows(pool, sql, values).await,
+            Readers::Postgres(connections) => connections.fetch_rows(sql, values).await,
             Readers::Sqlite(readers) => readers.read(sql, &values).await,
         }
     }
@@ -32,7 +34,7 @@ impl Readers {
     /// Closes every connection; later reads fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
-            Readers::Pool(pool) => pool.close().await,
+            Readers::Postgres(connections) => connections.close().await,
             Readers::Sqlite(readers) => readers.close(),
         }
     }

@@ -10,14 +10,18 @@
 //! every caller is answered only after the commit. Other writes borrow the writer's sqlx
 //! connection for a transaction ([`Writer::begin`]) and hand it back when they end.
 //!
-//! PostgreSQL writes use the shared pool: its writers do not wait for each other.
+//! PostgreSQL writes use the shared set of connections (`postgres.rs`): its writers do not wait
+//! for each other.
+
+use std::sync::Arc;
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, FromRow};
+use sqlx::{Any, AnyConnection, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::postgres::{Connections, Held};
 use super::rows::PaymentRow;
 use super::sqlite;
 
@@ -29,7 +33,7 @@ const MAX_GROUP: usize = 64;
 pub(super) enum Writer {
     /// The SQLite writer task's queue.
     Sqlite(mpsc::UnboundedSender<Request>),
-    Postgres(AnyPool),
+    Postgres(Arc<Connections>),
 }
 
 impl std::fmt::Debug for Request {
@@ -94,7 +98,8 @@ pub(super) struct WriteTx {
 }
 
 enum TxInner {
-    Pooled(sqlx::Transaction<'static, Any>),
+    /// A PostgreSQL connection with `begin` run on it; closed if dropped before the end.
+    Postgres(Held),
     Sqlite(Loan),
 }
 
@@ -149,7 +154,11 @@ impl Writer {
     /// start (another process may write to the file too, and busy_timeout applies then).
     pub(super) async fn begin(&self) -> Result<WriteTx, StoreError> {
         let inner = match self {
-            Writer::Postgres(pool) => TxInner::Pooled(pool.begin().await?),
+            Writer::Postgres(connections) => {
+                let mut held = connections.acquire().await?;
+                held.conn().execute("begin").await?;
+                TxInner::Postgres(held)
+            }
             Writer::Sqlite(_) => {
                 let mut loan = self.lend().await?;
                 loan.conn()?.execute("begin immediate").await?;
@@ -172,7 +181,7 @@ impl Writer {
         values: Vec<Bound>,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         match self {
-            Writer::Postgres(pool) => fetch_rows(pool, postgres, values).await,
+            Writer::Postgres(connections) => connections.fetch_rows(postgres, values).await,
             Writer::Sqlite(requests) => {
                 let (reply, answer) = oneshot::channel();
                 requests
@@ -191,7 +200,7 @@ impl Writer {
     /// later writes fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
-            Writer::Postgres(pool) => pool.close().await,
+            Writer::Postgres(connections) => connections.close().await,
             // The task ends when every sender is gone; this one is not the last while the store
             // is shared, so ask for a loan and keep it: nothing runs after it.
             Writer::Sqlite(requests) => {
@@ -211,7 +220,7 @@ impl WriteTx {
     /// The transaction's connection, to run statements on.
     pub(super) fn conn(&mut self) -> &mut AnyConnection {
         match self.inner.as_mut() {
-            Some(TxInner::Pooled(tx)) => tx,
+            Some(TxInner::Postgres(held)) => held.conn(),
             Some(TxInner::Sqlite(loan)) => loan
                 .conn
                 .as_mut()
@@ -231,8 +240,12 @@ impl WriteTx {
     /// Commits (`commit`) or rolls back.
     async fn end(mut self, commit: bool) -> Result<(), StoreError> {
         match self.inner.take() {
-            Some(TxInner::Pooled(tx)) if commit => tx.commit().await?,
-            Some(TxInner::Pooled(tx)) => tx.rollback().await?,
+            Some(TxInner::Postgres(mut held)) => {
+                // On failure the connection is closed: the server rolls back.
+                let statement = if commit { "commit" } else { "rollback" };
+                held.conn().execute(statement).await?;
+                held.release();
+            }
             Some(TxInner::Sqlite(mut loan)) => {
                 // On failure the loan goes back still in the transaction: rolled back there.
                 let statement = if commit { "commit" } else { "rollback" };
@@ -420,24 +433,8 @@ fn closed() -> StoreError {
     StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
 }
 
-/// Runs one statement on the pool (`values` bound to `$1`, `$2`, …) and returns its rows.
-pub(super) async fn fetch_rows<R>(
-    pool: &AnyPool,
-    sql: &str,
-    values: Vec<Bound>,
-) -> Result<Vec<R>, StoreError>
-where
-    R: for<'r> FromRow<'r, sqlx::any::AnyRow>,
-{
-    let rows = bind_all(sqlx::query(sql), values).fetch_all(pool).await?;
-    Ok(rows
-        .iter()
-        .map(R::from_row)
-        .collect::<Result<Vec<R>, sqlx::Error>>()?)
-}
-
 /// Binds `values` in order to `$1`, `$2`, … of a sqlx query.
-fn bind_all<'q>(
+pub(super) fn bind_all<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
     values: Vec<Bound>,
 ) -> Query<'q, Any, AnyArguments<'q>> {

@@ -91,6 +91,8 @@ pub(crate) struct Parts {
     pub(crate) serve_wrapper: Vec<String>,
     /// Extra environment for `serve` (`--serve-env`), applied last.
     pub(crate) serve_env: Vec<(String, String)>,
+    /// Extra environment for `gateway` (`--gateway-env`), applied last.
+    pub(crate) gateway_env: Vec<(String, String)>,
 }
 
 impl Parts {
@@ -113,6 +115,7 @@ impl Parts {
             tenants_file,
             serve_wrapper: Vec::new(),
             serve_env: Vec::new(),
+            gateway_env: Vec::new(),
         })
     }
 
@@ -149,9 +152,12 @@ impl Parts {
         for (key, value) in env {
             command.env(key, value);
         }
-        if name == "serve" {
-            command.envs(self.serve_env.iter().map(|(k, v)| (k, v)));
-        }
+        let extra = match name {
+            "serve" => &self.serve_env,
+            "gateway" => &self.gateway_env,
+            _ => &Vec::new(),
+        };
+        command.envs(extra.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.paybridge.display()))?;
