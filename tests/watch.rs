@@ -195,3 +195,76 @@ on_both_databases!(
     watching_another_tenants_payment_is_not_found,
     a_slow_watcher_does_not_hold_up_others,
 );
+
+/// A payment in `Creating`, written straight to the store.
+fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
+    use paybridge::domain::{Payment, PaymentId, PaymentStatus};
+    let now = support::events::now() * 1000;
+    Payment {
+        id: PaymentId::generate().as_str().to_owned(),
+        tenant: "billing".to_owned(),
+        invoice_id: invoice_id.to_owned(),
+        amount: 4200,
+        currency: "usd".to_owned(),
+        status: PaymentStatus::Creating,
+        stripe_payment_intent_id: None,
+        stripe_customer_id: None,
+        client_secret: None,
+        description: None,
+        metadata: Default::default(),
+        success_url: "https://shop.example.com/paid".to_owned(),
+        failure_url: "https://shop.example.com/failed".to_owned(),
+        last_payment_error: None,
+        created_at: now,
+        updated_at: now,
+        last_event_created: None,
+    }
+}
+
+/// On PostgreSQL a late attach (a payment a replay, a return or a cancel finishes: its id may be
+/// known and watched) is announced to every replica; the create's own first attach is not
+/// (nobody has been answered its id yet). Notifications arrive in commit order, so the first one
+/// heard names the announced payment only if the quiet attach sent none.
+#[tokio::test]
+async fn postgres_a_late_attach_is_announced_and_a_creates_own_first_attach_is_not() {
+    use paybridge::adapters::store::{Announce, Store};
+    use paybridge::domain::{PaymentStatus, StatusChange};
+
+    let url = support::postgres::fresh_database().await;
+    let writer = Store::connect(&url, 2).await.expect("store");
+    writer.migrate().await.expect("migrate");
+    let listener = Store::connect(&url, 2).await.expect("listening store");
+    let mut changes = listener.subscribe_changes();
+
+    let quiet = creating_payment("inv-quiet");
+    let announced = creating_payment("inv-announced");
+    for (payment, key) in [(&quiet, "k-quiet"), (&announced, "k-announced")] {
+        assert!(
+            writer
+                .insert_payment(payment, key, "fp")
+                .await
+                .expect("insert")
+        );
+    }
+    let change = StatusChange {
+        from: PaymentStatus::Creating,
+        to: PaymentStatus::RequiresPaymentMethod,
+        last_payment_error: None,
+    };
+    let now = support::events::now() * 1000;
+    for (payment, intent, announce) in [
+        (&quiet, "pi_quiet", Announce::No),
+        (&announced, "pi_announced", Announce::Yes),
+    ] {
+        let attached = writer
+            .attach_intent(&payment.id, intent, Some("secret"), &change, now, announce)
+            .await
+            .expect("attach");
+        assert_eq!(attached.status, PaymentStatus::RequiresPaymentMethod);
+    }
+    let heard = tokio::time::timeout(Duration::from_secs(15), changes.recv())
+        .await
+        .expect("a notification within 15 s")
+        .expect("the change channel");
+    assert_eq!(heard, announced.id, "the quiet attach was announced");
+}

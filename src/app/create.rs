@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError};
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::{EventSource, StoreError};
+use crate::adapters::store::{Announce, EventSource, StoreError};
 use crate::domain::{
     Customer, Description, IdempotencyKey, InvoiceId, LastPaymentError, Metadata, Money,
     Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
@@ -198,7 +198,7 @@ impl Payments {
             Err(other) => return Err(other.into()),
         }
         tracing::info!(payment_id = %payment.id, "payment recorded");
-        let payment = self.create_intent(payment).await?;
+        let payment = self.create_intent(payment, Announce::No).await?;
         self.answer(payment, true).map(Some)
     }
 
@@ -215,12 +215,17 @@ impl Payments {
         if payment.status != PaymentStatus::Creating {
             return Ok(payment);
         }
-        self.create_intent(payment).await
+        // Its id may be known (a replay, a return, a cancel, ListPayments): watchers hear.
+        self.create_intent(payment, Announce::Yes).await
     }
 
     /// Creates the intent of a `Creating` payment at Stripe and records it; the caller holds the
     /// payment's lock.
-    async fn create_intent(&self, payment: Payment) -> Result<Payment, AppError> {
+    async fn create_intent(
+        &self,
+        payment: Payment,
+        announce: Announce,
+    ) -> Result<Payment, AppError> {
         let result = self
             .provider
             .create_payment_intent(intent_request(&payment))
@@ -252,6 +257,7 @@ impl Payments {
                         intent.client_secret.as_deref(),
                         &change,
                         now_millis(),
+                        announce,
                     )
                     .await?;
                 tracing::info!(
