@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Address the gRPC service listens on.
     #[arg(long, env = "PAYBRIDGE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+    /// Also serve gRPC on this Unix socket (created at start, removed at stop): for a gateway in
+    /// the same pod (`PAYBRIDGE_CORE_URL=unix:///path`), a hop without TCP.
+    #[arg(long, env = "PAYBRIDGE_GRPC_SOCKET")]
+    pub grpc_socket: Option<PathBuf>,
     /// Do not apply migrations at start (they are applied by `paybridge migrate`).
     #[arg(long, env = "PAYBRIDGE_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -175,6 +179,7 @@ pub struct ServeConfig {
     pub database_url: String,
     pub database_max_connections: u32,
     pub grpc_addr: SocketAddr,
+    pub grpc_socket: Option<PathBuf>,
     pub migrate: bool,
     pub stripe_secret_key: SecretString,
     pub stripe_publishable_key: String,
@@ -236,6 +241,7 @@ impl ServeArgs {
             database_url: self.database.database_url,
             database_max_connections,
             grpc_addr: self.grpc_addr,
+            grpc_socket: self.grpc_socket,
             migrate: !self.no_migrate,
             stripe_secret_key: self.stripe_secret_key,
             stripe_publishable_key: self.stripe_publishable_key,
@@ -269,7 +275,8 @@ pub struct GatewayArgs {
     /// Address the HTTP gateway listens on.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub gateway_addr: SocketAddr,
-    /// The core's gRPC URL (`paybridge serve`, usually in the same pod).
+    /// The core's gRPC URL (`paybridge serve`, usually in the same pod): `http://host:port`, or
+    /// `unix:///path` for the core's `PAYBRIDGE_GRPC_SOCKET`.
     #[arg(
         long,
         env = "PAYBRIDGE_CORE_URL",
@@ -329,9 +336,24 @@ pub struct GatewayConfig {
 impl GatewayArgs {
     /// Checks what clap cannot; the error names the setting.
     pub fn into_config(self) -> Result<GatewayConfig, String> {
-        // The core sits beside the gateway in the pod: plain HTTP/2 over loopback or the pod network.
-        if self.core_url.scheme() != "http" || self.core_url.host().is_none() {
-            return Err("PAYBRIDGE_CORE_URL: must be http://host:port of the core".to_owned());
+        // The core sits beside the gateway in the pod: plain HTTP/2 over loopback, the pod
+        // network, or a Unix socket on a volume both containers mount.
+        let core_url_ok = match self.core_url.scheme() {
+            "http" => self.core_url.host().is_some(),
+            "unix" => {
+                self.core_url
+                    .host()
+                    .is_none_or(|host| host.to_string().is_empty())
+                    && self.core_url.path().len() > 1
+                    && self.core_url.query().is_none()
+            }
+            _ => false,
+        };
+        if !core_url_ok {
+            return Err(
+                "PAYBRIDGE_CORE_URL: must be http://host:port of the core, or unix:///path of its socket"
+                    .to_owned(),
+            );
         }
         if self.rate_limit == 0 || self.rate_burst == 0 {
             return Err(
@@ -428,6 +450,45 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3d").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    fn gateway_with_core_url(core_url: &str) -> Result<GatewayConfig, String> {
+        let cli = Cli::try_parse_from([
+            "paybridge",
+            "gateway",
+            "--core-url",
+            core_url,
+            "--gateway-token",
+            "a-long-enough-gateway-token-for-tests",
+        ])
+        .map_err(|error| error.to_string())?;
+        match cli.command {
+            Command::Gateway(args) => args.into_config(),
+            _ => unreachable!("parsed the gateway subcommand"),
+        }
+    }
+
+    #[test]
+    fn the_core_url_is_http_host_port_or_a_unix_socket_path() {
+        for good in [
+            "http://127.0.0.1:50051",
+            "http://core:50051",
+            "unix:///run/paybridge/core.sock",
+            "unix:/run/paybridge/core.sock",
+        ] {
+            let config = gateway_with_core_url(good);
+            assert!(config.is_ok(), "{good}: {:?}", config.err());
+        }
+        for bad in [
+            "https://core:50051",
+            "unix://core/run/core.sock",
+            "unix:///",
+            "unix:///run/core.sock?x=1",
+            "ftp://core",
+        ] {
+            let error = gateway_with_core_url(bad).expect_err(bad);
+            assert!(error.contains("PAYBRIDGE_CORE_URL"), "{bad}: {error}");
+        }
     }
 
     #[test]

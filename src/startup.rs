@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -21,7 +20,7 @@ use crate::app::{PaymentSettings, Payments};
 use crate::config::ServeConfig;
 use crate::pb::v1 as pb;
 use crate::tenants::{Tenants, TokenHash};
-use crate::transport::grpc::PaymentGrpcService;
+use crate::transport::grpc::{CoreSocket, PaymentGrpcService, incoming};
 
 /// The gRPC service name health reports on, beside the overall `""`.
 const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
@@ -30,6 +29,7 @@ const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    socket: Option<CoreSocket>,
     admin_listener: Option<TcpListener>,
     grpc_addr: SocketAddr,
     store: Store,
@@ -87,8 +87,15 @@ impl Application {
             .await
             .with_context(|| format!("PAYBRIDGE_GRPC_ADDR: binding {}", config.grpc_addr))?;
         let grpc_addr = listener.local_addr()?;
+        let socket = config
+            .grpc_socket
+            .as_deref()
+            .map(CoreSocket::bind)
+            .transpose()
+            .context("PAYBRIDGE_GRPC_SOCKET")?;
         Ok(Application {
             listener,
+            socket,
             admin_listener,
             grpc_addr,
             store,
@@ -150,6 +157,7 @@ impl Application {
             }))
         });
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let socket_path = self.socket.as_ref().map(|socket| socket.path().to_owned());
         let server = Server::builder()
             // Cut off calls that hang (a stuck database or Stripe) instead of piling them up;
             // a client's shorter grpc-timeout still wins.
@@ -162,16 +170,11 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(payment_service)
-            // TCP_NODELAY: an answer is headers, data and trailers in separate writes; with Nagle
-            // on, the last one waits for the client's delayed ACK (about 40 ms per call).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stopped.await;
-                },
-            );
+            .serve_with_incoming_shutdown(incoming(self.listener, self.socket), async {
+                let _ = stopped.await;
+            });
         let server = tokio::spawn(server);
-        tracing::info!(grpc_addr = %self.grpc_addr, "paybridge serving");
+        tracing::info!(grpc_addr = %self.grpc_addr, grpc_socket = ?socket_path, "paybridge serving");
 
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");

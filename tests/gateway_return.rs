@@ -5,10 +5,10 @@ mod support;
 
 use paybridge::pb::v1 as pb;
 use support::gateway::{
-    GatewayTest, assert_no_redirect, assert_redirect, param, status_of, through_3ds,
+    GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, param, status_of, through_3ds,
 };
 use support::localstripe::{CARD_DECLINED, CARD_NEEDS_AUTHENTICATION, CARD_SUCCEEDS};
-use support::{Db, create_request};
+use support::{Db, Options, create_request};
 
 const SUCCESS_URL: &str = "https://billing.example.com/paid?";
 const FAILURE_URL: &str = "https://billing.example.com/payment-failed?";
@@ -63,6 +63,26 @@ async fn a_paid_card_returns_to_the_success_url_and_the_invoice_is_then_paid(db:
         tonic::Code::FailedPrecondition,
         "{refused:?}"
     );
+    test.finish().await;
+}
+
+async fn a_return_over_the_cores_unix_socket_redirects_to_the_success_url(db: Db) {
+    // The sidecar layout: the gateway reaches the core through a socket on a shared volume.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("core.sock");
+    let options = Options {
+        grpc_socket: Some(socket.clone()),
+        ..Options::default()
+    };
+    let test = GatewayTest::spawn_with(db, options, GatewayOptions::default()).await;
+    assert!(socket.exists(), "the core made its socket");
+    let created = test.create("INV-UDS").await;
+    let confirmed = test.pay(&created, CARD_SUCCEEDS).await;
+    assert_eq!(confirmed["status"], "succeeded", "{confirmed}");
+
+    let location = assert_redirect(&test.return_for(&created, "succeeded").await);
+    assert!(location.starts_with(SUCCESS_URL), "{location}");
+    assert_eq!(param(&location, "status").as_deref(), Some("succeeded"));
     test.finish().await;
 }
 
@@ -192,6 +212,7 @@ async fn a_stopped_core_answers_503_and_the_same_return_succeeds_once_it_is_back
 }
 
 on_both_databases!(
+    a_return_over_the_cores_unix_socket_redirects_to_the_success_url,
     a_paid_card_returns_to_the_success_url_and_the_invoice_is_then_paid,
     a_declined_card_returns_to_the_failure_url,
     failed_authentication_returns_to_the_failure_url,

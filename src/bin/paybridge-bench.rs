@@ -84,6 +84,10 @@ struct Args {
     /// An extra setting for `paybridge serve`, e.g. `PAYBRIDGE_SETTLED_CACHE_SIZE=0` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     serve_env: Vec<String>,
+    /// The gateway reaches the core over TCP instead of the core's Unix socket (the chart's
+    /// layout, and the default).
+    #[arg(long)]
+    gateway_core_over_tcp: bool,
     /// An extra setting for `paybridge gateway`, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     gateway_env: Vec<String>,
@@ -144,6 +148,7 @@ fn main() -> anyhow::Result<()> {
     let mut parts = Parts::new(paybridge, repo, work.clone())?;
     parts.serve_env = settings("--serve-env", &args.serve_env)?;
     parts.gateway_env = settings("--gateway-env", &args.gateway_env)?;
+    parts.core_socket = !args.gateway_core_over_tcp;
     parts.serve_wrapper = args
         .serve_wrapper
         .as_deref()
@@ -297,6 +302,9 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let stand_in = StandIn::start(Duration::from_millis(args.stripe_latency_ms)).await?;
     let mut report = Report::new(args.runs, args.seconds, args.stripe_latency_ms, "canned");
+    if args.gateway_core_over_tcp {
+        report.gateway_to_core = "tcp";
+    }
 
     // Start to SERVING on a fresh SQLite file (migrations included), several times.
     eprintln!("startup: {} fresh starts on SQLite", args.runs.max(3));
@@ -623,6 +631,9 @@ async fn localstripe(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
         .parse()
         .context("localstripe address")?;
     let mut report = Report::new(args.runs, args.seconds, 0, "localstripe");
+    if args.gateway_core_over_tcp {
+        report.gateway_to_core = "tcp";
+    }
     let db = format!("sqlite:{}", parts.work.join("localstripe.db").display());
     let stack = start_stack(parts, &db, &stripe.base_url, None).await?;
     // localstripe sends payment_intent.succeeded to the gateway about a second after the change.

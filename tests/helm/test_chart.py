@@ -200,16 +200,24 @@ def test_the_core_is_configured_for_a_pod(production_render):
     assert "data" not in volumes  # PostgreSQL: no volume
 
 
-def test_the_gateway_talks_to_the_core_over_localhost(production_render):
+def test_the_gateway_talks_to_the_core_over_its_socket_on_a_shared_memory_volume(production_render):
     gateway = production_render.container("gateway")
     env = env_values(gateway)
     assert env["PAYBRIDGE_GATEWAY_ADDR"] == "0.0.0.0:8080"
-    assert env["PAYBRIDGE_CORE_URL"] == "http://127.0.0.1:50051"
+    assert env["PAYBRIDGE_CORE_URL"] == "unix:///run/paybridge/core.sock"
+    config = production_render.one("ConfigMap")["data"]
+    assert config["PAYBRIDGE_GRPC_SOCKET"] == "/run/paybridge/core.sock"
+    core = production_render.container("core")
+    for container in (core, gateway):
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["core-socket"]["mountPath"] == "/run/paybridge"
+    volumes = {v["name"]: v for v in production_render.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["core-socket"]["emptyDir"]["medium"] == "Memory"
     assert env["PAYBRIDGE_ADMIN_ADDR"] == "0.0.0.0:9091"
     assert env["PAYBRIDGE_LOG_FORMAT"] == "json"
     # The gateway holds only its own token: no database, no Stripe keys, no tenants.
     assert secret_refs(gateway) == {"PAYBRIDGE_GATEWAY_TOKEN": ("paybridge-gateway", "token")}
-    assert [m["name"] for m in gateway["volumeMounts"]] == ["tmp"]
+    assert [m["name"] for m in gateway["volumeMounts"]] == ["tmp", "core-socket"]
 
 
 def test_probes(any_render):

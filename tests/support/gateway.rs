@@ -101,9 +101,12 @@ impl GatewayTest {
         let app = TestApp::spawn_with(db, options).await;
         let config = GatewayConfig {
             addr: "127.0.0.1:0".parse().expect("addr"),
-            core_url: format!("http://{}", app.grpc_addr)
-                .parse()
-                .expect("core url"),
+            core_url: match &app.options.grpc_socket {
+                Some(path) => format!("unix://{}", path.display()),
+                None => format!("http://{}", app.grpc_addr),
+            }
+            .parse()
+            .expect("core url"),
             gateway_token: SecretString::from(GATEWAY_TOKEN.to_owned()),
             rate_limit: gateway.rate_limit,
             rate_burst: gateway.rate_burst,

@@ -126,6 +126,8 @@ pub struct Options {
     pub extra_redirect_origin: Option<String>,
     /// Put a fault-injecting TCP proxy between the core and the Stripe fake.
     pub stripe_proxy: bool,
+    /// The core also serves on this Unix socket, and a gateway in front of it connects there.
+    pub grpc_socket: Option<std::path::PathBuf>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
@@ -143,6 +145,7 @@ impl Default for Options {
             health_interval: Duration::from_millis(200),
             extra_redirect_origin: None,
             stripe_proxy: false,
+            grpc_socket: None,
         }
     }
 }
@@ -366,6 +369,7 @@ async fn start_server(
         database_url: database_url.to_owned(),
         database_max_connections: paybridge::config::default_max_connections(database_url),
         grpc_addr: addr,
+        grpc_socket: options.grpc_socket.clone(),
         migrate: true,
         stripe_secret_key: SecretString::from("sk_test_paybridge".to_owned()),
         stripe_publishable_key: PUBLISHABLE_KEY.to_owned(),

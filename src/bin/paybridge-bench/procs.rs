@@ -93,6 +93,8 @@ pub(crate) struct Parts {
     pub(crate) serve_env: Vec<(String, String)>,
     /// Extra environment for `gateway` (`--gateway-env`), applied last.
     pub(crate) gateway_env: Vec<(String, String)>,
+    /// The gateway reaches the core through its Unix socket (the chart's layout), not TCP.
+    pub(crate) core_socket: bool,
 }
 
 impl Parts {
@@ -116,6 +118,7 @@ impl Parts {
             serve_wrapper: Vec::new(),
             serve_env: Vec::new(),
             gateway_env: Vec::new(),
+            core_socket: true,
         })
     }
 
@@ -199,6 +202,10 @@ impl Parts {
             ),
             ("PAYBRIDGE_GATEWAY_TOKEN_SHA256", sha256_hex(GATEWAY_TOKEN)),
         ];
+        let socket = self
+            .core_socket
+            .then(|| ("PAYBRIDGE_GRPC_SOCKET", self.socket_path(grpc_addr)));
+        let env: Vec<(&str, String)> = env.into_iter().chain(socket).collect();
         let started = Instant::now();
         let mut child = self.spawn("serve", &["serve"], &env)?;
         let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}"))?
@@ -242,6 +249,23 @@ impl Parts {
         }
     }
 
+    /// The Unix socket of the core listening on `grpc_addr` (one per core, in the work dir).
+    fn socket_path(&self, grpc_addr: SocketAddr) -> String {
+        self.work
+            .join(format!("core-{}.sock", grpc_addr.port()))
+            .display()
+            .to_string()
+    }
+
+    /// How the gateway reaches the core listening on `grpc_addr`.
+    fn core_url(&self, grpc_addr: SocketAddr) -> String {
+        if self.core_socket {
+            format!("unix://{}", self.socket_path(grpc_addr))
+        } else {
+            format!("http://{grpc_addr}")
+        }
+    }
+
     /// Starts `paybridge gateway` in front of the core; returns it once `/readyz` answers 200.
     pub(crate) async fn gateway(
         &self,
@@ -250,7 +274,7 @@ impl Parts {
     ) -> anyhow::Result<ChildGuard> {
         let env = [
             ("PAYBRIDGE_GATEWAY_ADDR", addr.to_string()),
-            ("PAYBRIDGE_CORE_URL", format!("http://{core}")),
+            ("PAYBRIDGE_CORE_URL", self.core_url(core)),
             ("PAYBRIDGE_GATEWAY_TOKEN", GATEWAY_TOKEN.to_owned()),
             ("PAYBRIDGE_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             // The bench's connections all come from 127.0.0.1: the per-IP limit would cap them.

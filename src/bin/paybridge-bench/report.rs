@@ -178,6 +178,8 @@ pub(crate) struct Report {
     pub(crate) stripe_total: Option<Counts>,
     pub(crate) localstripe_routes: Option<Value>,
     pub(crate) elapsed: Duration,
+    /// How the gateway reached the core: "unix socket" (the chart's layout) or "tcp".
+    pub(crate) gateway_to_core: &'static str,
 }
 
 struct Target {
@@ -198,6 +200,7 @@ impl Report {
             startup_ms: Vec::new(),
             rss: Vec::new(),
             calls_per_payment: Vec::new(),
+            gateway_to_core: "unix socket",
             stripe_total: None,
             localstripe_routes: None,
             elapsed: Duration::ZERO,
@@ -426,8 +429,9 @@ impl Report {
         println!(
             "Notes: PAYBRIDGE_STRIPE_MAX_RPS=1000000 for these runs (the request budget protects the real \
              Stripe's rate limit; the stand-in has none); PAYBRIDGE_LOG=warn; payments use an existing \
-             Stripe customer (one Stripe call per create); load generator, serve, gateway, database and \
-             Stripe stand-in share this machine's {} cores.",
+             Stripe customer (one Stripe call per create); the gateway calls the core over {}; load \
+             generator, serve, gateway, database and Stripe stand-in share this machine's {} cores.",
+            self.gateway_to_core,
             cores()
         );
     }
@@ -454,6 +458,7 @@ impl Report {
             "date": date(),
             "machine": machine(),
             "cores": cores(),
+            "gateway_to_core": self.gateway_to_core,
             "stripe": self.mode,
             "stripe_latency_ms": self.latency_ms,
             "runs": self.runs,

@@ -3,8 +3,10 @@
 mod auth;
 mod convert;
 mod error;
+mod incoming;
 mod metrics_layer;
 mod service;
 
+pub use incoming::{CoreConnection, CoreSocket, incoming};
 pub use metrics_layer::RpcMetricsLayer;
 pub use service::PaymentGrpcService;
