@@ -273,3 +273,102 @@ fn serve_drains_and_exits_zero_on_sigterm() {
     assert!(status.success(), "exit {status:?}; log: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+/// The pod's layout with the built binaries: `serve` with its socket, `gateway` on one thread
+/// calling it there. A paid return redirects to the success URL, and both exit zero on SIGTERM
+/// (the core removing its socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both_stop_cleanly() {
+    use support::child::{ServeProcess, free_port};
+    use support::gateway::GatewayTest;
+    use support::localstripe::CARD_SUCCEEDS;
+    use support::{BILLING_TOKEN, GATEWAY_TOKEN, LocalStripe, as_tenant, create_request};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("core.sock");
+    let stripe = LocalStripe::start().await;
+    let database_url = format!("sqlite:{}", dir.path().join("paybridge.db").display());
+    let serve = ServeProcess::new(dir.path(), database_url, stripe.base_url.clone())
+        .env("PAYBRIDGE_GRPC_SOCKET", &socket.display().to_string());
+    let core = serve.start().await;
+    assert!(socket.exists(), "the core made its socket");
+
+    let gateway_addr = format!("127.0.0.1:{}", free_port());
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_paybridge"))
+        .arg("gateway")
+        .env_clear()
+        .env("PAYBRIDGE_GATEWAY_ADDR", &gateway_addr)
+        .env("PAYBRIDGE_CORE_URL", format!("unix://{}", socket.display()))
+        .env("PAYBRIDGE_GATEWAY_TOKEN", GATEWAY_TOKEN)
+        .env("PAYBRIDGE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting paybridge gateway");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(format!("http://{gateway_addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let created = serve
+        .client()
+        .create_invoice_payment(as_tenant(BILLING_TOKEN, create_request("k-pod", "INV-POD")))
+        .await
+        .expect("created")
+        .into_inner();
+    let payment = created.payment.clone().expect("payment");
+    let paid = stripe
+        .pay(
+            &payment.stripe_payment_intent_id,
+            &created.client_secret,
+            CARD_SUCCEEDS,
+        )
+        .await;
+    assert_eq!(paid["status"], "succeeded", "{paid}");
+    let query = GatewayTest::return_query(
+        &payment.stripe_payment_intent_id,
+        &created.client_secret,
+        "succeeded",
+    );
+    let response = http
+        .get(format!("http://{gateway_addr}/payment/return?{query}"))
+        .send()
+        .await
+        .expect("return");
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().expect("location");
+    assert!(
+        location.starts_with("https://billing.example.com/paid?"),
+        "{location}"
+    );
+
+    let gateway_pid = gateway.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &gateway_pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), gateway.wait())
+        .await
+        .expect("the gateway exits within 30 s")
+        .expect("wait");
+    assert!(status.success(), "gateway exit {status:?}");
+    let (status, _, log) = core.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "serve exit {status:?}: {log:?}");
+    assert!(!socket.exists(), "the core removed its socket");
+}
