@@ -32,13 +32,18 @@ pub struct CoreSocket {
 }
 
 impl CoreSocket {
-    /// Binds `path`, replacing a socket a previous run left behind (never any other file).
-    /// Owner and group may connect (the gateway container runs as the same user); every call
-    /// still needs the gateway's token.
+    /// Binds `path`, replacing a socket a previous run left behind (never any other file, nor a
+    /// socket another process still serves on). Owner and group may connect (the gateway
+    /// container runs as the same user); every call still needs the gateway's token.
     pub fn bind(path: &Path) -> anyhow::Result<CoreSocket> {
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-                .with_context(|| format!("removing the old socket {}", path.display()))?,
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    anyhow::bail!("another process serves on {}", path.display());
+                }
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the old socket {}", path.display()))?;
+            }
             Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => {
@@ -174,9 +179,9 @@ mod tests {
     async fn a_socket_left_behind_is_replaced_and_the_file_goes_when_the_socket_is_dropped() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("core.sock");
-        let first = CoreSocket::bind(&path).expect("bind");
-        // A crashed run leaves its socket file: the next start binds anyway.
-        std::mem::forget(first);
+        // A crashed run leaves its socket file, with nobody listening: the next start binds.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("a socket"));
+        assert!(path.exists());
         let second = CoreSocket::bind(&path).expect("bind over a stale socket");
         let mode = std::fs::metadata(&path)
             .expect("socket file")
@@ -185,6 +190,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o660);
         drop(second);
         assert!(!path.exists(), "the socket file is removed");
+    }
+
+    #[tokio::test]
+    async fn a_socket_another_process_serves_on_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("core.sock");
+        let serving = CoreSocket::bind(&path).expect("bind");
+        let error = CoreSocket::bind(&path).expect_err("in use");
+        assert!(
+            error.to_string().contains("another process serves"),
+            "{error:#}"
+        );
+        assert!(path.exists(), "the live socket is left alone");
+        drop(serving);
     }
 
     #[tokio::test]
