@@ -170,10 +170,10 @@ pub struct ListQuery<'a> {
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Where reads run: on SQLite a set of rusqlite connections read in the calling thread (see
-    /// `sqlite.rs`), on PostgreSQL sqlx's pool.
+    /// `sqlite.rs`), on PostgreSQL the shared set of connections (`postgres.rs`).
     readers: Arc<Readers>,
     /// Where write transactions run: on SQLite the one writer thread and its connections (see
-    /// `writer.rs`), on PostgreSQL the same pool as reads.
+    /// `writer.rs`), on PostgreSQL the same connections as reads.
     writer: Writer,
     backend: Backend,
     /// Ids of payments that changed. On SQLite the store sends them after each commit; on
@@ -301,7 +301,7 @@ impl Store {
             .all(|m| applied.iter().any(|(version,)| *version == m.version)))
     }
 
-    /// Closes the pool (on shutdown).
+    /// Closes the database connections (on shutdown).
     pub async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;

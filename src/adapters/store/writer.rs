@@ -196,7 +196,7 @@ impl Writer {
         }
     }
 
-    /// Closes the pool, or ends the SQLite writer task once the writes queued before are done;
+    /// Closes the PostgreSQL connections, or ends the SQLite writer task once the writes queued before are done;
     /// later writes fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
