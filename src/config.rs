@@ -341,9 +341,7 @@ impl GatewayArgs {
         let core_url_ok = match self.core_url.scheme() {
             "http" => self.core_url.host().is_some(),
             "unix" => {
-                self.core_url
-                    .host()
-                    .is_none_or(|host| host.to_string().is_empty())
+                self.core_url.host_str().is_none_or(str::is_empty)
                     && self.core_url.path().len() > 1
                     && self.core_url.query().is_none()
             }

@@ -103,6 +103,17 @@ const UNSETTLED_POOL_MIN: usize = 15_000;
 /// Payments per `stripe_calls_per_payment` scenario.
 const FLOW_PAYMENTS: usize = 100;
 
+impl Args {
+    /// How the gateway reaches the core in this run, as the report names it.
+    fn gateway_to_core(&self) -> &'static str {
+        if self.gateway_core_over_tcp {
+            "tcp"
+        } else {
+            "unix socket"
+        }
+    }
+}
+
 /// `KEY=VALUE` settings of `option`, as pairs.
 fn settings(option: &str, settings: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     settings
@@ -301,10 +312,13 @@ async fn canned(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
     let warmup = Duration::from_millis(500);
     let seconds = Duration::from_secs_f64(args.seconds);
     let stand_in = StandIn::start(Duration::from_millis(args.stripe_latency_ms)).await?;
-    let mut report = Report::new(args.runs, args.seconds, args.stripe_latency_ms, "canned");
-    if args.gateway_core_over_tcp {
-        report.gateway_to_core = "tcp";
-    }
+    let mut report = Report::new(
+        args.runs,
+        args.seconds,
+        args.stripe_latency_ms,
+        "canned",
+        args.gateway_to_core(),
+    );
 
     // Start to SERVING on a fresh SQLite file (migrations included), several times.
     eprintln!("startup: {} fresh starts on SQLite", args.runs.max(3));
@@ -630,10 +644,13 @@ async fn localstripe(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
         .trim_start_matches("http://")
         .parse()
         .context("localstripe address")?;
-    let mut report = Report::new(args.runs, args.seconds, 0, "localstripe");
-    if args.gateway_core_over_tcp {
-        report.gateway_to_core = "tcp";
-    }
+    let mut report = Report::new(
+        args.runs,
+        args.seconds,
+        0,
+        "localstripe",
+        args.gateway_to_core(),
+    );
     let db = format!("sqlite:{}", parts.work.join("localstripe.db").display());
     let stack = start_stack(parts, &db, &stripe.base_url, None).await?;
     // localstripe sends payment_intent.succeeded to the gateway about a second after the change.

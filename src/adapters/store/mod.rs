@@ -561,8 +561,9 @@ impl Store {
              (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
              select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
         );
+        // The statement, then (announced) a `pg_notify` per changed row, and the row.
         macro_rules! attach_postgres {
-            ($announce:literal, $last:literal) => {
+            ($tail:literal) => {
                 concat!(
                     "with attached as (update payment set stripe_payment_intent_id = $1, \
                        client_secret = $2, status = $3, last_payment_error_code = $4, \
@@ -573,16 +574,15 @@ impl Store {
                     "), event as (insert into payment_event \
                        (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
                        select payment_id, 'create', 'creating', status, null, $6 from attached)",
-                    $announce,
-                    $last
+                    $tail
                 )
             };
         }
         const POSTGRES_ANNOUNCED: &str = attach_postgres!(
-            ", announced as (select pg_notify($8, payment_id) from attached) ",
-            "select attached.* from attached cross join (select count(*) from announced) as sent"
+            ", announced as (select pg_notify($8, payment_id) from attached) \
+             select attached.* from attached cross join (select count(*) from announced) as sent"
         );
-        const POSTGRES_QUIET: &str = attach_postgres!(" ", "select * from attached");
+        const POSTGRES_QUIET: &str = attach_postgres!(" select * from attached");
         let error = change.last_payment_error.clone().unwrap_or_default();
         let mut values = vec![
             Bound::text(intent_id),
@@ -1033,6 +1033,19 @@ fn sqlite_url_creating_file(url: &str) -> String {
     } else {
         format!("{url}?mode=rwc")
     }
+}
+
+/// The error of a read or write after the store was closed (on shutdown) or its SQLite writer
+/// stopped.
+fn closed() -> StoreError {
+    StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
+}
+
+/// Locks a mutex of the store's connection sets; a panic elsewhere cannot leave them unusable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn parse_metadata(text: &str) -> Result<BTreeMap<String, String>, StoreError> {

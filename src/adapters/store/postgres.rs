@@ -18,8 +18,8 @@ use sqlx::any::{AnyConnectOptions, AnyRow};
 use sqlx::{AnyConnection, ConnectOptions, Connection, FromRow};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::StoreError;
 use super::writer::{Bound, bind_all};
+use super::{StoreError, closed, lock};
 
 /// How long a caller waits for a connection (a free one, or a new one to open).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,8 +140,8 @@ impl Held {
         self.reusable = true;
     }
 
-    /// After a statement that ran outside a transaction: the connection goes back unless the
-    /// error says it is lost. Returns the result as a store error.
+    /// After a statement that leaves no transaction open (one outside a transaction, or the
+    /// `commit`/`rollback` ending one): the connection goes back unless the error says it is lost. Returns the result as a store error.
     pub(super) fn ended<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
         let result = result.map_err(StoreError::from);
         self.reusable = !matches!(result, Err(StoreError::Unavailable(_)));
@@ -168,16 +168,6 @@ impl Drop for Held {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn closed() -> StoreError {
-    StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
-}
-
 #[cfg(test)]
 mod tests {
     use sqlx::Executor;
@@ -200,6 +190,13 @@ mod tests {
         rows[0].0
     }
 
+    /// Runs `sql` outside a transaction on a connection of the set.
+    async fn execute(connections: &Arc<Connections>, sql: &str) {
+        let mut held = connections.acquire().await.expect("acquire");
+        held.conn().execute(sql).await.expect(sql);
+        held.release();
+    }
+
     fn table_name() -> String {
         format!("connections_test_{}", std::process::id())
     }
@@ -219,12 +216,11 @@ mod tests {
     async fn a_transaction_dropped_before_its_end_is_closed_and_rolled_back() {
         let connections = connections(1).await;
         let table = format!("{}_dropped", table_name());
-        let mut held = connections.acquire().await.expect("acquire");
-        held.conn()
-            .execute(format!("drop table if exists {table}; create table {table} (n int)").as_str())
-            .await
-            .expect("create table");
-        held.release();
+        execute(
+            &connections,
+            &format!("drop table if exists {table}; create table {table} (n int)"),
+        )
+        .await;
         let before = backend_pid(&connections).await;
 
         let mut held = connections.acquire().await.expect("acquire");
@@ -243,12 +239,7 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(rows[0].0, 0);
-        let mut held = connections.acquire().await.expect("acquire");
-        held.conn()
-            .execute(format!("drop table {table}").as_str())
-            .await
-            .expect("drop table");
-        held.release();
+        execute(&connections, &format!("drop table {table}")).await;
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Where the store's reads run.
 //!
-//! On PostgreSQL: the shared set of connections (`postgres.rs`). On SQLite: a fixed set of connections read in the calling
-//! thread (`sqlite.rs`).
+//! On PostgreSQL: the shared set of connections (`postgres.rs`). On SQLite: a fixed set of
+//! connections read in the calling thread (`sqlite.rs`).
 
 use std::sync::Arc;
 

@@ -18,9 +18,9 @@ use rusqlite::types::{FromSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, ToSql};
 use tokio::sync::Semaphore;
 
-use super::StoreError;
 use super::rows::{LookupRow, PaymentRow};
 use super::writer::Bound;
+use super::{StoreError, closed, lock};
 
 /// Opens one connection to the SQLite file of `url` (`sqlite:path`, as sqlx reads it), set up as
 /// every one of paybridge's: WAL lets readers run beside the one writer; busy_timeout makes a
@@ -114,12 +114,6 @@ impl Drop for Checkout<'_> {
             lock(self.idle).push(conn);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs one statement (cached per connection) and maps its rows.
@@ -238,9 +232,4 @@ impl From<rusqlite::Error> for StoreError {
             _ => StoreError::Database(Box::new(error)),
         }
     }
-}
-
-/// The error of a read after the store was closed (on shutdown).
-fn closed() -> StoreError {
-    StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
 }

@@ -20,10 +20,10 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::postgres::{Connections, Held};
 use super::rows::PaymentRow;
 use super::sqlite;
+use super::{StoreError, closed};
 
 /// At most this many queued batches share one commit (bounds how long the first one waits).
 const MAX_GROUP: usize = 64;
@@ -196,8 +196,8 @@ impl Writer {
         }
     }
 
-    /// Closes the PostgreSQL connections, or ends the SQLite writer task once the writes queued before are done;
-    /// later writes fail as unavailable.
+    /// Closes the PostgreSQL connections, or ends the SQLite writer task once the writes queued
+    /// before are done; later writes fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
             Writer::Postgres(connections) => connections.close().await,
@@ -239,16 +239,16 @@ impl WriteTx {
 
     /// Commits (`commit`) or rolls back.
     async fn end(mut self, commit: bool) -> Result<(), StoreError> {
+        let statement = if commit { "commit" } else { "rollback" };
         match self.inner.take() {
             Some(TxInner::Postgres(mut held)) => {
-                // On failure the connection is closed: the server rolls back.
-                let statement = if commit { "commit" } else { "rollback" };
-                held.conn().execute(statement).await?;
-                held.release();
+                // PostgreSQL ends the transaction either way; the connection goes back unless
+                // it was lost.
+                let ended = held.conn().execute(statement).await;
+                held.ended(ended)?;
             }
             Some(TxInner::Sqlite(mut loan)) => {
                 // On failure the loan goes back still in the transaction: rolled back there.
-                let statement = if commit { "commit" } else { "rollback" };
                 loan.conn()?.execute(statement).await?;
                 loan.in_transaction = false;
             }
@@ -426,11 +426,6 @@ async fn roll_back(conn: &mut AnyConnection) -> bool {
             false
         }
     }
-}
-
-/// The error of a write after the store was closed (on shutdown) or its writer stopped.
-fn closed() -> StoreError {
-    StoreError::Unavailable(Box::new(sqlx::Error::PoolClosed))
 }
 
 /// Binds `values` in order to `$1`, `$2`, … of a sqlx query.

@@ -179,7 +179,7 @@ pub(crate) struct Report {
     pub(crate) localstripe_routes: Option<Value>,
     pub(crate) elapsed: Duration,
     /// How the gateway reached the core: "unix socket" (the chart's layout) or "tcp".
-    pub(crate) gateway_to_core: &'static str,
+    gateway_to_core: &'static str,
 }
 
 struct Target {
@@ -190,7 +190,13 @@ struct Target {
 }
 
 impl Report {
-    pub(crate) fn new(runs: usize, seconds: f64, latency_ms: u64, mode: &'static str) -> Report {
+    pub(crate) fn new(
+        runs: usize,
+        seconds: f64,
+        latency_ms: u64,
+        mode: &'static str,
+        gateway_to_core: &'static str,
+    ) -> Report {
         Report {
             runs,
             seconds,
@@ -200,7 +206,7 @@ impl Report {
             startup_ms: Vec::new(),
             rss: Vec::new(),
             calls_per_payment: Vec::new(),
-            gateway_to_core: "unix socket",
+            gateway_to_core,
             stripe_total: None,
             localstripe_routes: None,
             elapsed: Duration::ZERO,
