@@ -197,30 +197,6 @@ on_both_databases!(
 );
 
 /// A payment in `Creating`, written straight to the store.
-fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
-    use paybridge::domain::{Payment, PaymentId, PaymentStatus};
-    let now = support::events::now() * 1000;
-    Payment {
-        id: PaymentId::generate().as_str().to_owned(),
-        tenant: "billing".to_owned(),
-        invoice_id: invoice_id.to_owned(),
-        amount: 4200,
-        currency: "usd".to_owned(),
-        status: PaymentStatus::Creating,
-        stripe_payment_intent_id: None,
-        stripe_customer_id: None,
-        client_secret: None,
-        description: None,
-        metadata: Default::default(),
-        success_url: "https://shop.example.com/paid".to_owned(),
-        failure_url: "https://shop.example.com/failed".to_owned(),
-        last_payment_error: None,
-        created_at: now,
-        updated_at: now,
-        last_event_created: None,
-    }
-}
-
 /// On PostgreSQL a late attach (a payment a replay, a return or a cancel finishes: its id may be
 /// known and watched) is announced to every replica; the create's own first attach is not
 /// (nobody has been answered its id yet). Notifications arrive in commit order, so the first one
@@ -236,8 +212,8 @@ async fn postgres_a_late_attach_is_announced_and_a_creates_own_first_attach_is_n
     let listener = Store::connect(&url, 2).await.expect("listening store");
     let mut changes = listener.subscribe_changes();
 
-    let quiet = creating_payment("inv-quiet");
-    let announced = creating_payment("inv-announced");
+    let quiet = support::creating_payment("inv-quiet");
+    let announced = support::creating_payment("inv-announced");
     for (payment, key) in [(&quiet, "k-quiet"), (&announced, "k-announced")] {
         assert!(
             writer

@@ -485,3 +485,28 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// A new payment in `Creating` for the billing tenant, as a create writes it first.
+pub fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
+    use paybridge::domain::{Payment, PaymentId, PaymentStatus};
+    let now = events::now() * 1000;
+    Payment {
+        id: PaymentId::generate().as_str().to_owned(),
+        tenant: "billing".to_owned(),
+        invoice_id: invoice_id.to_owned(),
+        amount: 4200,
+        currency: "usd".to_owned(),
+        status: PaymentStatus::Creating,
+        stripe_payment_intent_id: None,
+        stripe_customer_id: None,
+        client_secret: None,
+        description: None,
+        metadata: Default::default(),
+        success_url: "https://shop.example.com/paid".to_owned(),
+        failure_url: "https://shop.example.com/failed".to_owned(),
+        last_payment_error: None,
+        created_at: now,
+        updated_at: now,
+        last_event_created: None,
+    }
+}

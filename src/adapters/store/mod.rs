@@ -6,6 +6,7 @@
 //! PostgreSQL. PostgreSQL runs on sqlx's `Any` driver; SQLite's reads and batches on rusqlite in
 //! the calling thread (`sqlite.rs`), its transactions held across awaits on sqlx.
 
+mod grouped;
 mod postgres;
 mod readers;
 mod rows;
@@ -21,6 +22,7 @@ use sqlx::any::install_default_drivers;
 use sqlx::{AnyConnection, Connection, Executor};
 
 use crate::domain::{LastPaymentError, Payment, PaymentStatus, StatusChange};
+use grouped::{GroupedWrite, Groups};
 use postgres::Connections;
 use readers::Readers;
 use rows::{LookupRow, PaymentRow};
@@ -219,6 +221,47 @@ macro_rules! payment_columns {
          success_url, failure_url, last_payment_error_code, last_payment_error_message, \
          created_at, updated_at, last_event_created"
     };
+    // Qualified with a table's alias.
+    ($t:ident) => {
+        concat!(
+            stringify!($t),
+            ".payment_id, ",
+            stringify!($t),
+            ".tenant, ",
+            stringify!($t),
+            ".invoice_id, ",
+            stringify!($t),
+            ".amount, ",
+            stringify!($t),
+            ".currency, ",
+            stringify!($t),
+            ".status, ",
+            stringify!($t),
+            ".stripe_payment_intent_id, ",
+            stringify!($t),
+            ".stripe_customer_id, ",
+            stringify!($t),
+            ".client_secret, ",
+            stringify!($t),
+            ".description, ",
+            stringify!($t),
+            ".metadata, ",
+            stringify!($t),
+            ".success_url, ",
+            stringify!($t),
+            ".failure_url, ",
+            stringify!($t),
+            ".last_payment_error_code, ",
+            stringify!($t),
+            ".last_payment_error_message, ",
+            stringify!($t),
+            ".created_at, ",
+            stringify!($t),
+            ".updated_at, ",
+            stringify!($t),
+            ".last_event_created"
+        )
+    };
 }
 
 const PAYMENT_COLUMNS: &str = payment_columns!();
@@ -239,9 +282,10 @@ impl Store {
             }
             Backend::Postgres => {
                 let connections = Connections::connect(url, max_connections).await?;
+                let groups = Groups::new(Arc::clone(&connections));
                 (
                     Readers::Postgres(Arc::clone(&connections)),
-                    Writer::Postgres(connections),
+                    Writer::Postgres(connections, groups),
                 )
             }
         };
@@ -271,7 +315,7 @@ impl Store {
                     .run(self.writer.lend().await?.conn()?)
                     .await?
             }
-            Writer::Postgres(connections) => {
+            Writer::Postgres(connections, _) => {
                 let mut held = connections.acquire().await?;
                 POSTGRES_MIGRATOR.run(held.conn()).await?;
                 held.release();
@@ -458,25 +502,84 @@ impl Store {
              where exists (select 1 from payment where payment_id = $1)"
         );
         // One statement: PostgreSQL runs the three inserts atomically, foreign keys checked at
-        // its end.
-        const POSTGRES: &str = concat!(
-            "with new_payment as (insert into payment (",
-            payment_columns!(),
-            ") select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
-               where not exists (select 1 from idempotency_key \
-                                 where tenant = $2 and idempotency_key = $19) \
-                 and not exists (select 1 from payment \
-                                 where tenant = $2 and invoice_id = $3 and status <> 'canceled') \
-               returning ",
-            payment_columns!(),
-            "), new_key as (insert into idempotency_key \
-               (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
-               select $2, $19, $20, payment_id, $16 from new_payment), \
-             new_event as (insert into payment_event \
-               (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-               select payment_id, 'create', null, $6, null, $16 from new_payment) \
-             select * from new_payment"
-        );
+        // its end. For many calls (`grouped.rs`) the checks are lateral lookups, so that each
+        // call's key and invoice are looked up in their indexes whatever the planner thinks of
+        // the tables' sizes.
+        static POSTGRES: GroupedWrite = GroupedWrite {
+            one: concat!(
+                "with new_payment as (insert into payment (",
+                payment_columns!(),
+                ") select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+                   where not exists (select 1 from idempotency_key \
+                                     where tenant = $2 and idempotency_key = $19) \
+                     and not exists (select 1 from payment \
+                                     where tenant = $2 and invoice_id = $3 and status <> 'canceled') \
+                   returning ",
+                payment_columns!(),
+                "), new_key as (insert into idempotency_key \
+                   (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+                   select $2, $19, $20, payment_id, $16 from new_payment), \
+                 new_event as (insert into payment_event \
+                   (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+                   select payment_id, 'create', null, $6, null, $16 from new_payment) \
+                 select * from new_payment"
+            ),
+            many: concat!(
+                "with call as (select * from json_to_recordset($1::json) as c(\
+                   payment_id text, tenant text, invoice_id text, amount bigint, currency text, \
+                   status text, stripe_payment_intent_id text, stripe_customer_id text, \
+                   client_secret text, description text, metadata text, success_url text, \
+                   failure_url text, last_payment_error_code text, \
+                   last_payment_error_message text, created_at bigint, updated_at bigint, \
+                   last_event_created bigint, idempotency_key text, request_fingerprint text)), \
+                 new_payment as (insert into payment (",
+                payment_columns!(),
+                ") select ",
+                payment_columns!(),
+                " from call c \
+                   left join lateral (select true as taken from idempotency_key k \
+                     where k.tenant = c.tenant and k.idempotency_key = c.idempotency_key \
+                     limit 1) key_taken on true \
+                   left join lateral (select true as live from payment p \
+                     where p.tenant = c.tenant and p.invoice_id = c.invoice_id \
+                       and p.status <> 'canceled' limit 1) invoice_live on true \
+                   where key_taken.taken is null and invoice_live.live is null \
+                   returning ",
+                payment_columns!(),
+                "), new_key as (insert into idempotency_key \
+                   (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+                   select c.tenant, c.idempotency_key, c.request_fingerprint, n.payment_id, \
+                     n.created_at \
+                   from new_payment n join call c on c.payment_id = n.payment_id), \
+                 new_event as (insert into payment_event \
+                   (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+                   select payment_id, 'create', null, status, null, created_at from new_payment) \
+                 select * from new_payment"
+            ),
+            fields: &[
+                "payment_id",
+                "tenant",
+                "invoice_id",
+                "amount",
+                "currency",
+                "status",
+                "stripe_payment_intent_id",
+                "stripe_customer_id",
+                "client_secret",
+                "description",
+                "metadata",
+                "success_url",
+                "failure_url",
+                "last_payment_error_code",
+                "last_payment_error_message",
+                "created_at",
+                "updated_at",
+                "last_event_created",
+                "idempotency_key",
+                "request_fingerprint",
+            ],
+            key: 0,
+        };
         let metadata = serde_json::to_string(&payment.metadata)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let error = payment.last_payment_error.clone().unwrap_or_default();
@@ -504,7 +607,7 @@ impl Store {
         ];
         let written = !self
             .writer
-            .run_batch(SQLITE, POSTGRES, values)
+            .run_grouped(SQLITE, &POSTGRES, values)
             .await?
             .is_empty();
         if written {
@@ -582,7 +685,40 @@ impl Store {
             ", announced as (select pg_notify($8, payment_id) from attached) \
              select attached.* from attached cross join (select count(*) from announced) as sent"
         );
-        const POSTGRES_QUIET: &str = attach_postgres!(" select * from attached");
+        // Quiet, concurrent creates' attaches share a statement (`grouped.rs`).
+        static POSTGRES_QUIET: GroupedWrite = GroupedWrite {
+            one: attach_postgres!(" select * from attached"),
+            many: concat!(
+                "with call as (select * from json_to_recordset($1::json) as c(\
+                   stripe_payment_intent_id text, client_secret text, status text, \
+                   last_payment_error_code text, last_payment_error_message text, \
+                   updated_at bigint, payment_id text)), \
+                 attached as (update payment p set \
+                   stripe_payment_intent_id = c.stripe_payment_intent_id, \
+                   client_secret = c.client_secret, status = c.status, \
+                   last_payment_error_code = c.last_payment_error_code, \
+                   last_payment_error_message = c.last_payment_error_message, \
+                   updated_at = c.updated_at \
+                   from call c where p.payment_id = c.payment_id and p.status = 'creating' \
+                   returning ",
+                payment_columns!(p),
+                "), event as (insert into payment_event \
+                   (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
+                   select payment_id, 'create', 'creating', status, null, updated_at \
+                   from attached) \
+                 select * from attached"
+            ),
+            fields: &[
+                "stripe_payment_intent_id",
+                "client_secret",
+                "status",
+                "last_payment_error_code",
+                "last_payment_error_message",
+                "updated_at",
+                "payment_id",
+            ],
+            key: 6,
+        };
         let error = change.last_payment_error.clone().unwrap_or_default();
         let mut values = vec![
             Bound::text(intent_id),
@@ -593,14 +729,19 @@ impl Store {
             Bound::Int(Some(now)),
             Bound::text(payment_id),
         ];
-        let postgres = match announce {
+        let mut rows = match announce {
             Announce::Yes => {
                 values.push(Bound::text(CHANGE_CHANNEL));
-                POSTGRES_ANNOUNCED
+                (self.writer)
+                    .run_batch(SQLITE, POSTGRES_ANNOUNCED, values)
+                    .await?
             }
-            Announce::No => POSTGRES_QUIET,
+            Announce::No => {
+                (self.writer)
+                    .run_grouped(SQLITE, &POSTGRES_QUIET, values)
+                    .await?
+            }
         };
-        let mut rows = self.writer.run_batch(SQLITE, postgres, values).await?;
         match rows.pop() {
             Some(row) => {
                 count_transition(

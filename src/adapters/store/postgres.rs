@@ -28,6 +28,16 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// replaced server or a rebalanced pooler over time (sqlx's pool's default lifetime).
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
+/// When PostgreSQL plans a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Planned {
+    /// Prepared once per connection; its plan is kept until the tables' statistics change.
+    Once,
+    /// Planned at each run, for the tables as they are then: for a statement whose plan depends
+    /// on the sizes of the tables it joins (see `grouped.rs`).
+    EachRun,
+}
+
 /// At most `max` connections, opened when first needed, each used by one caller at a time.
 pub(super) struct Connections {
     options: AnyConnectOptions,
@@ -88,7 +98,8 @@ impl Connections {
             .map_err(|_| StoreError::Unavailable(Box::new(sqlx::Error::PoolTimedOut)))?
     }
 
-    /// Runs one statement (`values` bound to `$1`, `$2`, …) and returns its rows.
+    /// Runs one statement (`values` bound to `$1`, `$2`, …) and returns its rows. The statement
+    /// is prepared once per connection and its plan kept.
     pub(super) async fn fetch_rows<R>(
         self: &Arc<Self>,
         sql: &str,
@@ -97,10 +108,22 @@ impl Connections {
     where
         R: for<'r> FromRow<'r, AnyRow>,
     {
+        self.fetch(sql, values, Planned::Once).await
+    }
+
+    /// [`Connections::fetch_rows`] with a choice of when the statement is planned.
+    pub(super) async fn fetch<R>(
+        self: &Arc<Self>,
+        sql: &str,
+        values: Vec<Bound>,
+        planned: Planned,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'r> FromRow<'r, AnyRow>,
+    {
         let mut held = self.acquire().await?;
-        let rows = bind_all(sqlx::query(sql), values)
-            .fetch_all(held.conn())
-            .await;
+        let query = sqlx::query(sql).persistent(planned == Planned::Once);
+        let rows = bind_all(query, values).fetch_all(held.conn()).await;
         let rows = held.ended(rows)?;
         Ok(rows
             .iter()

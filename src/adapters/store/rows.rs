@@ -37,6 +37,10 @@ pub(super) struct LookupRow {
 }
 
 impl PaymentRow {
+    pub(super) fn payment_id(&self) -> &str {
+        &self.payment_id
+    }
+
     /// The payment's columns of a SQLite row, in `payment_columns!` order from `first`.
     pub(super) fn from_sqlite_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
         Ok(PaymentRow {

@@ -11,7 +11,8 @@
 //! connection for a transaction ([`Writer::begin`]) and hand it back when they end.
 //!
 //! PostgreSQL writes use the shared set of connections (`postgres.rs`): its writers do not wait
-//! for each other.
+//! for each other, except the two writes of a create, which concurrent calls share statements for
+//! ([`Writer::run_grouped`], `grouped.rs`).
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::grouped::{GroupedWrite, Groups};
 use super::postgres::{Connections, Held};
 use super::rows::PaymentRow;
 use super::sqlite;
@@ -33,7 +35,9 @@ const MAX_GROUP: usize = 64;
 pub(super) enum Writer {
     /// The SQLite writer task's queue.
     Sqlite(mpsc::UnboundedSender<Request>),
-    Postgres(Arc<Connections>),
+    /// The connection set, and the queues of the writes that concurrent calls share a statement
+    /// for (`grouped.rs`).
+    Postgres(Arc<Connections>, Arc<Groups>),
 }
 
 impl std::fmt::Debug for Request {
@@ -154,7 +158,7 @@ impl Writer {
     /// start (another process may write to the file too, and busy_timeout applies then).
     pub(super) async fn begin(&self) -> Result<WriteTx, StoreError> {
         let inner = match self {
-            Writer::Postgres(connections) => {
+            Writer::Postgres(connections, _) => {
                 let mut held = connections.acquire().await?;
                 held.conn().execute("begin").await?;
                 TxInner::Postgres(held)
@@ -181,7 +185,7 @@ impl Writer {
         values: Vec<Bound>,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         match self {
-            Writer::Postgres(connections) => connections.fetch_rows(postgres, values).await,
+            Writer::Postgres(connections, _) => connections.fetch_rows(postgres, values).await,
             Writer::Sqlite(requests) => {
                 let (reply, answer) = oneshot::channel();
                 requests
@@ -196,11 +200,25 @@ impl Writer {
         }
     }
 
+    /// [`Writer::run_batch`] for a write that concurrent calls may share a statement for on
+    /// PostgreSQL (`grouped.rs`); the SQLite writer commits queued batches together anyway.
+    pub(super) async fn run_grouped(
+        &self,
+        sqlite: &'static str,
+        postgres: &'static GroupedWrite,
+        values: Vec<Bound>,
+    ) -> Result<Vec<PaymentRow>, StoreError> {
+        match self {
+            Writer::Postgres(_, groups) => groups.run(postgres, values).await,
+            Writer::Sqlite(_) => self.run_batch(sqlite, postgres.one, values).await,
+        }
+    }
+
     /// Closes the PostgreSQL connections, or ends the SQLite writer task once the writes queued
     /// before are done; later writes fail as unavailable.
     pub(super) async fn close(&self) {
         match self {
-            Writer::Postgres(connections) => connections.close().await,
+            Writer::Postgres(connections, _) => connections.close().await,
             // The task ends when every sender is gone; this one is not the last while the store
             // is shared, so ask for a loan and keep it: nothing runs after it.
             Writer::Sqlite(requests) => {
