@@ -15,12 +15,20 @@ use tonic::transport::Channel;
 use super::{GATEWAY_TOKEN, PUBLISHABLE_KEY, RETURN_URL, sha256_hex, tenants_toml};
 
 /// A free loopback port (bound and released; the child binds it next).
+///
+/// The port is bound later by the child, so it is chosen at random below Linux's ephemeral range
+/// (32768–60999): a port the kernel handed out for `:0` can be handed out again, or taken as the
+/// local port of an outgoing connection (to PostgreSQL, localstripe…) of a test running beside
+/// this one, before the child binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How to run the child.
@@ -103,10 +111,16 @@ impl ServeProcess {
             }
             kept
         });
-        tokio::time::timeout(Duration::from_secs(30), serving_rx)
+        let serving = tokio::time::timeout(Duration::from_secs(30), serving_rx)
             .await
-            .expect("paybridge serve did not start within 30 s")
-            .expect("paybridge serve exited before serving");
+            .expect("paybridge serve did not start within 30 s");
+        if serving.is_err() {
+            let lines = log.await.unwrap_or_default();
+            panic!(
+                "paybridge serve exited before serving; its log:\n{}",
+                lines.join("\n")
+            );
+        }
         Running { child, log }
     }
 

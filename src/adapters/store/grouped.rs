@@ -12,9 +12,14 @@
 //! own WAL flush works for its commits). A call that finds none running goes at once, alone and
 //! as the one-call statement it always was, so an idle service adds no wait; under load the calls
 //! that queued meanwhile go as one statement (at most [`MAX_GROUP`]), and the busier the server,
-//! the larger the groups. On the bench (64 concurrent creates, 2 cores shared with the server),
-//! one statement at a time gave 4,788 creates/s with groups of 9 on average, two at a time 4,104/s
-//! (groups of 5), four 3,536/s (groups of 2.5); every create alone 2,924/s.
+//! the larger the groups. Two that queued go side by side as one-call statements
+//! ([`MIN_SHARED`]).
+//!
+//! On the bench (2 cores shared with the server; one run of each, side by side), creates/s at 64
+//! concurrent calls, then at 16: one statement of each kind at a time 4,910 and 2,423; two at a
+//! time 4,374 and 2,435; four 3,394 and 2,597; every create alone (before) 2,826–2,964 and
+//! 2,765–2,874. At 16 callers the groups are small, and waiting for the running statement costs
+//! about what sharing saves.
 //!
 //! The statement for many is planned at each run ([`Planned::EachRun`]): it joins the calls to
 //! `payment`, and a plan kept from when the table was small scans all of it (a hash join); planned
@@ -45,6 +50,10 @@ use super::{StoreError, closed, lock};
 
 /// At most this many calls go in one statement (bounds its size and how long it runs).
 const MAX_GROUP: usize = 64;
+
+/// Fewer calls than this run side by side, each as the one-call statement: planning the
+/// statement for many (≈ 0.3 ms of the server's CPU) costs more than it saves for two.
+const MIN_SHARED: usize = 3;
 
 /// A write that many calls can share a statement for.
 #[derive(Debug)]
@@ -141,10 +150,10 @@ impl Groups {
     }
 
     async fn run_group(&self, write: &'static GroupedWrite, group: Vec<Call>) {
-        if group.len() == 1 {
-            for call in group {
-                self.run_alone(write, call).await;
-            }
+        if group.len() < MIN_SHARED {
+            // Side by side, each on a connection of its own.
+            futures::future::join_all(group.into_iter().map(|call| self.run_alone(write, call)))
+                .await;
             return;
         }
         let values = group_json(write.fields, group.iter().map(|call| &call.values));
