@@ -44,6 +44,15 @@ async fn unlock_payments(admin: &mut PgConnection) {
         .expect("commit");
 }
 
+/// Locks `payment` and starts one insert, which takes the insert's only running statement and
+/// waits at the lock: inserts started after it queue for the next statement.
+async fn hold_up_an_insert(store: &Store, admin: &mut PgConnection) -> JoinHandle<bool> {
+    lock_payments(admin).await;
+    let first_call = insert(store, &support::creating_payment("inv-first"), "k-first");
+    tokio::time::sleep(SETTLE).await;
+    first_call
+}
+
 fn insert(store: &Store, payment: &Payment, key: &str) -> JoinHandle<bool> {
     let (store, payment, key) = (store.clone(), payment.clone(), key.to_owned());
     tokio::spawn(async move {
@@ -256,9 +265,7 @@ async fn postgres_concurrent_creates_share_a_statement_and_each_gets_its_own_ans
 #[tokio::test]
 async fn postgres_a_group_the_database_refuses_runs_again_call_by_call() {
     let (store, mut admin) = store_and_admin().await;
-    lock_payments(&mut admin).await;
-    let first_call = insert(&store, &support::creating_payment("inv-first"), "k-first");
-    tokio::time::sleep(SETTLE).await;
+    let first_call = hold_up_an_insert(&store, &mut admin).await;
     // Two calls with one new key: together they break the key's unique index.
     let same_key_a = insert(&store, &support::creating_payment("inv-a"), "k-same");
     let same_key_b = insert(&store, &support::creating_payment("inv-b"), "k-same");
@@ -298,9 +305,7 @@ async fn postgres_a_group_the_database_refuses_runs_again_call_by_call() {
 #[tokio::test]
 async fn postgres_text_goes_through_a_group_unchanged() {
     let (store, mut admin) = store_and_admin().await;
-    lock_payments(&mut admin).await;
-    let first_call = insert(&store, &support::creating_payment("inv-first"), "k-first");
-    tokio::time::sleep(SETTLE).await;
+    let first_call = hold_up_an_insert(&store, &mut admin).await;
     let texts = [
         "quotes \" and 'single' and back\\slash",
         "lines\nand\ttabs and \u{1} control",
