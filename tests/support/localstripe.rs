@@ -179,6 +179,14 @@ impl LocalStripe {
         }
     }
 
+    /// Pays the intent with the card that succeeds ([`CARD_SUCCEEDS`]) and checks that it did;
+    /// returns the intent.
+    pub async fn pay_succeeding(&self, intent_id: &str, client_secret: &str) -> Value {
+        let intent = self.pay(intent_id, client_secret, CARD_SUCCEEDS).await;
+        assert_eq!(intent["status"], "succeeded", "{intent}");
+        intent
+    }
+
     /// Pays as Stripe.js would in the browser: a card PaymentMethod made with the publishable
     /// key, then confirm with the client secret. Returns the confirmed intent (or the error).
     pub async fn pay(&self, intent_id: &str, client_secret: &str, card_number: &str) -> Value {

@@ -177,6 +177,7 @@ impl Groups {
             }
             Err(error) => {
                 tracing::debug!(%error, calls = group.len(), "a grouped write was refused; each call runs alone");
+                // One after another, so that calls that collided see each other's writes.
                 for call in group {
                     self.run_alone(write, call).await;
                 }

@@ -221,47 +221,6 @@ macro_rules! payment_columns {
          success_url, failure_url, last_payment_error_code, last_payment_error_message, \
          created_at, updated_at, last_event_created"
     };
-    // Qualified with a table's alias.
-    ($t:ident) => {
-        concat!(
-            stringify!($t),
-            ".payment_id, ",
-            stringify!($t),
-            ".tenant, ",
-            stringify!($t),
-            ".invoice_id, ",
-            stringify!($t),
-            ".amount, ",
-            stringify!($t),
-            ".currency, ",
-            stringify!($t),
-            ".status, ",
-            stringify!($t),
-            ".stripe_payment_intent_id, ",
-            stringify!($t),
-            ".stripe_customer_id, ",
-            stringify!($t),
-            ".client_secret, ",
-            stringify!($t),
-            ".description, ",
-            stringify!($t),
-            ".metadata, ",
-            stringify!($t),
-            ".success_url, ",
-            stringify!($t),
-            ".failure_url, ",
-            stringify!($t),
-            ".last_payment_error_code, ",
-            stringify!($t),
-            ".last_payment_error_message, ",
-            stringify!($t),
-            ".created_at, ",
-            stringify!($t),
-            ".updated_at, ",
-            stringify!($t),
-            ".last_event_created"
-        )
-    };
 }
 
 const PAYMENT_COLUMNS: &str = payment_columns!();
@@ -688,20 +647,19 @@ impl Store {
         // Quiet, concurrent creates' attaches share a statement (`grouped.rs`).
         static POSTGRES_QUIET: GroupedWrite = GroupedWrite {
             one: attach_postgres!(" select * from attached"),
+            // The calls' columns have names of their own, so that the returned columns are
+            // the payment's without naming its table.
             many: concat!(
                 "with call as (select * from json_to_recordset($1::json) as c(\
-                   stripe_payment_intent_id text, client_secret text, status text, \
-                   last_payment_error_code text, last_payment_error_message text, \
-                   updated_at bigint, payment_id text)), \
-                 attached as (update payment p set \
-                   stripe_payment_intent_id = c.stripe_payment_intent_id, \
-                   client_secret = c.client_secret, status = c.status, \
-                   last_payment_error_code = c.last_payment_error_code, \
-                   last_payment_error_message = c.last_payment_error_message, \
-                   updated_at = c.updated_at \
-                   from call c where p.payment_id = c.payment_id and p.status = 'creating' \
+                   new_intent_id text, new_client_secret text, new_status text, \
+                   new_error_code text, new_error_message text, new_updated_at bigint, id text)), \
+                 attached as (update payment set \
+                   stripe_payment_intent_id = new_intent_id, client_secret = new_client_secret, \
+                   status = new_status, last_payment_error_code = new_error_code, \
+                   last_payment_error_message = new_error_message, updated_at = new_updated_at \
+                   from call where payment_id = id and status = 'creating' \
                    returning ",
-                payment_columns!(p),
+                payment_columns!(),
                 "), event as (insert into payment_event \
                    (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
                    select payment_id, 'create', 'creating', status, null, updated_at \
@@ -709,13 +667,13 @@ impl Store {
                  select * from attached"
             ),
             fields: &[
-                "stripe_payment_intent_id",
-                "client_secret",
-                "status",
-                "last_payment_error_code",
-                "last_payment_error_message",
-                "updated_at",
-                "payment_id",
+                "new_intent_id",
+                "new_client_secret",
+                "new_status",
+                "new_error_code",
+                "new_error_message",
+                "new_updated_at",
+                "id",
             ],
             key: 6,
         };
