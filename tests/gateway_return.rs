@@ -174,8 +174,8 @@ async fn a_stopped_core_answers_503_and_the_same_return_succeeds_once_it_is_back
     let mut test = GatewayTest::spawn(db).await;
     let created = test.create("INV-7").await;
     test.pay(&created, CARD_SUCCEEDS).await;
-    let ready = test.get("/readyz").await;
-    assert_eq!(ready.status().as_u16(), 200);
+    let (ready, body) = test.wait_until_ready().await;
+    assert_eq!(ready, 200, "{body}");
 
     test.app.stop_core().await;
     let response = test.return_for(&created, "succeeded").await;

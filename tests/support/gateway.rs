@@ -203,6 +203,22 @@ impl GatewayTest {
             .expect("gateway answers")
     }
 
+    /// `/readyz` once it answers 200, or its last answer after 10 s: the core reports SERVING
+    /// only after its first database check, which a busy machine can delay past a test's first
+    /// request (`TestApp::spawn` does not wait for it).
+    pub async fn wait_until_ready(&self) -> (u16, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = self.get("/readyz").await;
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            if status == 200 || std::time::Instant::now() >= deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Pays as Stripe.js does in the page, with `return_url` pointing at this gateway (so a card
     /// that needs 3-D Secure gets a `redirect_to_url` next action). Returns the confirmed intent.
     pub async fn pay(&self, created: &pb::CreateInvoicePaymentResponse, card: &str) -> Value {
