@@ -2,10 +2,10 @@
 # under .tools/ (cached for the next run). Expects ROOT and TOOLS, and the functions step, warn
 # and die, to be defined by the caller.
 
-# The localstripe virtualenv (tests/support/localstripe/setup.sh); exports
+# The localstripe virtualenv (tests/it/support/localstripe/setup.sh); exports
 # PAYBRIDGE_TEST_LOCALSTRIPE_PYTHON.
 setup_localstripe() {
-    local setup=tests/support/localstripe/setup.sh
+    local setup=tests/it/support/localstripe/setup.sh
     step "Setting up localstripe ($setup)"
     # setup.sh prints the virtualenv's python on its last line: show its output as it goes and
     # keep that line.

@@ -388,12 +388,12 @@ pub(crate) struct LocalStripe {
 impl LocalStripe {
     pub(crate) fn start(repo: &Path) -> anyhow::Result<LocalStripe> {
         use std::io::BufRead;
-        let setup = Command::new(repo.join("tests/support/localstripe/setup.sh"))
+        let setup = Command::new(repo.join("tests/it/support/localstripe/setup.sh"))
             .stderr(Stdio::inherit())
             .output()
-            .context("running tests/support/localstripe/setup.sh")?;
+            .context("running tests/it/support/localstripe/setup.sh")?;
         if !setup.status.success() {
-            bail!("tests/support/localstripe/setup.sh failed");
+            bail!("tests/it/support/localstripe/setup.sh failed");
         }
         let python = String::from_utf8_lossy(&setup.stdout)
             .lines()
@@ -402,7 +402,7 @@ impl LocalStripe {
             .trim()
             .to_owned();
         let mut child = Command::new(python)
-            .arg(repo.join("tests/support/localstripe/compat.py"))
+            .arg(repo.join("tests/it/support/localstripe/compat.py"))
             .args([
                 "--host",
                 "127.0.0.1",

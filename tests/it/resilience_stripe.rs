@@ -4,20 +4,18 @@
 //! either succeeds or fails with UNAVAILABLE/DEADLINE_EXCEEDED; retrying with the same key always
 //! ends on one PaymentIntent. A return during an outage is "being confirmed", never a verdict.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paybridge::pb::v1 as pb;
-use serde_json::{Value, json};
-use support::fault_proxy::{FaultProxy, NetFault};
-use support::gateway::{
+use crate::support::fault_proxy::{FaultProxy, NetFault};
+use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, status_of,
 };
-use support::localstripe::CARD_SUCCEEDS;
-use support::{BILLING_TOKEN, Db, LocalStripe, Options, TestApp, as_tenant, create_request};
+use crate::support::localstripe::CARD_SUCCEEDS;
+use crate::support::{BILLING_TOKEN, Db, LocalStripe, Options, TestApp, as_tenant, create_request};
+use paybridge::pb::v1 as pb;
+use serde_json::{Value, json};
 use tonic::Code;
 
 const CREATE_INTENT: &str = "POST /v1/payment_intents";

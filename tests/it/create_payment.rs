@@ -1,11 +1,10 @@
 //! CreateInvoicePayment against localstripe: idempotency, the double-charge guard, concurrency,
 //! customers, and Stripe failures.
 
-mod support;
-
+use crate::support;
+use crate::support::{Db, TestApp, create_request};
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use support::{Db, TestApp, create_request};
 use tonic::Code;
 
 const CREATE_INTENT: &str = "POST /v1/payment_intents";

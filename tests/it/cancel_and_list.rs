@@ -1,9 +1,7 @@
 //! CancelPayment and ListPayments.
 
-mod support;
-
+use crate::support::{Db, TestApp, create_request};
 use paybridge::pb::v1 as pb;
-use support::{Db, TestApp, create_request};
 use tonic::Code;
 
 async fn cancel_cancels_the_intent_and_frees_the_invoice(db: Db) {

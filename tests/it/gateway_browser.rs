@@ -2,19 +2,17 @@
 //! page for the bank's 3-D Secure page, which sends it to the gateway's return URL as Stripe
 //! would; the gateway sends it on to the tenant's success page, which this test serves.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::gateway::{GatewayOptions, GatewayTest, status_of};
+use crate::support::localstripe::CARD_NEEDS_AUTHENTICATION;
+use crate::support::{Db, Options, create_request};
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::Html;
-use support::gateway::{GatewayOptions, GatewayTest, status_of};
-use support::localstripe::CARD_NEEDS_AUTHENTICATION;
-use support::{Db, Options, create_request};
 
 /// One request the tenant's pages received: path with query, and its `Referer`.
 #[derive(Debug, Clone)]

@@ -3,16 +3,14 @@
 //! body streamed past the cap is refused before it is read whole; clients dribbling their headers
 //! are cut off. What reaches the core is counted on its `/metrics`.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::gateway::{GatewayOptions, GatewayTest, assert_redirect};
-use support::localstripe::CARD_SUCCEEDS;
-use support::{Db, Options};
+use crate::support::gateway::{GatewayOptions, GatewayTest, assert_redirect};
+use crate::support::localstripe::CARD_SUCCEEDS;
+use crate::support::{Db, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -3,7 +3,7 @@
 //! project's compat layer, and `paybridge serve` on port 0 — and tears them down on drop.
 //! Logs stay silent unless `TEST_LOG` is set.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(unreachable_pub)]
 
 pub mod child;
 pub mod events;
@@ -385,7 +385,7 @@ async fn start_server(
         stripe_webhook_tolerance: Duration::from_secs(300),
         reconcile_interval: options.reconcile_interval,
         reconcile_after: options.reconcile_after,
-        reconcile_batch: 100,
+        reconcile_batch: options.reconcile_batch,
         reconcile_lease: Duration::from_secs(120),
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
@@ -459,7 +459,6 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 /// Runs each named `async fn(Db)` as a test on SQLite and on PostgreSQL.
-#[macro_export]
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

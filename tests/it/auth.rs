@@ -1,9 +1,7 @@
 //! Tenants authenticate with bearer tokens and see only their own payments.
 
-mod support;
-
+use crate::support::{BILLING_TOKEN, Db, ORDERS_TOKEN, TestApp, as_tenant, create_request};
 use paybridge::pb::v1 as pb;
-use support::{BILLING_TOKEN, Db, ORDERS_TOKEN, TestApp, as_tenant, create_request};
 use tonic::Code;
 
 async fn calls_without_a_valid_token_are_unauthenticated(db: Db) {

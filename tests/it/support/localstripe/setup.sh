@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates (idempotently) the virtualenv that runs localstripe + compat.py.
 #
-#   tests/support/localstripe/setup.sh        -> last stdout line: <venv>/bin/python
+#   tests/it/support/localstripe/setup.sh        -> last stdout line: <venv>/bin/python
 #
 # The venv lives in <repo>/.tools/localstripe-venv (git-ignored). A stamp file
 # holds a hash of requirements.txt and the interpreter version; when it matches,
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../../.." && pwd)"
+repo="$(cd "$here/../../../.." && pwd)"
 venv="${LOCALSTRIPE_VENV:-$repo/.tools/localstripe-venv}"
 base_python="${LOCALSTRIPE_PYTHON:-python3}"
 req="$here/requirements.txt"

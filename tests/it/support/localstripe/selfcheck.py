@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Self-check of the localstripe compatibility layer (compat.py).
 
-    <venv>/bin/python tests/support/localstripe/selfcheck.py [--fixtures PATH] [-v]
+    <venv>/bin/python tests/it/support/localstripe/selfcheck.py [--fixtures PATH] [-v]
 
 Starts compat.py (twice, to check isolation), drives the flows paybridge uses
 over plain HTTP, and checks:
@@ -34,7 +34,7 @@ import time
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..'))
+REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..', '..'))
 KEY = 'sk_test_selfcheck'
 RESOURCES = ('payment_intent', 'charge', 'customer', 'payment_method', 'event')
 

@@ -1,13 +1,12 @@
 //! The reconciler settles payments nobody told paybridge about, and finishes `Creating` rows.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{Db, Options, TestApp, create_request};
 use paybridge::adapters::store::Store;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use support::{Db, Options, TestApp, create_request};
 
 fn reconciling() -> Options {
     Options {

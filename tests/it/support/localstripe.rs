@@ -1,4 +1,4 @@
-//! localstripe behind the project's compat layer (`tests/support/localstripe/compat.py`), one
+//! localstripe behind the project's compat layer (`tests/it/support/localstripe/compat.py`), one
 //! process per test, on a free port. It speaks the current Stripe API to the production client,
 //! counts requests (`/_test/requests`) and injects faults (`/_test/faults`).
 
@@ -37,12 +37,12 @@ impl LocalStripe {
         let python = python();
         assert!(
             python.exists(),
-            "{} is missing: run scripts/test (or tests/support/localstripe/setup.sh) first",
+            "{} is missing: run scripts/test (or tests/it/support/localstripe/setup.sh) first",
             python.display()
         );
         let quiet = std::env::var_os("TEST_LOG").is_none();
         let mut child = Command::new(&python)
-            .arg(repo_root().join("tests/support/localstripe/compat.py"))
+            .arg(repo_root().join("tests/it/support/localstripe/compat.py"))
             .args(["--host", "127.0.0.1", "--port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 
 Run with the venv made by setup.sh:
 
-    <venv>/bin/python tests/support/localstripe/compat.py --host 127.0.0.1 --port 0
+    <venv>/bin/python tests/it/support/localstripe/compat.py --host 127.0.0.1 --port 0
 
 When the server accepts connections, exactly one line ``LISTENING <host>:<port>``
 is printed on stdout (flushed). Everything else (logs) goes to stderr.

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::{Db, GATEWAY_TOKEN, Options, PUBLISHABLE_KEY, TestApp, create_request};
 
-/// Everything any test of this binary logged (the core's and the gateway's lines alike).
+/// Everything logged in this process (the core's and the gateway's lines alike): one test's
+/// under nextest, which runs each test in a process of its own.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 struct CaptureWriter;
@@ -258,19 +259,6 @@ impl GatewayTest {
             .json()
             .await
             .expect("json")
-    }
-
-    /// Settles a 3-D Secure authentication the way the bank page would.
-    pub async fn authenticate(&self, created: &pb::CreateInvoicePaymentResponse, success: bool) {
-        let intent = &created
-            .payment
-            .as_ref()
-            .expect("payment")
-            .stripe_payment_intent_id;
-        self.app
-            .stripe
-            .authenticate(intent, &created.client_secret, success)
-            .await;
     }
 
     /// How many times the fake was asked for this payment's intent.

@@ -4,19 +4,18 @@
 //! stays `creating` once the reconciler has run, and every payment paid at Stripe is settled —
 //! without a return or a webhook, across one more crash.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::child::ServeProcess;
+use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
 use paybridge::pb::v1 as pb;
 use rand::Rng;
 use serde_json::json;
 use sqlx::Connection;
-use support::child::ServeProcess;
-use support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
 use tonic::Code;
 
 const KILLS: usize = 5;

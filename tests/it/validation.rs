@@ -2,10 +2,8 @@
 //! request is INVALID_ARGUMENT with a `BadRequest` violation naming the field, and reaches
 //! neither the database nor Stripe.
 
-mod support;
-
+use crate::support::{BILLING_TOKEN, Db, TestApp, as_tenant, create_request, violated_fields};
 use paybridge::pb::v1 as pb;
-use support::{BILLING_TOKEN, Db, TestApp, as_tenant, create_request, violated_fields};
 
 type Mutation = fn(&mut pb::CreateInvoicePaymentRequest);
 

@@ -1,16 +1,15 @@
 //! `POST /stripe/webhook` through the gateway: Stripe's deliveries reach the core byte for byte,
 //! and only a recorded event is acknowledged.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::events::{event, now};
+use crate::support::gateway::{GatewayTest, captured_logs, status_of};
+use crate::support::localstripe::CARD_SUCCEEDS;
+use crate::support::{Db, WEBHOOK_SECRET};
 use paybridge::adapters::stripe::webhook::sign;
 use paybridge::pb::v1 as pb;
-use support::events::{event, now};
-use support::gateway::{GatewayTest, captured_logs, status_of};
-use support::localstripe::CARD_SUCCEEDS;
-use support::{Db, WEBHOOK_SECRET};
 
 const LIMIT: usize = 256 * 1024;
 

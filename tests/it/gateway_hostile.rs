@@ -1,17 +1,15 @@
 //! Hostile returns: whatever the query says, nothing changes, no success redirect is given and
 //! no redirect leaves the tenant's URLs. Malformed queries never reach the core.
 
-mod support;
-
 use std::time::Duration;
 
-use paybridge::pb::v1 as pb;
-use serde_json::Value;
-use support::gateway::{
+use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, param, status_of,
 };
-use support::localstripe::{CARD_SUCCEEDS, SECRET_KEY};
-use support::{Db, Options};
+use crate::support::localstripe::{CARD_SUCCEEDS, SECRET_KEY};
+use crate::support::{Db, Options};
+use paybridge::pb::v1 as pb;
+use serde_json::Value;
 
 const FAILURE_URL: &str = "https://billing.example.com/payment-failed?";
 

@@ -1,14 +1,13 @@
 //! HandleStripeEvent: signature checks, once-only recording, monotonic application, and events
 //! that are not ours or do not match.
 
-mod support;
-
+use crate::support;
+use crate::support::events::{event, now};
+use crate::support::localstripe::CARD_DECLINED;
+use crate::support::{Db, Options, TestApp, create_request};
 use paybridge::adapters::stripe::webhook::sign;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use support::events::{event, now};
-use support::localstripe::CARD_DECLINED;
-use support::{Db, Options, TestApp, create_request};
 use tonic::Code;
 
 /// A payment paid at the fake (4242), not yet known to paybridge, and its intent as Stripe

@@ -1,14 +1,13 @@
 //! WatchPayment streams the current state, then each change, and ends after a terminal state —
 //! across replicas on PostgreSQL.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::events::{event, now};
+use crate::support::localstripe::CARD_SUCCEEDS;
+use crate::support::{BILLING_TOKEN, Db, Options, TestApp, as_tenant, create_request};
 use paybridge::pb::v1 as pb;
-use support::events::{event, now};
-use support::localstripe::CARD_SUCCEEDS;
-use support::{BILLING_TOKEN, Db, Options, TestApp, as_tenant, create_request};
 use tonic::Code;
 
 async fn watch(app: &TestApp, id: &str) -> tonic::Streaming<pb::Payment> {

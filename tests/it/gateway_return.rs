@@ -1,14 +1,12 @@
 //! The browser's return through `paybridge gateway`, end to end on localstripe: each card's path,
 //! repeated and concurrent returns, and a core restart.
 
-mod support;
-
-use paybridge::pb::v1 as pb;
-use support::gateway::{
+use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, param, status_of, through_3ds,
 };
-use support::localstripe::{CARD_DECLINED, CARD_NEEDS_AUTHENTICATION, CARD_SUCCEEDS};
-use support::{Db, Options, create_request};
+use crate::support::localstripe::{CARD_DECLINED, CARD_NEEDS_AUTHENTICATION, CARD_SUCCEEDS};
+use crate::support::{Db, Options, create_request};
+use paybridge::pb::v1 as pb;
 
 const SUCCESS_URL: &str = "https://billing.example.com/paid?";
 const FAILURE_URL: &str = "https://billing.example.com/payment-failed?";

@@ -1,11 +1,10 @@
 //! The process's Stripe request budget holds under a burst of returns, and every browser still
 //! gets an answer it can act on.
 
-mod support;
-
-use support::gateway::{GatewayOptions, GatewayTest};
-use support::localstripe::CARD_SUCCEEDS;
-use support::{Db, Options, create_request};
+use crate::support;
+use crate::support::gateway::{GatewayOptions, GatewayTest};
+use crate::support::localstripe::CARD_SUCCEEDS;
+use crate::support::{Db, Options, create_request};
 
 const RATE: u32 = 10;
 /// The budget's burst at this rate (a tenth of the rate, at least one).

@@ -1,12 +1,11 @@
 //! Operating paybridge: health, reflection, migrations, configuration errors, SIGTERM.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Db, TestApp};
+use crate::support;
+use crate::support::{Db, TestApp};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -279,9 +278,9 @@ fn serve_drains_and_exits_zero_on_sigterm() {
 /// (the core removing its socket).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both_stop_cleanly() {
-    use support::child::{ServeProcess, free_port};
-    use support::gateway::GatewayTest;
-    use support::{BILLING_TOKEN, GATEWAY_TOKEN, LocalStripe, as_tenant, create_request};
+    use crate::support::child::{ServeProcess, free_port};
+    use crate::support::gateway::GatewayTest;
+    use crate::support::{BILLING_TOKEN, GATEWAY_TOKEN, LocalStripe, as_tenant, create_request};
 
     let dir = tempfile::tempdir().expect("dir");
     let socket = dir.path().join("core.sock");

@@ -3,16 +3,14 @@
 //! recovers by itself. SQLite: many concurrent writers and a lock held by another connection are
 //! waited out, never answered with an error.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{Db, Options, TestApp, create_request};
 use sqlx::Connection;
-use support::{Db, Options, TestApp, create_request};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

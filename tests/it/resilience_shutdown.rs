@@ -1,17 +1,16 @@
 //! SIGTERM while 64 clients create: every call completes or is refused UNAVAILABLE before any
 //! side effect (no row, no intent for its key), and `serve` exits 0 within its grace period.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::child::ServeProcess;
+use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
 use serde_json::json;
 use sqlx::Connection;
-use support::child::ServeProcess;
-use support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
 use tonic::Code;
 
 const CLIENTS: usize = 64;

@@ -1,0 +1,28 @@
+//! The integration tests, one binary: each module is an area of paybridge, driven from outside
+//! (gRPC, HTTP, the built binaries) against real parts that `support` starts. Black-box tests run
+//! on SQLite and on PostgreSQL (`on_both_databases!`), so their names read
+//! `<area>::sqlite::<test>` and `<area>::postgres::<test>`.
+
+#[macro_use]
+mod support;
+
+mod auth;
+mod cancel_and_list;
+mod create_payment;
+mod gateway_browser;
+mod gateway_hostile;
+mod gateway_return;
+mod gateway_webhook;
+mod operations;
+mod properties;
+mod reconciler;
+mod resilience_crash;
+mod resilience_database;
+mod resilience_gateway;
+mod resilience_shutdown;
+mod resilience_stripe;
+mod stripe_adapter_contract;
+mod stripe_budget;
+mod validation;
+mod watch;
+mod webhooks;
