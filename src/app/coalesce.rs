@@ -4,15 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
+// Tokio's clock, so that tests can pause and advance it.
+use tokio::time::Instant;
 
 use super::ports::{PaymentProvider, ProviderError, ProviderIntent};
 
 type Answer = Result<ProviderIntent, ProviderError>;
 
-/// How long a retrieved intent answers later readers without a new Stripe call.
+/// How long a retrieved intent answers later readers without a new Stripe call, unless
+/// [`IntentReads::new`] is given another window.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
@@ -23,7 +26,7 @@ enum Entry {
     Done(Instant, Answer),
 }
 
-/// How often answers older than `FRESH_FOR` are dropped. Dropping them is a walk over every
+/// How often answers older than their window are dropped. Dropping them is a walk over every
 /// entry (≈ one second of reads), which on each read was a fifth of serve's CPU at 7,000
 /// unsettled returns/s; a stale answer is never used meanwhile (each use checks its age).
 const PRUNE_EVERY: Duration = Duration::from_millis(100);
@@ -33,9 +36,17 @@ const PRUNE_EVERY: Duration = Duration::from_millis(100);
 /// A burst of reads of one intent still finds its answer unless the map is full of others.
 const MAX_KEPT: usize = 4096;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct IntentReads {
     entries: Mutex<Entries>,
+    /// How long an answer is reused.
+    fresh_for: Duration,
+}
+
+impl Default for IntentReads {
+    fn default() -> Self {
+        IntentReads::new(FRESH_FOR)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +61,14 @@ enum Role {
 }
 
 impl IntentReads {
+    /// Answers are reused for `fresh_for` after their Stripe call.
+    pub(crate) fn new(fresh_for: Duration) -> IntentReads {
+        IntentReads {
+            entries: Mutex::default(),
+            fresh_for,
+        }
+    }
+
     /// Reads the intent, joining a call already on its way or reusing a fresh answer.
     pub(crate) async fn retrieve(&self, provider: &dyn PaymentProvider, intent_id: &str) -> Answer {
         let role = {
@@ -61,12 +80,12 @@ impl IntentReads {
             {
                 entries.by_intent.retain(|_, entry| match entry {
                     Entry::InFlight(_) => true,
-                    Entry::Done(at, _) => now.duration_since(*at) < FRESH_FOR,
+                    Entry::Done(at, _) => now.duration_since(*at) < self.fresh_for,
                 });
                 entries.pruned_at = Some(now);
             }
             match entries.by_intent.get(intent_id) {
-                Some(Entry::Done(at, answer)) if now.duration_since(*at) < FRESH_FOR => {
+                Some(Entry::Done(at, answer)) if now.duration_since(*at) < self.fresh_for => {
                     return answer.clone();
                 }
                 Some(Entry::InFlight(receiver)) => Role::Follower(receiver.clone()),
@@ -168,8 +187,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn answers_are_reused_while_fresh_and_read_again_once_stale() {
+    // On tokio's paused clock, so every answer stays fresh however slow the machine.
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_reused_while_fresh_and_at_most_max_kept_are_kept() {
         let provider = CountingProvider::default();
         let reads = IntentReads::default();
         let ids: Vec<String> = (0..2000).map(|i| format!("pi_{i}")).collect();
@@ -195,20 +215,38 @@ mod tests {
         reads.retrieve(&provider, last).await.expect("not kept");
         let read_so_far = 2000 + MAX_KEPT + 1;
         assert_eq!(provider.reads.load(Ordering::SeqCst), read_so_far);
+    }
 
-        // `pi_fresh` goes stale just after another read pruned the entries (sleeps are lower
-        // bounds: on a slow machine the pruning drops it instead, and it is read again all the
-        // same).
-        let started = Instant::now();
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_reused_for_its_window_and_read_anew_once_stale_even_before_pruning() {
+        let window = Duration::from_secs(30);
+        let provider = CountingProvider::default();
+        let reads = IntentReads::new(window);
         reads.retrieve(&provider, "pi_fresh").await.expect("read");
-        tokio::time::sleep(FRESH_FOR.saturating_sub(Duration::from_millis(50))).await;
-        reads.retrieve(&provider, "pi_other").await.expect("read");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(started.elapsed() >= FRESH_FOR);
-        reads.retrieve(&provider, "pi_fresh").await.expect("read");
+        tokio::time::advance(window - Duration::from_millis(50)).await;
+        reads
+            .retrieve(&provider, "pi_other")
+            .await
+            .expect("read, and prune");
+        reads.retrieve(&provider, "pi_fresh").await.expect("reused");
+        assert_eq!(provider.reads.load(Ordering::SeqCst), 2, "reused within");
+        // Stale, but the last pruning was less than `PRUNE_EVERY` ago: still kept.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(
+            reads
+                .entries
+                .lock()
+                .expect("lock")
+                .by_intent
+                .contains_key("pi_fresh")
+        );
+        reads
+            .retrieve(&provider, "pi_fresh")
+            .await
+            .expect("read anew");
         assert_eq!(
             provider.reads.load(Ordering::SeqCst),
-            read_so_far + 3,
+            3,
             "a stale answer is read anew"
         );
     }
