@@ -7,7 +7,7 @@ use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, param, status_of,
 };
 use crate::support::localstripe::{CARD_SUCCEEDS, SECRET_KEY};
-use crate::support::{Db, Options};
+use crate::support::{Db, Options, eventually};
 use paybridge::pb::v1 as pb;
 use serde_json::Value;
 
@@ -212,16 +212,16 @@ async fn malformed_queries_and_extra_parameters_are_refused_before_the_core(db: 
     }
     // The query was never the problem: once the core is back, the real return works.
     test.app.start_core().await;
-    let mut location = None;
-    for _ in 0..50 {
+    let location = eventually(Duration::from_secs(10), || async {
         let response = test.return_for(&created, "succeeded").await;
         if response.status().as_u16() == 303 {
-            location = Some(assert_redirect(&response));
-            break;
+            Ok(assert_redirect(&response))
+        } else {
+            Err(response.status())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let location = location.expect("verified once the core is back");
+    })
+    .await
+    .expect("verified once the core is back");
     assert!(
         location.starts_with("https://billing.example.com/paid?"),
         "{location}"
@@ -301,7 +301,15 @@ async fn returns_above_the_concurrency_limit_are_shed(db: Db) {
         .await;
     let slow = test.return_for(&created, "succeeded");
     let shed = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the first verification's read has reached Stripe, it holds the only slot.
+        eventually(Duration::from_secs(10), || async {
+            match test.app.stripe.fault_hits().await {
+                0 => Err("the slow read has not reached Stripe"),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .expect("the slow read reaches Stripe");
         test.return_for(&created, "succeeded").await
     };
     let (slow, shed) = tokio::join!(slow, shed);

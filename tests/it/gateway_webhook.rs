@@ -7,7 +7,7 @@ use crate::support;
 use crate::support::events::{event, now};
 use crate::support::gateway::{GatewayTest, captured_logs, status_of};
 use crate::support::localstripe::CARD_SUCCEEDS;
-use crate::support::{Db, WEBHOOK_SECRET};
+use crate::support::{Db, WEBHOOK_SECRET, eventually};
 use paybridge::adapters::stripe::webhook::sign;
 use paybridge::pb::v1 as pb;
 
@@ -93,15 +93,14 @@ async fn stripes_own_delivery_settles_the_payment_through_the_gateway(db: Db) {
     let created = test.create("INV-W2").await;
     test.pay(&created, CARD_SUCCEEDS).await;
     // No return and no refresh: only the webhook can settle it.
-    let mut settled = false;
-    for _ in 0..100 {
-        if status_of(&test, &created).await == pb::PaymentStatus::Succeeded {
-            settled = true;
-            break;
+    eventually(Duration::from_secs(10), || async {
+        match status_of(&test, &created).await {
+            pb::PaymentStatus::Succeeded => Ok(()),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(settled, "the webhook did not settle the payment");
+    })
+    .await
+    .expect("the webhook settles the payment");
 
     // The browser comes back after the webhook: answered from the row, no Stripe read.
     let reads = test.intent_reads(&created).await;

@@ -2,10 +2,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support;
-use crate::support::{Db, TestApp};
+use crate::support::{Db, TestApp, eventually};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -21,23 +21,16 @@ async fn health_status(app: &TestApp, service: &str) -> ServingStatus {
     answer.status()
 }
 
-async fn wait_for_health(app: &TestApp, want: ServingStatus) -> ServingStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = health_status(app, "paybridge.v1.PaymentService").await;
-        if status == want || Instant::now() > deadline {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn health_is_serving_once_the_database_is_migrated(db: Db) {
     let app = TestApp::spawn(db).await;
-    assert_eq!(
-        wait_for_health(&app, ServingStatus::Serving).await,
-        ServingStatus::Serving
-    );
+    eventually(Duration::from_secs(10), || async {
+        match health_status(&app, "paybridge.v1.PaymentService").await {
+            ServingStatus::Serving => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await
+    .expect("the payment service is SERVING within 10 s");
     assert_eq!(health_status(&app, "").await, ServingStatus::Serving);
     app.stop().await.expect("stops cleanly");
 }
@@ -309,19 +302,18 @@ async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let ready = http
             .get(format!("http://{gateway_addr}/readyz"))
             .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
+            .await;
+        match ready {
+            Ok(response) if response.status() == 200 => Ok(()),
+            other => Err(other.map(|response| response.status())),
         }
-        assert!(Instant::now() < deadline, "gateway not ready within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .expect("the gateway is ready within 30 s");
 
     let created = serve
         .client()

@@ -1,9 +1,9 @@
 //! The reconciler settles payments nobody told paybridge about, and finishes `Creating` rows.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support;
-use crate::support::{Db, Options, TestApp, create_request};
+use crate::support::{Db, Options, TestApp, create_request, eventually};
 use paybridge::adapters::store::Store;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
@@ -16,24 +16,22 @@ fn reconciling() -> Options {
     }
 }
 
-async fn wait_for_status(app: &TestApp, id: &str, want: pb::PaymentStatus) -> pb::PaymentStatus {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = app.get(id, false).await.expect("get").status();
-        if status == want || Instant::now() > deadline {
-            return status;
+/// Waits (at most 15 s) until the stored payment `id` is in `want`.
+async fn wait_for_status(app: &TestApp, id: &str, want: pb::PaymentStatus) {
+    eventually(Duration::from_secs(15), || async {
+        match app.get(id, false).await.expect("get").status() {
+            status if status == want => Ok(()),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("{id} is still {last:?} after 15 s, not {want:?}"));
 }
 
 async fn a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler(db: Db) {
     let app = TestApp::spawn_with(db, reconciling()).await;
     let (_, payment, _) = app.create_paid("k1", "inv-1").await;
-    assert_eq!(
-        wait_for_status(&app, &payment.id, pb::PaymentStatus::Succeeded).await,
-        pb::PaymentStatus::Succeeded
-    );
+    wait_for_status(&app, &payment.id, pb::PaymentStatus::Succeeded).await;
 }
 
 async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent_and_settled_once_paid(
@@ -58,10 +56,7 @@ async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_inte
         .await
         .expect("list");
     let id = listed.payments[0].id.clone();
-    assert_eq!(
-        wait_for_status(&app, &id, pb::PaymentStatus::RequiresPaymentMethod).await,
-        pb::PaymentStatus::RequiresPaymentMethod
-    );
+    wait_for_status(&app, &id, pb::PaymentStatus::RequiresPaymentMethod).await;
     let intents = app.stripe.payment_intents().await;
     assert_eq!(intents.len(), 1);
     let payment = app.get(&id, false).await.expect("get");
@@ -72,10 +67,7 @@ async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_inte
     app.stripe
         .pay_succeeding(&payment.stripe_payment_intent_id, client_secret)
         .await;
-    assert_eq!(
-        wait_for_status(&app, &id, pb::PaymentStatus::Succeeded).await,
-        pb::PaymentStatus::Succeeded
-    );
+    wait_for_status(&app, &id, pb::PaymentStatus::Succeeded).await;
 }
 
 async fn replicas_claim_disjoint_payments(db: Db) {
@@ -127,10 +119,7 @@ async fn two_replicas_share_the_reconcilers_work_without_reading_a_payment_twice
     };
     let (first, second) = tokio::join!(app.spawn_replica(options()), app.spawn_replica(options()));
     for (id, _) in &intents {
-        assert_eq!(
-            wait_for_status(&app, id, pb::PaymentStatus::Succeeded).await,
-            pb::PaymentStatus::Succeeded
-        );
+        wait_for_status(&app, id, pb::PaymentStatus::Succeeded).await;
     }
     drop((first, second));
     let log = app.stripe.requests().await;

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::child::ServeProcess;
-use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
+use crate::support::{
+    BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request, eventually, test_seed,
+};
 use paybridge::pb::v1 as pb;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sqlx::Connection;
 use tonic::Code;
@@ -30,7 +33,13 @@ struct ClientReport {
     failures: u64,
 }
 
-async fn run_client(serve: ServeProcess, client: usize, stop: Arc<AtomicBool>) -> ClientReport {
+/// Creates with fresh keys until `stop`, counting each answer in `answered` as it comes.
+async fn run_client(
+    serve: ServeProcess,
+    client: usize,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> ClientReport {
     let grpc = serve.client();
     let mut report = ClientReport::default();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -49,6 +58,7 @@ async fn run_client(serve: ServeProcess, client: usize, stop: Arc<AtomicBool>) -
             match grpc.clone().create_invoice_payment(request).await {
                 Ok(answer) => {
                     report.answers.push((key.clone(), answer.into_inner()));
+                    answered.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
                 Err(status) => {
@@ -67,6 +77,7 @@ async fn run_client(serve: ServeProcess, client: usize, stop: Arc<AtomicBool>) -
                         report.abandoned.push(key.clone());
                         break;
                     }
+                    // The client's pause before it retries (the server may be restarting).
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -88,18 +99,19 @@ async fn count_rows(database_url: &str, sql: &str) -> i64 {
     count
 }
 
+/// The count `sql` gives once it is `want`, or the last one after `within`.
 async fn wait_for_rows(database_url: &str, sql: &str, want: i64, within: Duration) -> i64 {
-    let until = Instant::now() + within;
-    loop {
+    eventually(within, || async {
         let count = count_rows(database_url, sql).await;
-        if count == want || Instant::now() > until {
-            return count;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if count == want { Ok(count) } else { Err(count) }
+    })
+    .await
+    .unwrap_or_else(|last| last)
 }
 
 async fn kill_9_during_creates_leaves_one_intent_per_key_and_nothing_stuck(db: Db) {
+    // The kill times are drawn from this seed (the clients' timing is the machine's).
+    let mut kill_times = StdRng::seed_from_u64(test_seed("kill -9 during creates"));
     let dir = tempfile::tempdir().expect("dir");
     let stripe = LocalStripe::start().await;
     let database_url = match db {
@@ -120,18 +132,31 @@ async fn kill_9_during_creates_leaves_one_intent_per_key_and_nothing_stuck(db: D
     let mut running = serve.start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|client| tokio::spawn(run_client(serve.clone(), client, Arc::clone(&stop))))
+        .map(|client| {
+            let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+            tokio::spawn(run_client(serve.clone(), client, stop, answered))
+        })
         .collect();
     let kills = AtomicU64::new(0);
     for _ in 0..KILLS {
-        let pause = rand::rng().random_range(300..900);
+        let pause = kill_times.random_range(300..900);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         running.kill9().await;
         kills.fetch_add(1, Ordering::SeqCst);
         running = serve.start().await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The last server, never killed, answers creates before the clients stop.
+    let answered_before = answered.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(60), || async {
+        match answered.load(Ordering::SeqCst) - answered_before {
+            since if since >= CLIENTS as u64 => Ok(()),
+            since => Err(since),
+        }
+    })
+    .await
+    .expect("creates answered by the last server within 60 s");
     stop.store(true, Ordering::SeqCst);
     let mut answers: BTreeMap<String, pb::CreateInvoicePaymentResponse> = BTreeMap::new();
     let (mut calls, mut failures, mut abandoned) = (0, 0, 0);

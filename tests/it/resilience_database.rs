@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Db, Options, TestApp, create_request};
+use crate::support::{Db, Options, TestApp, create_request, eventually};
 use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -134,15 +134,28 @@ async fn health(app: &TestApp) -> Option<ServingStatus> {
     }
 }
 
+/// Whether health reports `want` within `within`.
 async fn wait_for_health(app: &TestApp, want: ServingStatus, within: Duration) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if health(app).await == Some(want) {
-            return true;
+    eventually(within, || async {
+        match health(app).await {
+            Some(status) if status == want => Ok(()),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    })
+    .await
+    .is_ok()
+}
+
+/// Waits (at most 30 s) until `counter` has grown past `from`.
+async fn wait_for_more(counter: &AtomicU64, from: u64, what: &str) {
+    eventually(Duration::from_secs(30), || async {
+        match counter.load(Ordering::SeqCst) {
+            now if now > from => Ok(()),
+            now => Err(now),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 30 s"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,9 +169,13 @@ async fn postgres_restarted_under_load_is_unavailable_then_recovers_without_a_re
     // finished, cleared before it starts again), 2 after.
     let phase = Arc::new(AtomicU8::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Calls sent while the server is stopped, and calls that succeeded.
+    let sent_while_down = Arc::new(AtomicU64::new(0));
+    let succeeded = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for client in 0..4 {
         let (app, phase, stop) = (Arc::clone(&app), Arc::clone(&phase), Arc::clone(&stop));
+        let (sent_while_down, succeeded) = (Arc::clone(&sent_while_down), Arc::clone(&succeeded));
         clients.push(tokio::spawn(async move {
             let (mut ok, mut waited, mut unavailable, mut other) = (0u64, 0u64, 0u64, Vec::new());
             let mut n = 0;
@@ -166,8 +183,14 @@ async fn postgres_restarted_under_load_is_unavailable_then_recovers_without_a_re
                 n += 1;
                 let key = format!("pg-{client}-{n}");
                 let sent_in = phase.load(Ordering::SeqCst);
+                if sent_in == 1 {
+                    sent_while_down.fetch_add(1, Ordering::SeqCst);
+                }
                 let result = app.create(create_request(&key, &key)).await;
                 let answered_in = phase.load(Ordering::SeqCst);
+                if result.is_ok() {
+                    succeeded.fetch_add(1, Ordering::SeqCst);
+                }
                 match result {
                     Ok(_) if answered_in == 1 => {
                         other.push(format!("{key} succeeded while the database was down"))
@@ -181,25 +204,32 @@ async fn postgres_restarted_under_load_is_unavailable_then_recovers_without_a_re
                         "{key} (sent in phase {sent_in}, answered in {answered_in}): {status:?}"
                     )),
                 }
+                // The load's pace: about 50 calls a second per client.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (ok, waited, unavailable, other)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_for_more(&succeeded, 0, "no create succeeded before the outage").await;
 
     // Stop (fast: open sessions are terminated, as in a failover), wait, start on the same port.
     cluster.pg_ctl(&["stop", "-m", "fast", "-w"]);
     phase.store(1, Ordering::SeqCst);
     let not_serving =
         wait_for_health(&app, ServingStatus::NotServing, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_more(&sent_while_down, 0, "no call was sent during the outage").await;
     let health_while_down = health(&app).await;
     phase.store(2, Ordering::SeqCst);
     cluster.start_again();
     let serving_again =
         wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let succeeded_before_end = succeeded.load(Ordering::SeqCst);
+    wait_for_more(
+        &succeeded,
+        succeeded_before_end,
+        "no create succeeded after the restart",
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
 
     let (mut ok, mut waited, mut unavailable, mut other) = (0, 0, 0, Vec::new());
@@ -260,7 +290,14 @@ async fn sqlite_busy_and_locked_are_waited_out_not_answered_as_errors() {
             app.get(&id, false).await.map(|_| ())
         }));
     }
+    // The lock's hold is the scenario: longer than a write usually waits, shorter than the wait
+    // paybridge allows for the lock.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let through = writers.iter().filter(|w| w.is_finished()).count();
+    assert_eq!(
+        through, 0,
+        "{through} writers finished while another connection held the write lock"
+    );
     sqlx::query("commit")
         .execute(&mut holder)
         .await

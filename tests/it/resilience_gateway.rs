@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::gateway::{GatewayOptions, GatewayTest, assert_redirect};
 use crate::support::localstripe::CARD_SUCCEEDS;
-use crate::support::{Db, Options};
+use crate::support::{Db, Options, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -86,13 +86,21 @@ async fn a_flood_from_one_address_does_not_starve_returns_from_another(db: Db) {
         }));
     }
 
-    // Meanwhile the real customers come back from 127.0.0.2, one every 200 ms.
+    // Meanwhile, once the flood is being limited, the real customers come back from 127.0.0.2,
+    // one every 200 ms.
     let real = reqwest::Client::builder()
         .local_address(IpAddr::from([127, 0, 0, 2]))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(10), || async {
+        match limited.load(Ordering::SeqCst) {
+            0 => Err("no flood request limited yet"),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .expect("the flood meets the limit");
     let mut slowest = Duration::ZERO;
     for created in &customers {
         let intent = &created
@@ -115,6 +123,7 @@ async fn a_flood_from_one_address_does_not_starve_returns_from_another(db: Db) {
             location.starts_with("https://billing.example.com/paid"),
             "{location}"
         );
+        // The customers' pace over the flood.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for flooder in flooders {

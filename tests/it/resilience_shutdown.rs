@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::support;
 use crate::support::child::ServeProcess;
-use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request};
+use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request, eventually};
 use serde_json::json;
 use sqlx::Connection;
 use tonic::Code;
@@ -45,9 +45,10 @@ async fn sigterm_under_load_completes_or_refuses_every_call_and_exits_zero(db: D
     let running = serve.start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
-        let (grpc, stop) = (serve.client(), Arc::clone(&stop));
+        let (grpc, stop, completed) = (serve.client(), Arc::clone(&stop), Arc::clone(&completed));
         clients.push(tokio::spawn(async move {
             let (mut done, mut refused, mut other) = (Vec::new(), Vec::new(), Vec::new());
             let mut n = 0;
@@ -57,7 +58,10 @@ async fn sigterm_under_load_completes_or_refuses_every_call_and_exits_zero(db: D
                 let mut request = as_tenant(BILLING_TOKEN, create_request(&key, &key));
                 request.set_timeout(Duration::from_secs(10));
                 match grpc.clone().create_invoice_payment(request).await {
-                    Ok(_) => done.push(key),
+                    Ok(_) => {
+                        done.push(key);
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(status) if status.code() == Code::Unavailable => {
                         refused.push(key);
                         // The server is going away: this client stops too.
@@ -79,9 +83,18 @@ async fn sigterm_under_load_completes_or_refuses_every_call_and_exits_zero(db: D
             (done, refused, other)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGTERM once the load has reached the server: as many calls completed as there are
+    // clients, the clients busy with their next ones.
+    eventually(Duration::from_secs(30), || async {
+        match completed.load(Ordering::SeqCst) {
+            n if n >= CLIENTS as u64 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .expect("calls completed before SIGTERM within 30 s");
+    let completed_before_sigterm = completed.load(Ordering::SeqCst);
     let (status, took, log) = running.terminate(GRACE + Duration::from_secs(5)).await;
-    let sigterm_at = Instant::now();
     stop.store(true, Ordering::SeqCst);
 
     let (mut done, mut refused, mut other) = (Vec::new(), Vec::new(), Vec::new());
@@ -123,8 +136,12 @@ async fn sigterm_under_load_completes_or_refuses_every_call_and_exits_zero(db: D
         other.len(),
         intents.len(),
     );
-    let _ = sigterm_at;
     assert!(other.is_empty(), "{other:#?}");
+    assert!(
+        done.len() as u64 > completed_before_sigterm,
+        "no call was mid-way at SIGTERM: {completed_before_sigterm} completed before, {} in all",
+        done.len()
+    );
     assert!(
         refused_with_effect.is_empty(),
         "refused after a side effect: {refused_with_effect:?}"

@@ -6,14 +6,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::support::fault_proxy::{FaultProxy, NetFault};
 use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, status_of,
 };
 use crate::support::localstripe::CARD_SUCCEEDS;
-use crate::support::{BILLING_TOKEN, Db, LocalStripe, Options, TestApp, as_tenant, create_request};
+use crate::support::{
+    BILLING_TOKEN, Db, LocalStripe, Options, TestApp, as_tenant, create_request, eventually,
+};
 use paybridge::pb::v1 as pb;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -133,7 +136,7 @@ fn acceptable_failure(status: &tonic::Status) -> bool {
 async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
     let app = TestApp::spawn_with(db, faulty_stripe()).await;
     let proxy = Arc::clone(app.proxy.as_ref().expect("proxy"));
-    let mut calls = 0u64;
+    let calls = AtomicU64::new(0);
     let mut failed_first = 0u64;
     let mut answers: BTreeMap<String, pb::CreateInvoicePaymentResponse> = BTreeMap::new();
 
@@ -143,7 +146,7 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
         let (key, invoice) = (format!("fault-key-{index}"), format!("INV-F{index}"));
         inject(&proxy, &app.stripe, fault).await;
         let first = create_with_deadline(&app, &key, &invoice).await;
-        calls += 1;
+        calls.fetch_add(1, Ordering::SeqCst);
         match &first {
             Ok(_) => {}
             Err(status) => {
@@ -152,21 +155,19 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
             }
         }
         heal(&proxy, &app.stripe).await;
-        let mut answer = first.ok();
-        for _ in 0..20 {
-            if answer.is_some() {
-                break;
-            }
-            calls += 1;
-            match create_with_deadline(&app, &key, &invoice).await {
-                Ok(ok) => answer = Some(ok),
-                Err(status) => {
-                    assert!(acceptable_failure(&status), "{name}, retry: {status:?}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        let answer = match first {
+            Ok(answer) => answer,
+            Err(_) => eventually(Duration::from_secs(30), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let retried = create_with_deadline(&app, &key, &invoice).await;
+                if let Err(status) = &retried {
+                    assert!(acceptable_failure(status), "{name}, retry: {status:?}");
                 }
-            }
-        }
-        let answer = answer.unwrap_or_else(|| panic!("{name}: no success after healing"));
+                retried
+            })
+            .await
+            .unwrap_or_else(|status| panic!("{name}: no success after healing: {status:?}")),
+        };
         answers.insert(key, answer);
     }
 
@@ -179,6 +180,7 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
             let mut injected = 0u64;
             for round in 0..40 {
                 let (_, fault) = &matrix[round % matrix.len()];
+                // The flapping's rhythm: 150 ms faulty, 50 ms healthy.
                 inject(&proxy, &stripe, fault).await;
                 injected += 1;
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -193,33 +195,29 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
         let app_client = app.client.clone();
         clients.push(tokio::spawn(async move {
             let mut results = Vec::new();
-            let mut calls = 0u64;
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let calls = AtomicU64::new(0);
             for n in 0..4 {
                 let (key, invoice) = (format!("flap-{client}-{n}"), format!("INV-C{client}-{n}"));
-                loop {
-                    assert!(Instant::now() < deadline, "{key}: no success within 60 s");
+                let answer = eventually(Duration::from_secs(60), || async {
                     let mut request = as_tenant(BILLING_TOKEN, create_request(&key, &invoice));
                     request.set_timeout(Duration::from_secs(10));
-                    calls += 1;
-                    match app_client.clone().create_invoice_payment(request).await {
-                        Ok(answer) => {
-                            results.push((key.clone(), answer.into_inner()));
-                            break;
-                        }
-                        Err(status) => {
-                            assert!(acceptable_failure(&status), "{key}: {status:?}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let answer = app_client.clone().create_invoice_payment(request).await;
+                    if let Err(status) = &answer {
+                        assert!(acceptable_failure(status), "{key}: {status:?}");
                     }
-                }
+                    answer
+                })
+                .await
+                .unwrap_or_else(|status| panic!("{key}: no success within 60 s: {status:?}"));
+                results.push((key, answer.into_inner()));
             }
-            (results, calls)
+            (results, calls.into_inner())
         }));
     }
     for client in clients {
         let (results, client_calls) = client.await.expect("client");
-        calls += client_calls;
+        calls.fetch_add(client_calls, Ordering::SeqCst);
         answers.extend(results);
     }
     let flaps = flapping.await.expect("flapping");
@@ -250,6 +248,7 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
         let stored = app.get(&payment.id, false).await.expect("stored");
         assert_eq!(stored.status(), pb::PaymentStatus::RequiresPaymentMethod);
     }
+    let calls = calls.into_inner();
     let create_requests = app.stripe.count(CREATE_INTENT).await;
     let net_faults = proxy.stats().faults();
     eprintln!(
@@ -268,10 +267,6 @@ async fn stripe_faults_end_in_one_intent_per_key(db: Db) {
 async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(db: Db) {
     let test = GatewayTest::spawn_with(db, faulty_stripe(), GatewayOptions::default()).await;
     let proxy = Arc::clone(test.app.proxy.as_ref().expect("proxy"));
-    let created = test.create("INV-OUTAGE").await;
-    // The customer pays (Stripe.js talks to Stripe directly), then Stripe becomes unreachable for
-    // paybridge just as the browser comes back.
-    test.pay(&created, CARD_SUCCEEDS).await;
     let outages = [
         Fault::Net(NetFault::Refuse),
         Fault::Net(NetFault::StallBefore),
@@ -281,12 +276,18 @@ async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(
             json!({"method": "GET", "status": 429, "times": 10, "headers": {"Retry-After": "1"}}),
         ),
     ];
-    // The core reuses an intent read (or its failure) for a second, so each step waits that out.
-    let fresh_for = Duration::from_millis(1100);
-    for outage in &outages {
+    // A payment for each outage, since the core reuses an intent read (or its failure) for a
+    // while. Each customer pays (Stripe.js talks to Stripe directly), then Stripe becomes
+    // unreachable for paybridge just as the browser comes back.
+    let mut payments = Vec::new();
+    for n in 0..outages.len() {
+        let created = test.create(&format!("INV-OUTAGE-{n}")).await;
+        test.pay(&created, CARD_SUCCEEDS).await;
+        payments.push(created);
+    }
+    for (outage, created) in outages.iter().zip(&payments) {
         inject(&proxy, &test.app.stripe, outage).await;
-        tokio::time::sleep(fresh_for).await;
-        let response = test.return_for(&created, "succeeded").await;
+        let response = test.return_for(created, "succeeded").await;
         assert_no_redirect(&response, 503);
         assert!(
             response.headers().get("retry-after").is_some(),
@@ -300,25 +301,35 @@ async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(
         assert!(!page.contains("secret"), "{page}");
         heal(&proxy, &test.app.stripe).await;
         assert_eq!(
-            status_of(&test, &created).await,
+            status_of(&test, created).await,
             pb::PaymentStatus::RequiresPaymentMethod,
             "{outage:?}: nothing recorded during the outage"
         );
     }
-    // Stripe is back: the same return (the page reloads itself) now lands on the success page.
-    tokio::time::sleep(fresh_for).await;
-    let response = test.return_for(&created, "succeeded").await;
-    let location = assert_redirect(&response);
-    assert!(
-        location.starts_with("https://billing.example.com/paid"),
-        "{location}"
-    );
-    assert_eq!(
-        status_of(&test, &created).await,
-        pb::PaymentStatus::Succeeded
-    );
+    // Stripe is back: the same returns (the page reloads itself) land on the success page, once
+    // the core reads the intent anew.
+    for created in &payments {
+        let location = eventually(Duration::from_secs(10), || async {
+            let response = test.return_for(created, "succeeded").await;
+            if response.status().as_u16() == 303 {
+                return Ok(assert_redirect(&response));
+            }
+            assert_no_redirect(&response, 503);
+            Err(response.status())
+        })
+        .await
+        .expect("the return succeeds once Stripe is back");
+        assert!(
+            location.starts_with("https://billing.example.com/paid"),
+            "{location}"
+        );
+        assert_eq!(
+            status_of(&test, created).await,
+            pb::PaymentStatus::Succeeded
+        );
+    }
     eprintln!(
-        "return during outage: {} outages, each answered 503 'confirming', then one success",
+        "return during outage: {} outages, each answered 503 'confirming', then success",
         outages.len()
     );
     test.finish().await;

@@ -9,6 +9,8 @@ use crate::support::{Db, Options, create_request};
 const RATE: u32 = 10;
 /// The budget's burst at this rate (a tenth of the rate, at least one).
 const BURST: u32 = 1;
+/// How late a read may reach the Stripe fake after the budget let it go, on a loaded machine.
+const LATE_BY_AT_MOST_MS: u64 = 300;
 
 async fn two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget(db: Db) {
     let test = GatewayTest::spawn_with(
@@ -70,8 +72,17 @@ async fn two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget(d
             other => panic!("a browser got {other}"),
         }
     }
-    assert_eq!(redirected + asked_to_retry, 200);
-    assert!(redirected > 0, "nobody was served");
+    // 200 returns in a second are more than the budget allows: some browsers are asked to come
+    // back; others wait for their slot rather than being refused at once, so more are served
+    // than one second of the budget holds.
+    assert!(
+        asked_to_retry > 0,
+        "all {redirected} returns were served within a budget of {RATE}/s"
+    );
+    assert!(
+        redirected > (RATE + BURST) as usize,
+        "only {redirected} returns served: the budget refused instead of waiting"
+    );
 
     let reads: Vec<u64> = read_times(&test)
         .await
@@ -83,21 +94,24 @@ async fn two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget(d
         redirected,
         "one Stripe read per verified return"
     );
-    for (i, start) in reads.iter().enumerate() {
-        let in_window = reads[i..]
-            .iter()
-            .take_while(|at| **at < start + 1000)
-            .count();
-        assert!(
-            in_window <= (RATE + BURST) as usize,
-            "{in_window} Stripe reads in the second after {start}"
-        );
+    // `n` reads take at least `n - BURST` of the budget's intervals, from the first one's slot
+    // to the last one's; each reaches the fake after its slot, at most `LATE_BY_AT_MOST_MS` so.
+    let interval_ms = u64::from(1000 / RATE);
+    for (i, first) in reads.iter().enumerate() {
+        for (n, last) in (1u64..).zip(&reads[i..]) {
+            let least = n.saturating_sub(u64::from(BURST)) * interval_ms;
+            assert!(
+                last - first + LATE_BY_AT_MOST_MS >= least,
+                "{n} Stripe reads within {} ms, from {first}",
+                last - first
+            );
+        }
     }
     drop(taker);
     test.finish().await;
 }
 
-/// When the fake answered each `GET /v1/payment_intents/{id}` (unix ms), sorted.
+/// When each `GET /v1/payment_intents/{id}` reached the fake (unix ms), sorted.
 async fn read_times(test: &GatewayTest) -> Vec<u64> {
     let log = test.app.stripe.requests().await;
     let mut times: Vec<u64> = log["requests"]
@@ -105,7 +119,7 @@ async fn read_times(test: &GatewayTest) -> Vec<u64> {
         .expect("request log")
         .iter()
         .filter(|r| r["route"] == "GET /v1/payment_intents/{id}")
-        .filter_map(|r| r["at_ms"].as_u64())
+        .filter_map(|r| Some(r["at_ms"].as_u64()? - r["ms"].as_u64()?))
         .collect();
     times.sort_unstable();
     times

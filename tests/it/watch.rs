@@ -169,8 +169,11 @@ async fn a_watcher_receives_every_transition_through_to_succeeded(db: Db) {
     app.stripe
         .authenticate(intent, &answer.client_secret, true)
         .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await; // past the coalesced read's freshness
-    app.get(&payment.id, true)
+    // Stripe's event tells the core at once (a refresh would reuse the read just made).
+    let succeeded = app.stripe.payment_intent(intent).await;
+    assert_eq!(succeeded["status"], "succeeded", "{succeeded}");
+    let body = event("evt_w3ds", "payment_intent.succeeded", now(), succeeded);
+    app.deliver_signed(&body, now())
         .await
         .expect("succeeded recorded");
 

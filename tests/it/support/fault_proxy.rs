@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::eventually;
+
 /// Longest a stalled connection is held before the proxy drops it.
 const MAX_STALL: Duration = Duration::from_secs(60);
 
@@ -117,17 +119,11 @@ impl FaultProxy {
             return;
         }
         // Listen again on the same port (SO_REUSEADDR is set by tokio on Unix).
-        let mut listener = None;
-        for _ in 0..50 {
-            match TcpListener::bind(self.addr).await {
-                Ok(bound) => {
-                    listener = Some(bound);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-        let listener = listener.expect("re-binding the proxy's port");
+        let listener = eventually(Duration::from_secs(1), || async {
+            TcpListener::bind(self.addr).await
+        })
+        .await
+        .expect("re-binding the proxy's port");
         *self.acceptor.lock().expect("acceptor") = Some(tokio::spawn(accept_loop(
             listener,
             Arc::clone(&self.shared),

@@ -13,7 +13,7 @@ use paybridge::transport::gateway::GatewayApp;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use super::{Db, GATEWAY_TOKEN, Options, PUBLISHABLE_KEY, TestApp, create_request};
+use super::{Db, GATEWAY_TOKEN, Options, PUBLISHABLE_KEY, TestApp, create_request, eventually};
 
 /// Everything logged in this process (the core's and the gateway's lines alike): one test's
 /// under nextest, which runs each test in a process of its own.
@@ -204,20 +204,22 @@ impl GatewayTest {
             .expect("gateway answers")
     }
 
-    /// `/readyz` once it answers 200, or its last answer after 10 s: the core reports SERVING
-    /// only after its first database check, which a busy machine can delay past a test's first
-    /// request (`TestApp::spawn` does not wait for it).
-    pub async fn wait_until_ready(&self) -> (u16, String) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+    /// Waits (at most 10 s) until `/readyz` answers 200: the core reports SERVING only after its
+    /// first database check, which a busy machine can delay past a test's first request
+    /// (`TestApp::spawn` does not wait for it).
+    pub async fn wait_until_ready(&self) {
+        eventually(Duration::from_secs(10), || async {
             let response = self.get("/readyz").await;
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();
-            if status == 200 || std::time::Instant::now() >= deadline {
-                return (status, body);
+            if status == 200 {
+                Ok(())
+            } else {
+                Err((status, body))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .expect("the gateway's /readyz answers 200 within 10 s");
     }
 
     /// Pays as Stripe.js does in the page, with `return_url` pointing at this gateway (so a card

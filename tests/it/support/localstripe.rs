@@ -109,6 +109,26 @@ impl LocalStripe {
         );
     }
 
+    /// How many requests the injected faults have met so far (a delayed request counts from when
+    /// it arrives, before its delay).
+    pub async fn fault_hits(&self) -> u64 {
+        let faults: Value = self
+            .http
+            .get(format!("{}/_test/faults", self.base_url))
+            .send()
+            .await
+            .expect("localstripe /_test/faults")
+            .json()
+            .await
+            .expect("json");
+        faults["faults"]
+            .as_array()
+            .expect("fault list")
+            .iter()
+            .filter_map(|fault| fault["hits"].as_u64())
+            .sum()
+    }
+
     pub async fn clear_faults(&self) {
         self.http
             .delete(format!("{}/_test/faults", self.base_url))

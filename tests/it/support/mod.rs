@@ -11,6 +11,7 @@ pub mod fault_proxy;
 pub mod gateway;
 pub mod localstripe;
 pub mod postgres;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Once;
@@ -25,6 +26,7 @@ use secrecy::SecretString;
 use tonic::transport::Channel;
 
 pub use localstripe::LocalStripe;
+pub use wait::eventually;
 
 /// The database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +423,19 @@ pub async fn metric_sum(admin: &SocketAddr, metric: &str, label: &str) -> u64 {
         .filter(|line| line.starts_with(metric) && line.contains(label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The seed of a test's random choices: `PAYBRIDGE_TEST_SEED` when set (to replay a failure),
+/// else a fresh one. Printed either way, so a failing run shows how to replay it.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var("PAYBRIDGE_TEST_SEED") {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            panic!("PAYBRIDGE_TEST_SEED is not a number from 0 to 2^64-1: {text:?}")
+        }),
+        Err(_) => rand::random(),
+    };
+    eprintln!("{test}: seed {seed} (replay with PAYBRIDGE_TEST_SEED={seed})");
+    seed
 }
 
 /// A request carrying a tenant's bearer token.
