@@ -212,16 +212,7 @@ async fn malformed_queries_and_extra_parameters_are_refused_before_the_core(db: 
     }
     // The query was never the problem: once the core is back, the real return works.
     test.app.start_core().await;
-    let location = eventually(Duration::from_secs(10), || async {
-        let response = test.return_for(&created, "succeeded").await;
-        if response.status().as_u16() == 303 {
-            Ok(assert_redirect(&response))
-        } else {
-            Err(response.status())
-        }
-    })
-    .await
-    .expect("verified once the core is back");
+    let location = test.return_once_verified(&created, "succeeded").await;
     assert!(
         location.starts_with("https://billing.example.com/paid?"),
         "{location}"

@@ -1,13 +1,11 @@
 //! The browser's return through `paybridge gateway`, end to end on localstripe: each card's path,
 //! repeated and concurrent returns, and a core restart.
 
-use std::time::Duration;
-
 use crate::support::gateway::{
     GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, param, status_of, through_3ds,
 };
 use crate::support::localstripe::{CARD_DECLINED, CARD_NEEDS_AUTHENTICATION, CARD_SUCCEEDS};
-use crate::support::{Db, Options, create_request, eventually};
+use crate::support::{Db, Options, create_request};
 use paybridge::pb::v1 as pb;
 
 const SUCCESS_URL: &str = "https://billing.example.com/paid?";
@@ -191,16 +189,7 @@ async fn a_stopped_core_answers_503_and_the_same_return_succeeds_once_it_is_back
     assert_eq!(test.get("/healthz").await.status().as_u16(), 200);
 
     test.app.start_core().await;
-    let location = eventually(Duration::from_secs(10), || async {
-        let response = test.return_for(&created, "succeeded").await;
-        if response.status().as_u16() == 303 {
-            return Ok(assert_redirect(&response));
-        }
-        assert_no_redirect(&response, 503);
-        Err(response.status())
-    })
-    .await
-    .expect("the return succeeds once the core is back");
+    let location = test.return_once_verified(&created, "succeeded").await;
     assert!(location.starts_with(SUCCESS_URL), "{location}");
     assert_eq!(
         status_of(&test, &created).await,

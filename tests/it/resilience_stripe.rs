@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::fault_proxy::{FaultProxy, NetFault};
-use crate::support::gateway::{
-    GatewayOptions, GatewayTest, assert_no_redirect, assert_redirect, status_of,
-};
+use crate::support::gateway::{GatewayOptions, GatewayTest, assert_no_redirect, status_of};
 use crate::support::localstripe::CARD_SUCCEEDS;
 use crate::support::{
     BILLING_TOKEN, Db, LocalStripe, Options, TestApp, as_tenant, create_request, eventually,
@@ -309,16 +307,7 @@ async fn a_return_during_a_stripe_outage_is_being_confirmed_and_records_nothing(
     // Stripe is back: the same returns (the page reloads itself) land on the success page, once
     // the core reads the intent anew.
     for created in &payments {
-        let location = eventually(Duration::from_secs(10), || async {
-            let response = test.return_for(created, "succeeded").await;
-            if response.status().as_u16() == 303 {
-                return Ok(assert_redirect(&response));
-            }
-            assert_no_redirect(&response, 503);
-            Err(response.status())
-        })
-        .await
-        .expect("the return succeeds once Stripe is back");
+        let location = test.return_once_verified(created, "succeeded").await;
         assert!(
             location.starts_with("https://billing.example.com/paid"),
             "{location}"

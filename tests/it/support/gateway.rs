@@ -196,6 +196,26 @@ impl GatewayTest {
         .await
     }
 
+    /// The `Location` the return for `created` is sent to once the core verifies it, within
+    /// 10 s; until then (the core or Stripe unreachable) every answer must be 503, "being
+    /// confirmed".
+    pub async fn return_once_verified(
+        &self,
+        created: &pb::CreateInvoicePaymentResponse,
+        redirect_status: &str,
+    ) -> String {
+        eventually(Duration::from_secs(10), || async {
+            let response = self.return_for(created, redirect_status).await;
+            if response.status().as_u16() == 303 {
+                return Ok(assert_redirect(&response));
+            }
+            assert_no_redirect(&response, 503);
+            Err(response.status())
+        })
+        .await
+        .expect("the return is verified within 10 s")
+    }
+
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
         self.http
             .get(self.url(path_and_query))

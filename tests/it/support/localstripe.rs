@@ -74,16 +74,21 @@ impl LocalStripe {
         }
     }
 
-    /// Every `/v1` request localstripe has received, by route.
-    pub async fn requests(&self) -> Value {
+    /// What a test endpoint (`/_test/requests`) answers to GET.
+    async fn test_endpoint(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}/_test/requests", self.base_url))
+            .get(format!("{}{path}", self.base_url))
             .send()
             .await
-            .expect("localstripe /_test/requests")
+            .unwrap_or_else(|error| panic!("localstripe {path}: {error}"))
             .json()
             .await
             .expect("json")
+    }
+
+    /// Every `/v1` request localstripe has received, by route.
+    pub async fn requests(&self) -> Value {
+        self.test_endpoint("/_test/requests").await
     }
 
     /// How many requests a route (`"POST /v1/payment_intents"`) has received.
@@ -112,16 +117,7 @@ impl LocalStripe {
     /// How many requests the injected faults have met so far (a delayed request counts from when
     /// it arrives, before its delay).
     pub async fn fault_hits(&self) -> u64 {
-        let faults: Value = self
-            .http
-            .get(format!("{}/_test/faults", self.base_url))
-            .send()
-            .await
-            .expect("localstripe /_test/faults")
-            .json()
-            .await
-            .expect("json");
-        faults["faults"]
+        self.test_endpoint("/_test/faults").await["faults"]
             .as_array()
             .expect("fault list")
             .iter()
