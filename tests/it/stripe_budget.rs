@@ -9,8 +9,10 @@ use crate::support::{Db, Options, create_request};
 const RATE: u32 = 10;
 /// The budget's burst at this rate (a tenth of the rate, at least one).
 const BURST: u32 = 1;
-/// How late a read may reach the Stripe fake after the budget let it go, on a loaded machine.
-const LATE_BY_AT_MOST_MS: u64 = 300;
+/// How late a read may reach the Stripe fake after its slot in the budget: a loaded machine can
+/// hold up the core's runtime or the fake's one Python thread that long, and the reads held up
+/// arrive together.
+const LATE_BY_AT_MOST_MS: u64 = 1000;
 
 async fn two_hundred_unsettled_returns_in_one_second_keep_to_the_stripe_budget(db: Db) {
     let test = GatewayTest::spawn_with(
