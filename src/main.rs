@@ -46,7 +46,7 @@ async fn run(cli: Cli) -> ExitCode {
                     Store::connect(&database.database_url, database.max_connections()).await?;
                 store.migrate().await?;
                 store.close().await;
-                Ok::<_, paybridge::adapters::store::StoreError>(())
+                Ok::<_, paybridge::app::ports::StoreError>(())
             }
             .await;
             match result {

@@ -5,6 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use paybridge::adapters::store::Store;
+use paybridge::app::ports::ReconcileClaims;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
 use support::{Db, Options, TestApp, create_request};

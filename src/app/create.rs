@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::ports::{NewCustomer, NewPaymentIntent, ProviderError};
+use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::{Announce, EventSource, StoreError};
 use crate::domain::{
-    Customer, Description, IdempotencyKey, InvoiceId, LastPaymentError, Metadata, Money,
-    Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
+    Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, Metadata,
+    Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
     StatusChange,
 };
 use crate::tenants::Tenant;
@@ -198,7 +197,7 @@ impl Payments {
             Err(other) => return Err(other.into()),
         }
         tracing::info!(payment_id = %payment.id, "payment recorded");
-        let payment = self.create_intent(payment, Announce::No).await?;
+        let payment = self.create_intent(payment).await?;
         self.answer(payment, true).map(Some)
     }
 
@@ -215,17 +214,12 @@ impl Payments {
         if payment.status != PaymentStatus::Creating {
             return Ok(payment);
         }
-        // Its id may be known (a replay, a return, a cancel, ListPayments): watchers hear.
-        self.create_intent(payment, Announce::Yes).await
+        self.create_intent(payment).await
     }
 
     /// Creates the intent of a `Creating` payment at Stripe and records it; the caller holds the
     /// payment's lock.
-    async fn create_intent(
-        &self,
-        payment: Payment,
-        announce: Announce,
-    ) -> Result<Payment, AppError> {
+    async fn create_intent(&self, payment: Payment) -> Result<Payment, AppError> {
         let result = self
             .provider
             .create_payment_intent(intent_request(&payment))
@@ -257,7 +251,6 @@ impl Payments {
                         intent.client_secret.as_deref(),
                         &change,
                         now_millis(),
-                        announce,
                     )
                     .await?;
                 tracing::info!(
@@ -289,13 +282,7 @@ impl Payments {
                     }),
                 };
                 self.store
-                    .apply_change(
-                        &payment.id,
-                        &change,
-                        EventSource::Create,
-                        None,
-                        now_millis(),
-                    )
+                    .apply_change(&payment.id, &change, EventSource::Create, now_millis())
                     .await?;
                 Err(AppError::ProviderRejected { message })
             }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::EventSource;
+use crate::domain::EventSource;
 
 /// An unchanged payment is looked at again after as long as it has already been unchanged
 /// (1 min, 2 min, 4 min…), capped here: abandoned payments cost Stripe ever fewer calls.

@@ -2,8 +2,7 @@
 //! trusted.
 
 use super::{AppError, Payments};
-use crate::adapters::store::EventSource;
-use crate::domain::{Payment, ReturnOutcome};
+use crate::domain::{EventSource, Payment, ReturnOutcome};
 
 /// Who asks: the return gateway may verify any payment, a tenant only its own.
 #[derive(Debug, Clone, Copy)]

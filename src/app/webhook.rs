@@ -1,9 +1,8 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
+use super::ports::{EventRecorded, WebhookEventRecord, WebhookRefused};
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::{EventRecorded, WebhookEventRecord};
-use crate::adapters::stripe::webhook::{APPLIED_EVENT_TYPES, SignatureError, parse_event};
 use crate::domain::{EventVerdict, FieldViolation, Observation, ValidationError};
 
 /// What became of an event.
@@ -82,20 +81,16 @@ impl Payments {
         let verifier = self.settings.webhook_verifier.as_ref().ok_or_else(|| {
             AppError::NotConfigured("PAYBRIDGE_STRIPE_WEBHOOK_SECRET is not set".to_owned())
         })?;
-        let now_seconds = now_millis() / 1000;
-        verifier
-            .verify(payload, signature, now_seconds)
-            .map_err(|error: SignatureError| {
-                tracing::warn!(%error, "webhook signature refused");
-                invalid("stripe_signature", error.to_string())
+        let event = verifier
+            .verify_event(payload, signature, now_millis() / 1000)
+            .map_err(|refused| match refused {
+                WebhookRefused::Signature(error) => {
+                    tracing::warn!(%error, "webhook signature refused");
+                    invalid("stripe_signature", error)
+                }
+                WebhookRefused::Payload(error) => invalid("payload", error),
             })?;
-        let event = parse_event(payload).map_err(|error| invalid("payload", error))?;
-        // A bounded label: the types paybridge applies, or `other`.
-        let type_label = APPLIED_EVENT_TYPES
-            .iter()
-            .find(|known| **known == event.event_type)
-            .copied()
-            .unwrap_or("other");
+        let type_label = event.type_label;
         tracing::Span::current().record("event_id", event.id.as_str());
 
         for _ in 0..MAX_CONFLICTS {
