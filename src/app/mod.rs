@@ -5,6 +5,8 @@ mod cancel;
 mod coalesce;
 mod create;
 mod error;
+#[cfg(test)]
+mod fakes;
 mod locks;
 pub mod ports;
 mod query;
