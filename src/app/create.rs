@@ -418,7 +418,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::app::fakes::{Harness, command, tenant};
+    use crate::app::fakes::{Harness, command};
 
     fn creates(harness: &Harness) -> Vec<String> {
         harness
@@ -433,8 +433,7 @@ mod tests {
     async fn a_new_key_records_the_payment_then_creates_its_intent_with_a_key_from_its_id() {
         let harness = Harness::new();
         let created = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("created");
         assert!(created.created);
@@ -472,13 +471,11 @@ mod tests {
     async fn a_replayed_key_answers_the_first_payment_without_calling_stripe_again() {
         let harness = Harness::new();
         let first = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("created");
         let again = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("replayed");
         assert!(!again.created);
@@ -490,13 +487,11 @@ mod tests {
     async fn a_reused_key_with_another_request_is_refused() {
         let harness = Harness::new();
         harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("created");
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4300))
+            .submit(command("k-1", "inv-1", 4300))
             .await
             .expect_err("another amount under the same key");
         assert!(matches!(error, AppError::IdempotencyKeyReused), "{error:?}");
@@ -506,20 +501,17 @@ mod tests {
     async fn an_invoice_keeps_one_open_payment_and_refuses_another_amount() {
         let harness = Harness::new();
         let first = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("created");
         let same = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-2", "inv-1", 4200))
+            .submit(command("k-2", "inv-1", 4200))
             .await
             .expect("a second key for the same amount");
         assert!(!same.created);
         assert_eq!(same.payment.id, first.payment.id);
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-3", "inv-1", 9900))
+            .submit(command("k-3", "inv-1", 9900))
             .await
             .expect_err("another amount");
         assert!(
@@ -534,16 +526,14 @@ mod tests {
     async fn a_paid_invoice_refuses_a_new_payment() {
         let harness = Harness::new();
         let first = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("created");
         let mut paid = first.payment.clone();
         paid.status = PaymentStatus::Succeeded;
         harness.store.put(paid);
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-2", "inv-1", 4200))
+            .submit(command("k-2", "inv-1", 4200))
             .await
             .expect_err("already paid");
         assert!(matches!(error, AppError::AlreadyPaid { .. }), "{error:?}");
@@ -557,8 +547,7 @@ mod tests {
             .provider
             .fail_with(Some(ProviderError::Unavailable("timeout".to_owned())));
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect_err("Stripe is down");
         assert!(
@@ -574,8 +563,7 @@ mod tests {
 
         harness.provider.fail_with(None);
         let retried = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect("retried");
         assert_eq!(retried.payment.id, left.id);
@@ -593,8 +581,7 @@ mod tests {
             message: "No such customer".to_owned(),
         }));
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect_err("refused");
         assert!(
@@ -610,8 +597,7 @@ mod tests {
 
         harness.provider.fail_with(None);
         let corrected = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-2", "inv-1", 4200))
+            .submit(command("k-2", "inv-1", 4200))
             .await
             .expect("the invoice is free again");
         assert_ne!(corrected.payment.id, refused.id);
@@ -622,8 +608,7 @@ mod tests {
         let harness = Harness::new();
         harness.store.down.store(true, Ordering::SeqCst);
         let error = harness
-            .payments
-            .create_invoice_payment(&tenant(), command("k-1", "inv-1", 4200))
+            .submit(command("k-1", "inv-1", 4200))
             .await
             .expect_err("no database");
         assert!(matches!(error, AppError::StoreUnavailable(_)), "{error:?}");
@@ -639,11 +624,7 @@ mod tests {
                 email: crate::domain::Email::parse("Ada@Example.com").expect("email"),
                 name: None,
             });
-            let created = harness
-                .payments
-                .create_invoice_payment(&tenant(), request)
-                .await
-                .expect("created");
+            let created = harness.submit(request).await.expect("created");
             assert!(created.payment.stripe_customer_id.is_some());
         }
         let customers = harness

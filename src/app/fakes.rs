@@ -591,10 +591,19 @@ impl Harness {
 }
 
 impl Harness {
+    /// Sends a create as the tenant [`tenant`].
+    pub(crate) async fn submit(
+        &self,
+        command: super::CreatePaymentCommand,
+    ) -> Result<super::CreatedPayment, super::AppError> {
+        self.payments
+            .create_invoice_payment(&tenant(), command)
+            .await
+    }
+
     /// Creates a payment of 42.00 USD for `invoice` as the tenant [`tenant`].
     pub(crate) async fn create(&self, key: &str, invoice: &str) -> super::CreatedPayment {
-        self.payments
-            .create_invoice_payment(&tenant(), command(key, invoice, 4200))
+        self.submit(command(key, invoice, 4200))
             .await
             .expect("created")
     }

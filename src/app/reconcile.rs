@@ -108,11 +108,7 @@ mod tests {
             .provider
             .fail_with(Some(ProviderError::Unavailable("lost".to_owned())));
         let _ = harness
-            .payments
-            .create_invoice_payment(
-                &crate::app::fakes::tenant(),
-                crate::app::fakes::command("k-2", "inv-2", 4200),
-            )
+            .submit(crate::app::fakes::command("k-2", "inv-2", 4200))
             .await
             .expect_err("the answer is lost");
         harness.provider.fail_with(None);

@@ -203,6 +203,16 @@ mod tests {
         })
     }
 
+    /// What became of a validly signed delivery.
+    async fn outcome_of(harness: &Harness, payload: &[u8]) -> EventOutcome {
+        let (_, outcome) = harness
+            .payments
+            .handle_stripe_event(payload, "valid")
+            .await
+            .expect("recorded");
+        outcome
+    }
+
     #[tokio::test]
     async fn an_event_is_applied_once_and_its_duplicate_changes_nothing() {
         let harness = Harness::new();
@@ -256,11 +266,7 @@ mod tests {
             .handle_stripe_event(&processing, "valid")
             .await
             .expect("applied");
-        let (_, outcome) = harness
-            .payments
-            .handle_stripe_event(&older, "valid")
-            .await
-            .expect("recorded");
+        let outcome = outcome_of(&harness, &older).await;
         assert_eq!(outcome, EventOutcome::Ignored(IgnoredBecause::Stale));
         let [payment] = harness.store.payments().try_into().expect("one payment");
         assert_eq!(payment.status, PaymentStatus::Processing);
@@ -279,11 +285,7 @@ mod tests {
             .provider
             .update_intent(&intent_id, |intent| intent.amount = 1);
         let payload = event(&harness, &created, "evt_1", PaymentStatus::Succeeded, 100);
-        let (_, outcome) = harness
-            .payments
-            .handle_stripe_event(&payload, "valid")
-            .await
-            .expect("recorded");
+        let outcome = outcome_of(&harness, &payload).await;
         assert_eq!(outcome, EventOutcome::Ignored(IgnoredBecause::Mismatch));
         let [payment] = harness.store.payments().try_into().expect("one payment");
         assert_eq!(payment.status, PaymentStatus::RequiresPaymentMethod);
@@ -319,11 +321,7 @@ mod tests {
             (&mut foreign, IgnoredBecause::NotOurs),
             (&mut other, IgnoredBecause::OtherType),
         ] {
-            let (_, outcome) = harness
-                .payments
-                .handle_stripe_event(payload, "valid")
-                .await
-                .expect("recorded");
+            let outcome = outcome_of(&harness, payload).await;
             assert_eq!(outcome, EventOutcome::Ignored(because));
         }
     }
@@ -340,11 +338,7 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(error, AppError::Invalid(_)), "{error:?}");
         // Not recorded: the real delivery afterwards is applied, not a duplicate.
-        let (_, outcome) = harness
-            .payments
-            .handle_stripe_event(&payload, "valid")
-            .await
-            .expect("recorded");
+        let outcome = outcome_of(&harness, &payload).await;
         assert_eq!(outcome, EventOutcome::Applied);
     }
 }
