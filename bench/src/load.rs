@@ -299,7 +299,7 @@ fn request_bytes(addr: SocketAddr, call: &HttpCall) -> Vec<u8> {
 /// A keep-alive HTTP/1.1 connection of the load generator: it writes a prepared request and
 /// reads the answer in the calling task. The load shares the machine's cores with what it
 /// measures, so it should cost as little as it can: hyper's client connection runs as a task of
-/// its own beside the caller (two wake-ups per request), and cost 14 µs per settled return here.
+/// its own beside the caller (two wake-ups per request; see bench/README.md for what that cost).
 struct LoadConnection {
     stream: TcpStream,
     buffer: Vec<u8>,
