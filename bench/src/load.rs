@@ -76,6 +76,18 @@ pub(crate) struct Created {
     pub(crate) client_secret: String,
 }
 
+impl From<pb::CreateInvoicePaymentResponse> for Created {
+    fn from(answer: pb::CreateInvoicePaymentResponse) -> Created {
+        Created {
+            intent_id: answer
+                .payment
+                .map(|p| p.stripe_payment_intent_id)
+                .unwrap_or_default(),
+            client_secret: answer.client_secret,
+        }
+    }
+}
+
 /// A CreateInvoicePayment request for a new invoice (an existing Stripe customer, so that each
 /// payment costs exactly one Stripe call at create).
 pub(crate) fn create_request(tag: &str, n: u64) -> pb::CreateInvoicePaymentRequest {
@@ -100,14 +112,7 @@ async fn create_one(client: &mut Client, tag: &str, n: u64) -> Result<Created, t
         .create_invoice_payment(create_request(tag, n))
         .await?
         .into_inner();
-    let intent_id = answer
-        .payment
-        .map(|p| p.stripe_payment_intent_id)
-        .unwrap_or_default();
-    Ok(Created {
-        intent_id,
-        client_secret: answer.client_secret,
-    })
+    Ok(Created::from(answer))
 }
 
 /// `concurrency` callers, each creating payments back to back for `duration` after `warmup`.

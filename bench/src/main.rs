@@ -581,13 +581,7 @@ async fn paid_flow(stack: &Stack, stand_in: &StandIn, order: FlowOrder) -> anyho
             ))
             .await?
             .into_inner();
-        let created = Created {
-            intent_id: answer
-                .payment
-                .map(|p| p.stripe_payment_intent_id)
-                .unwrap_or_default(),
-            client_secret: answer.client_secret,
-        };
+        let created = Created::from(answer);
         stand_in.succeed(&created.intent_id);
         let webhook = || async {
             let call = webhook_calls(
@@ -682,13 +676,7 @@ async fn localstripe(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             .latencies
             .push(sent.elapsed().as_micros() as u32);
         create_sample.ok += 1;
-        let created = Created {
-            intent_id: answer
-                .payment
-                .map(|p| p.stripe_payment_intent_id)
-                .unwrap_or_default(),
-            client_secret: answer.client_secret,
-        };
+        let created = Created::from(answer);
         // Stripe.js: a card PaymentMethod with the publishable key, then confirm.
         let method = form_call(
             "/v1/payment_methods",
