@@ -127,6 +127,10 @@ fn settings(option: &str, settings: &[String]) -> anyhow::Result<Vec<(String, St
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let seconds_ok = args.seconds.is_finite() && args.seconds > 0.0;
+    if args.runs == 0 || !seconds_ok || args.concurrency.contains(&0) || args.connections == 0 {
+        bail!("--runs, --seconds, --connections and each --concurrency must be above 0");
+    }
     // The repository this bench lives in: its scripts, fixtures and the paybridge package.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -138,11 +142,11 @@ fn main() -> anyhow::Result<()> {
         None => procs::build_release(&repo)?,
     };
     if !paybridge.exists() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release` in {} (or pass --paybridge)",
-            paybridge.display(),
-            repo.display()
-        );
+        let hint = match args.paybridge {
+            Some(_) => "check --paybridge".to_owned(),
+            None => format!("run `cargo build --release` in {}", repo.display()),
+        };
+        bail!("{} does not exist: {hint}", paybridge.display());
     }
     eprintln!("measuring {}", paybridge.display());
     let work = std::env::temp_dir().join(format!("paybridge-bench-{}", std::process::id()));
