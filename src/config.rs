@@ -65,9 +65,9 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Database connections for reads (and, on PostgreSQL, writes): at most this many pooled on
-    /// PostgreSQL (default 16); exactly this many readers beside the one writer on SQLite
-    /// (default 4: each is a thread with its own page cache).
+    /// Database connections for reads (and, on PostgreSQL, writes): the pool's size on
+    /// PostgreSQL (default 16); the read pool's beside the one write connection on SQLite
+    /// (default 4).
     #[arg(long, env = "PAYBRIDGE_DATABASE_MAX_CONNECTIONS")]
     pub database_max_connections: Option<u32>,
 }
@@ -80,7 +80,7 @@ impl DatabaseArgs {
     }
 }
 
-/// `PAYBRIDGE_DATABASE_MAX_CONNECTIONS` when unset: 4 SQLite readers, 16 pooled on PostgreSQL.
+/// `PAYBRIDGE_DATABASE_MAX_CONNECTIONS` when unset: 4 SQLite readers, 16 on PostgreSQL.
 pub fn default_max_connections(database_url: &str) -> u32 {
     if database_url.starts_with("sqlite:") {
         4

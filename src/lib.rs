@@ -1,7 +1,8 @@
 //! # paybridge
 //!
 //! A gRPC payment service for internal platforms: collects money for their invoices through
-//! Stripe. See `README.md` and `DESIGN.md` for the whole picture.
+//! Stripe. `README.md` tells how to run and call it; `docs/architecture.md` how it is built: the
+//! parts, the payment's life, the layers and who may import whom, and the store.
 //!
 //! # Layout
 //! - [`config`]: flags and `PAYBRIDGE_*` variables, checked at start.
@@ -11,8 +12,10 @@
 //! - [`pb`]: generated protobuf and gRPC code, fenced off.
 //! - [`domain`]: pure rules — payment status machine, money, ids, validated request values.
 //! - [`tenants`]: the tenants file and bearer-token authentication.
-//! - [`app`]: use cases (create, get, list, cancel) and the ports they need.
-//! - [`adapters`]: the store (SQLite or PostgreSQL through sqlx) and the Stripe client.
+//! - [`app`]: use cases (create, get, list, cancel, verify return, webhook, reconcile, watch) and
+//!   the ports they need ([`app::ports`]); it never imports [`adapters`].
+//! - [`adapters`]: the ports' implementations: the store (SQLite or PostgreSQL through sqlx) and
+//!   the Stripe client.
 //! - [`transport`]: the gRPC service (conversion, auth, error mapping) and the HTTP return
 //!   gateway (parse, forward to the core, render).
 

@@ -15,8 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The gateway runs on one thread: it is a thin, I/O-bound sidecar (the chart gives it half a
     // core), and a worker per node core would only add wake-ups across threads and CFS
-    // throttling. On a settled return it cost 62–71 µs of CPU per call (serve + gateway) on one
-    // thread against 68–94 µs on two, at equal or better rates (paybridge-bench, alternated).
+    // throttling. One thread costs less CPU per return at equal or better rates (bench/README.md).
     let runtime = match cli.command {
         Command::Gateway(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -46,7 +45,7 @@ async fn run(cli: Cli) -> ExitCode {
                     Store::connect(&database.database_url, database.max_connections()).await?;
                 store.migrate().await?;
                 store.close().await;
-                Ok::<_, paybridge::adapters::store::StoreError>(())
+                Ok::<_, paybridge::app::ports::StoreError>(())
             }
             .await;
             match result {

@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::adapters::store::Store;
 use crate::adapters::stripe::webhook::WebhookVerifier;
 use crate::adapters::stripe::{StripeConfig, StripeProvider};
+use crate::app::ports::WebhookVerification;
 use crate::app::{PaymentSettings, Payments};
 use crate::config::ServeConfig;
 use crate::pb::v1 as pb;
@@ -69,16 +70,16 @@ impl Application {
         })
         .context("PAYBRIDGE_STRIPE_*: building the Stripe client")?;
         let payments = Arc::new(Payments::new(
-            store.clone(),
+            Arc::new(store.clone()),
             Arc::new(provider),
             PaymentSettings {
                 publishable_key: config.stripe_publishable_key,
                 return_url: config.return_url.to_string(),
                 webhook_verifier: (!config.stripe_webhook_secrets.is_empty()).then(|| {
-                    WebhookVerifier::new(
+                    Arc::new(WebhookVerifier::new(
                         config.stripe_webhook_secrets,
                         config.stripe_webhook_tolerance,
-                    )
+                    )) as Arc<dyn WebhookVerification>
                 }),
             },
         ));

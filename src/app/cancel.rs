@@ -3,8 +3,7 @@
 use super::create::observation_of;
 use super::ports::ProviderError;
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::EventSource;
-use crate::domain::{Payment, PaymentStatus};
+use crate::domain::{EventSource, Payment, PaymentStatus};
 
 impl Payments {
     /// Cancels a payment that has not succeeded: cancels its PaymentIntent at Stripe and records

@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::ports::{NewCustomer, NewPaymentIntent, ProviderError};
+use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::{Announce, EventSource, StoreError};
 use crate::domain::{
-    Customer, Description, IdempotencyKey, InvoiceId, LastPaymentError, Metadata, Money,
-    Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
+    Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, Metadata,
+    Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
     StatusChange,
 };
 use crate::tenants::Tenant;
@@ -198,7 +197,7 @@ impl Payments {
             Err(other) => return Err(other.into()),
         }
         tracing::info!(payment_id = %payment.id, "payment recorded");
-        let payment = self.create_intent(payment, Announce::No).await?;
+        let payment = self.create_intent(payment).await?;
         self.answer(payment, true).map(Some)
     }
 
@@ -215,17 +214,12 @@ impl Payments {
         if payment.status != PaymentStatus::Creating {
             return Ok(payment);
         }
-        // Its id may be known (a replay, a return, a cancel, ListPayments): watchers hear.
-        self.create_intent(payment, Announce::Yes).await
+        self.create_intent(payment).await
     }
 
     /// Creates the intent of a `Creating` payment at Stripe and records it; the caller holds the
     /// payment's lock.
-    async fn create_intent(
-        &self,
-        payment: Payment,
-        announce: Announce,
-    ) -> Result<Payment, AppError> {
+    async fn create_intent(&self, payment: Payment) -> Result<Payment, AppError> {
         let result = self
             .provider
             .create_payment_intent(intent_request(&payment))
@@ -257,7 +251,6 @@ impl Payments {
                         intent.client_secret.as_deref(),
                         &change,
                         now_millis(),
-                        announce,
                     )
                     .await?;
                 tracing::info!(
@@ -289,13 +282,7 @@ impl Payments {
                     }),
                 };
                 self.store
-                    .apply_change(
-                        &payment.id,
-                        &change,
-                        EventSource::Create,
-                        None,
-                        now_millis(),
-                    )
+                    .apply_change(&payment.id, &change, EventSource::Create, now_millis())
                     .await?;
                 Err(AppError::ProviderRejected { message })
             }
@@ -423,5 +410,229 @@ fn new_payment(
         created_at: now,
         updated_at: now,
         last_event_created: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::app::fakes::{Harness, command};
+
+    fn creates(harness: &Harness) -> Vec<String> {
+        harness
+            .provider
+            .calls()
+            .into_iter()
+            .filter(|call| call.starts_with("create_payment_intent"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_key_records_the_payment_then_creates_its_intent_with_a_key_from_its_id() {
+        let harness = Harness::new();
+        let created = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("created");
+        assert!(created.created);
+        let payment = &created.payment;
+        assert_eq!(payment.status, PaymentStatus::RequiresPaymentMethod);
+        assert_eq!(payment.success_url, "https://billing.example.com/paid");
+        assert_eq!(
+            creates(&harness),
+            [format!(
+                "create_payment_intent paybridge-create-{}",
+                payment.id
+            )]
+        );
+        let intent = harness
+            .provider
+            .intent(payment.stripe_payment_intent_id.as_deref().expect("intent"));
+        assert_eq!(crate::app::fakes::payment_id_of(&intent), payment.id);
+        assert_eq!(intent.metadata["invoice_id"], "inv-1");
+        assert_eq!(intent.metadata["order"], "o-1");
+        assert_eq!(created.client_secret, intent.client_secret.expect("secret"));
+        assert_eq!(
+            harness.store.events_of(&payment.id),
+            [
+                (EventSource::Create, None, PaymentStatus::Creating),
+                (
+                    EventSource::Create,
+                    Some(PaymentStatus::Creating),
+                    PaymentStatus::RequiresPaymentMethod
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_key_answers_the_first_payment_without_calling_stripe_again() {
+        let harness = Harness::new();
+        let first = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("created");
+        let again = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("replayed");
+        assert!(!again.created);
+        assert_eq!(again.payment.id, first.payment.id);
+        assert_eq!(creates(&harness).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reused_key_with_another_request_is_refused() {
+        let harness = Harness::new();
+        harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("created");
+        let error = harness
+            .submit(command("k-1", "inv-1", 4300))
+            .await
+            .expect_err("another amount under the same key");
+        assert!(matches!(error, AppError::IdempotencyKeyReused), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn an_invoice_keeps_one_open_payment_and_refuses_another_amount() {
+        let harness = Harness::new();
+        let first = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("created");
+        let same = harness
+            .submit(command("k-2", "inv-1", 4200))
+            .await
+            .expect("a second key for the same amount");
+        assert!(!same.created);
+        assert_eq!(same.payment.id, first.payment.id);
+        let error = harness
+            .submit(command("k-3", "inv-1", 9900))
+            .await
+            .expect_err("another amount");
+        assert!(
+            matches!(&error, AppError::InvoiceHasOpenPayment { payment_id } if *payment_id == first.payment.id),
+            "{error:?}"
+        );
+        assert_eq!(harness.store.payments().len(), 1);
+        assert_eq!(creates(&harness).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_paid_invoice_refuses_a_new_payment() {
+        let harness = Harness::new();
+        let first = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("created");
+        let mut paid = first.payment.clone();
+        paid.status = PaymentStatus::Succeeded;
+        harness.store.put(paid);
+        let error = harness
+            .submit(command("k-2", "inv-1", 4200))
+            .await
+            .expect_err("already paid");
+        assert!(matches!(error, AppError::AlreadyPaid { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn stripe_unavailable_leaves_the_payment_creating_and_a_retry_finishes_it_with_the_same_key()
+     {
+        let harness = Harness::new();
+        harness
+            .provider
+            .fail_with(Some(ProviderError::Unavailable("timeout".to_owned())));
+        let error = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect_err("Stripe is down");
+        assert!(
+            matches!(error, AppError::ProviderUnavailable(_)),
+            "{error:?}"
+        );
+        let [left] = harness.store.payments().try_into().expect("one payment");
+        assert_eq!(
+            left.status,
+            PaymentStatus::Creating,
+            "recorded before Stripe"
+        );
+
+        harness.provider.fail_with(None);
+        let retried = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect("retried");
+        assert_eq!(retried.payment.id, left.id);
+        assert_eq!(retried.payment.status, PaymentStatus::RequiresPaymentMethod);
+        let key = format!("create_payment_intent paybridge-create-{}", left.id);
+        assert_eq!(creates(&harness), [key.clone(), key]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_intent_cancels_the_payment_and_frees_the_invoice() {
+        let harness = Harness::new();
+        harness.provider.fail_with(Some(ProviderError::Rejected {
+            status: 400,
+            code: Some("resource_missing".to_owned()),
+            message: "No such customer".to_owned(),
+        }));
+        let error = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(error, AppError::ProviderRejected { .. }),
+            "{error:?}"
+        );
+        let [refused] = harness.store.payments().try_into().expect("one payment");
+        assert_eq!(refused.status, PaymentStatus::Canceled);
+        assert_eq!(
+            refused.last_payment_error.and_then(|e| e.code).as_deref(),
+            Some("resource_missing")
+        );
+
+        harness.provider.fail_with(None);
+        let corrected = harness
+            .submit(command("k-2", "inv-1", 4200))
+            .await
+            .expect("the invoice is free again");
+        assert_ne!(corrected.payment.id, refused.id);
+    }
+
+    #[tokio::test]
+    async fn the_database_down_answers_unavailable_without_calling_stripe() {
+        let harness = Harness::new();
+        harness.store.down.store(true, Ordering::SeqCst);
+        let error = harness
+            .submit(command("k-1", "inv-1", 4200))
+            .await
+            .expect_err("no database");
+        assert!(matches!(error, AppError::StoreUnavailable(_)), "{error:?}");
+        assert!(harness.provider.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_customer_email_is_made_once_at_stripe_and_remembered() {
+        let harness = Harness::new();
+        for (key, invoice) in [("k-1", "inv-1"), ("k-2", "inv-2")] {
+            let mut request = command(key, invoice, 4200);
+            request.customer = Some(Customer::New {
+                email: crate::domain::Email::parse("Ada@Example.com").expect("email"),
+                name: None,
+            });
+            let created = harness.submit(request).await.expect("created");
+            assert!(created.payment.stripe_customer_id.is_some());
+        }
+        let customers = harness
+            .provider
+            .calls()
+            .into_iter()
+            .filter(|call| call.starts_with("create_customer"))
+            .count();
+        assert_eq!(customers, 1);
     }
 }

@@ -1,8 +1,7 @@
 //! The use cases' error: one variant per answer a caller can get. Only the transport layer turns
 //! it into a gRPC status.
 
-use crate::adapters::store::StoreError;
-use crate::app::ports::ProviderError;
+use crate::app::ports::{ProviderError, StoreError};
 use crate::domain::{IntentMismatch, PaymentStatus, ValidationError};
 
 #[derive(Debug, thiserror::Error)]

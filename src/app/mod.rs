@@ -5,6 +5,8 @@ mod cancel;
 mod coalesce;
 mod create;
 mod error;
+#[cfg(test)]
+mod fakes;
 mod locks;
 pub mod ports;
 mod query;
@@ -16,11 +18,10 @@ mod webhook;
 
 use std::sync::Arc;
 
-use crate::adapters::store::Store;
 use crate::domain::Payment;
 use coalesce::IntentReads;
 use locks::PaymentLocks;
-use ports::PaymentProvider;
+use ports::{PaymentProvider, PaymentStore, WebhookVerification};
 
 pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
@@ -38,13 +39,13 @@ pub struct PaymentSettings {
     /// The gateway's public return URL, for `stripe.confirmPayment`'s `return_url`.
     pub return_url: String,
     /// Checks webhook signatures; `None` when no webhook secret is configured.
-    pub webhook_verifier: Option<crate::adapters::stripe::webhook::WebhookVerifier>,
+    pub webhook_verifier: Option<Arc<dyn WebhookVerification>>,
 }
 
 /// The payment use cases.
 #[derive(Debug)]
 pub struct Payments {
-    store: Store,
+    store: Arc<dyn PaymentStore>,
     provider: Arc<dyn PaymentProvider>,
     settings: PaymentSettings,
     locks: PaymentLocks,
@@ -53,7 +54,7 @@ pub struct Payments {
 
 impl Payments {
     pub fn new(
-        store: Store,
+        store: Arc<dyn PaymentStore>,
         provider: Arc<dyn PaymentProvider>,
         settings: PaymentSettings,
     ) -> Self {

@@ -1,8 +1,8 @@
 //! GetPayment and ListPayments.
 
+use super::ports::{ListCursor, ListQuery};
 use super::{AppError, Payments};
-use crate::adapters::store::{EventSource, ListCursor, ListQuery};
-use crate::domain::{Payment, PaymentStatus};
+use crate::domain::{EventSource, Payment, PaymentStatus};
 
 /// Largest page ListPayments returns.
 pub const MAX_PAGE_SIZE: u32 = 500;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::EventSource;
+use crate::domain::EventSource;
 
 /// An unchanged payment is looked at again after as long as it has already been unchanged
 /// (1 min, 2 min, 4 min…), capped here: abandoned payments cost Stripe ever fewer calls.
@@ -79,5 +79,117 @@ impl Payments {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::Harness;
+    use crate::app::ports::ProviderError;
+    use crate::domain::PaymentStatus;
+
+    const AFTER: Duration = Duration::from_secs(60);
+    const LEASE: Duration = Duration::from_secs(120);
+
+    /// Makes every payment look unchanged for an hour.
+    fn age_everything(harness: &Harness) {
+        for mut payment in harness.store.payments() {
+            payment.updated_at -= 3_600_000;
+            harness.store.put(payment);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paid_payment_is_settled_and_a_creating_one_finished_with_its_own_key() {
+        let harness = Harness::new();
+        let paid = harness.create("k-1", "inv-1").await.payment;
+        harness
+            .provider
+            .fail_with(Some(ProviderError::Unavailable("lost".to_owned())));
+        let _ = harness
+            .submit(crate::app::fakes::command("k-2", "inv-2", 4200))
+            .await
+            .expect_err("the answer is lost");
+        harness.provider.fail_with(None);
+        let intent_id = paid.stripe_payment_intent_id.clone().expect("intent");
+        harness.provider.update_intent(&intent_id, |intent| {
+            intent.status = PaymentStatus::Succeeded
+        });
+        age_everything(&harness);
+
+        let report = harness
+            .payments
+            .reconcile_once(AFTER, 100, LEASE)
+            .await
+            .expect("swept");
+        assert_eq!(
+            report,
+            SweepReport {
+                checked: 2,
+                changed: 2,
+                failed: 0
+            }
+        );
+        let payments = harness.store.payments();
+        let settled = payments.iter().find(|p| p.id == paid.id).expect("paid");
+        assert_eq!(settled.status, PaymentStatus::Succeeded);
+        let finished = payments.iter().find(|p| p.id != paid.id).expect("finished");
+        assert_eq!(finished.status, PaymentStatus::RequiresPaymentMethod);
+        let creates_of_finished = harness
+            .provider
+            .calls()
+            .iter()
+            .filter(|call| {
+                **call == format!("create_payment_intent paybridge-create-{}", finished.id)
+            })
+            .count();
+        assert_eq!(
+            creates_of_finished, 2,
+            "the lost create, then the same key again"
+        );
+
+        // Claimed and deferred: the next sweep finds nothing to read.
+        let again = harness
+            .payments
+            .reconcile_once(AFTER, 100, LEASE)
+            .await
+            .expect("swept");
+        assert_eq!(again, SweepReport::default());
+    }
+
+    #[tokio::test]
+    async fn a_payment_stripe_cannot_answer_for_is_counted_failed_and_claimed_again_after_its_lease()
+     {
+        let harness = Harness::new();
+        harness.create("k-1", "inv-1").await;
+        age_everything(&harness);
+        harness
+            .provider
+            .fail_with(Some(ProviderError::Unavailable("down".to_owned())));
+        let report = harness
+            .payments
+            .reconcile_once(AFTER, 100, LEASE)
+            .await
+            .expect("swept");
+        assert_eq!((report.checked, report.failed), (1, 1));
+        harness.provider.fail_with(None);
+        let leased = harness
+            .payments
+            .reconcile_once(AFTER, 100, LEASE)
+            .await
+            .expect("swept");
+        assert_eq!(
+            leased,
+            SweepReport::default(),
+            "held by the first sweep's lease"
+        );
+        harness.store.expire_leases();
+        let again = harness
+            .payments
+            .reconcile_once(AFTER, 100, LEASE)
+            .await
+            .expect("swept");
+        assert_eq!(again.checked, 1, "claimed again once its lease lapsed");
     }
 }

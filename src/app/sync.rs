@@ -2,8 +2,7 @@
 
 use super::create::observation_of;
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::EventSource;
-use crate::domain::{Observation, Payment};
+use crate::domain::{EventSource, Observation, Payment};
 
 impl Payments {
     /// Re-reads the payment's intent from Stripe and records any change. Terminal payments are
@@ -45,7 +44,7 @@ impl Payments {
         };
         let (payment, changed) = self
             .store
-            .apply_change(&payment.id, &change, source, None, now_millis())
+            .apply_change(&payment.id, &change, source, now_millis())
             .await?;
         if changed {
             tracing::info!(payment_id = %payment.id, from = %change.from, to = %change.to, "payment status changed");

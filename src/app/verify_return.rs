@@ -2,8 +2,7 @@
 //! trusted.
 
 use super::{AppError, Payments};
-use crate::adapters::store::EventSource;
-use crate::domain::{Payment, ReturnOutcome};
+use crate::domain::{EventSource, Payment, ReturnOutcome};
 
 /// Who asks: the return gateway may verify any payment, a tenant only its own.
 #[derive(Debug, Clone, Copy)]
@@ -95,5 +94,129 @@ impl Payments {
             outcome,
             redirect_url: Some(redirect_url),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::CreatedPayment;
+    use crate::app::fakes::{Harness, tenant_named};
+    use crate::domain::PaymentStatus;
+
+    fn query(created: &CreatedPayment, client_secret: &str) -> ReturnQuery {
+        ReturnQuery {
+            payment_intent: created
+                .payment
+                .stripe_payment_intent_id
+                .clone()
+                .expect("intent"),
+            client_secret: client_secret.to_owned(),
+            redirect_status: "succeeded".to_owned(),
+        }
+    }
+
+    fn retrieves(harness: &Harness) -> usize {
+        harness
+            .provider
+            .calls()
+            .iter()
+            .filter(|call| call.starts_with("retrieve_payment_intent"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_paid_return_is_read_at_stripe_recorded_and_sent_to_the_success_url() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let query = query(&created, &created.client_secret);
+        harness
+            .provider
+            .update_intent(&query.payment_intent, |intent| {
+                intent.status = PaymentStatus::Succeeded;
+            });
+        let verified = harness
+            .payments
+            .verify_return(ReturnCaller::Gateway, &query)
+            .await
+            .expect("verified");
+        assert_eq!(verified.outcome, ReturnOutcome::Succeeded);
+        let redirect = verified.redirect_url.expect("a redirect");
+        assert!(
+            redirect.starts_with("https://billing.example.com/paid?"),
+            "{redirect}"
+        );
+        assert!(!redirect.contains(&created.client_secret), "{redirect}");
+        let events = harness.store.events_of(&created.payment.id);
+        assert_eq!(
+            events.last(),
+            Some(&(
+                EventSource::Return,
+                Some(PaymentStatus::RequiresPaymentMethod),
+                PaymentStatus::Succeeded
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_client_secret_is_rejected_without_a_stripe_call() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let verified = harness
+            .payments
+            .verify_return(
+                ReturnCaller::Gateway,
+                &query(&created, "pi_1_secret_forged"),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(verified.outcome, ReturnOutcome::Rejected);
+        assert!(verified.redirect_url.is_none());
+        assert_eq!(retrieves(&harness), 0);
+    }
+
+    #[tokio::test]
+    async fn another_tenants_payment_or_an_unknown_intent_is_not_found() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let query = query(&created, &created.client_secret);
+        let other = tenant_named("orders");
+        let error = harness
+            .payments
+            .verify_return(ReturnCaller::Tenant(other.id().as_str()), &query)
+            .await
+            .expect_err("not the tenant's");
+        assert!(matches!(error, AppError::NotFound), "{error:?}");
+        let unknown = ReturnQuery {
+            payment_intent: "pi_unknown".to_owned(),
+            ..query
+        };
+        let error = harness
+            .payments
+            .verify_return(ReturnCaller::Gateway, &unknown)
+            .await
+            .expect_err("unknown intent");
+        assert!(matches!(error, AppError::NotFound), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn an_intent_that_is_not_the_payments_is_rejected_and_nothing_recorded() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let query = query(&created, &created.client_secret);
+        harness
+            .provider
+            .update_intent(&query.payment_intent, |intent| {
+                intent.status = PaymentStatus::Succeeded;
+                intent.amount = 1;
+            });
+        let verified = harness
+            .payments
+            .verify_return(ReturnCaller::Gateway, &query)
+            .await
+            .expect("answered");
+        assert_eq!(verified.outcome, ReturnOutcome::Rejected);
+        let [payment] = harness.store.payments().try_into().expect("one payment");
+        assert_eq!(payment.status, PaymentStatus::RequiresPaymentMethod);
     }
 }

@@ -1,9 +1,8 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
+use super::ports::{EventRecorded, WebhookEventRecord, WebhookRefused};
 use super::{AppError, Payments, now_millis};
-use crate::adapters::store::{EventRecorded, WebhookEventRecord};
-use crate::adapters::stripe::webhook::{APPLIED_EVENT_TYPES, SignatureError, parse_event};
 use crate::domain::{EventVerdict, FieldViolation, Observation, ValidationError};
 
 /// What became of an event.
@@ -82,20 +81,16 @@ impl Payments {
         let verifier = self.settings.webhook_verifier.as_ref().ok_or_else(|| {
             AppError::NotConfigured("PAYBRIDGE_STRIPE_WEBHOOK_SECRET is not set".to_owned())
         })?;
-        let now_seconds = now_millis() / 1000;
-        verifier
-            .verify(payload, signature, now_seconds)
-            .map_err(|error: SignatureError| {
-                tracing::warn!(%error, "webhook signature refused");
-                invalid("stripe_signature", error.to_string())
+        let event = verifier
+            .verify_event(payload, signature, now_millis() / 1000)
+            .map_err(|refused| match refused {
+                WebhookRefused::Signature(error) => {
+                    tracing::warn!(%error, "webhook signature refused");
+                    invalid("stripe_signature", error)
+                }
+                WebhookRefused::Payload(error) => invalid("payload", error),
             })?;
-        let event = parse_event(payload).map_err(|error| invalid("payload", error))?;
-        // A bounded label: the types paybridge applies, or `other`.
-        let type_label = APPLIED_EVENT_TYPES
-            .iter()
-            .find(|known| **known == event.event_type)
-            .copied()
-            .unwrap_or("other");
+        let type_label = event.type_label;
         tracing::Span::current().record("event_id", event.id.as_str());
 
         for _ in 0..MAX_CONFLICTS {
@@ -172,5 +167,178 @@ impl Payments {
         Err(AppError::Internal(
             "webhook event kept conflicting with concurrent changes".to_owned(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::CreatedPayment;
+    use crate::app::fakes::Harness;
+    use crate::app::ports::ProviderEvent;
+    use crate::domain::{EventSource, PaymentStatus};
+
+    /// A `payment_intent.*` event about the payment's intent as the provider holds it, with
+    /// `status`, created at `created`.
+    fn event(
+        harness: &Harness,
+        created_payment: &CreatedPayment,
+        id: &str,
+        status: PaymentStatus,
+        created: i64,
+    ) -> Vec<u8> {
+        let intent_id = created_payment
+            .payment
+            .stripe_payment_intent_id
+            .as_deref()
+            .expect("intent");
+        let mut intent = harness.provider.intent(intent_id);
+        intent.status = status;
+        harness.webhooks.deliver(ProviderEvent {
+            id: id.to_owned(),
+            event_type: "payment_intent.succeeded".to_owned(),
+            created,
+            intent: Some(intent),
+            type_label: "payment_intent.succeeded",
+        })
+    }
+
+    /// What became of a validly signed delivery.
+    async fn outcome_of(harness: &Harness, payload: &[u8]) -> EventOutcome {
+        let (_, outcome) = harness
+            .payments
+            .handle_stripe_event(payload, "valid")
+            .await
+            .expect("recorded");
+        outcome
+    }
+
+    #[tokio::test]
+    async fn an_event_is_applied_once_and_its_duplicate_changes_nothing() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let payload = event(&harness, &created, "evt_1", PaymentStatus::Succeeded, 100);
+        let first = harness
+            .payments
+            .handle_stripe_event(&payload, "valid")
+            .await;
+        assert_eq!(
+            first.expect("recorded"),
+            ("evt_1".to_owned(), EventOutcome::Applied)
+        );
+        let again = harness
+            .payments
+            .handle_stripe_event(&payload, "valid")
+            .await;
+        assert_eq!(
+            again.expect("acknowledged"),
+            ("evt_1".to_owned(), EventOutcome::Duplicate)
+        );
+        let webhook_changes = harness
+            .store
+            .events_of(&created.payment.id)
+            .into_iter()
+            .filter(|(source, _, _)| *source == EventSource::Webhook)
+            .count();
+        assert_eq!(webhook_changes, 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_event_arriving_late_is_stale_and_moves_nothing_back() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let processing = event(
+            &harness,
+            &created,
+            "evt_new",
+            PaymentStatus::Processing,
+            200,
+        );
+        let older = event(
+            &harness,
+            &created,
+            "evt_old",
+            PaymentStatus::RequiresAction,
+            100,
+        );
+        harness
+            .payments
+            .handle_stripe_event(&processing, "valid")
+            .await
+            .expect("applied");
+        let outcome = outcome_of(&harness, &older).await;
+        assert_eq!(outcome, EventOutcome::Ignored(IgnoredBecause::Stale));
+        let [payment] = harness.store.payments().try_into().expect("one payment");
+        assert_eq!(payment.status, PaymentStatus::Processing);
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_amount_differs_is_recorded_as_a_mismatch_and_not_applied() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .clone()
+            .expect("intent");
+        harness
+            .provider
+            .update_intent(&intent_id, |intent| intent.amount = 1);
+        let payload = event(&harness, &created, "evt_1", PaymentStatus::Succeeded, 100);
+        let outcome = outcome_of(&harness, &payload).await;
+        assert_eq!(outcome, EventOutcome::Ignored(IgnoredBecause::Mismatch));
+        let [payment] = harness.store.payments().try_into().expect("one payment");
+        assert_eq!(payment.status, PaymentStatus::RequiresPaymentMethod);
+    }
+
+    #[tokio::test]
+    async fn events_about_other_intents_or_without_one_are_acknowledged_and_ignored() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .clone()
+            .expect("intent");
+        // An intent paybridge never made (another system's on the same Stripe account).
+        let mut someone_elses = harness.provider.intent(&intent_id);
+        someone_elses.id = "pi_someone_elses".to_owned();
+        let mut foreign = harness.webhooks.deliver(ProviderEvent {
+            id: "evt_foreign".to_owned(),
+            event_type: "payment_intent.succeeded".to_owned(),
+            created: 1,
+            intent: Some(someone_elses),
+            type_label: "payment_intent.succeeded",
+        });
+        let mut other = harness.webhooks.deliver(ProviderEvent {
+            id: "evt_other".to_owned(),
+            event_type: "customer.created".to_owned(),
+            created: 1,
+            intent: None,
+            type_label: "other",
+        });
+        for (payload, because) in [
+            (&mut foreign, IgnoredBecause::NotOurs),
+            (&mut other, IgnoredBecause::OtherType),
+        ] {
+            let outcome = outcome_of(&harness, payload).await;
+            assert_eq!(outcome, EventOutcome::Ignored(because));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_signature_is_invalid_and_records_nothing() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let payload = event(&harness, &created, "evt_1", PaymentStatus::Succeeded, 100);
+        let error = harness
+            .payments
+            .handle_stripe_event(&payload, "t=1,v1=forged")
+            .await
+            .expect_err("refused");
+        assert!(matches!(error, AppError::Invalid(_)), "{error:?}");
+        // Not recorded: the real delivery afterwards is applied, not a duplicate.
+        let outcome = outcome_of(&harness, &payload).await;
+        assert_eq!(outcome, EventOutcome::Applied);
     }
 }

@@ -21,8 +21,8 @@ pub use ids::{IdempotencyKey, InvoiceId, PaymentId, TenantId};
 pub use metadata::Metadata;
 pub use money::{Amount, Currency, Money};
 pub use payment::{
-    EventVerdict, IntentMismatch, LastPaymentError, Observation, PAYMENT_ID_METADATA_KEY, Payment,
-    StatusChange,
+    EventSource, EventVerdict, IntentMismatch, LastPaymentError, Observation,
+    PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
 pub use redirect::{RedirectOrigin, RedirectUrl};
 pub use return_outcome::ReturnOutcome;

@@ -71,6 +71,47 @@ pub struct Observation {
     pub last_payment_error: Option<LastPaymentError>,
 }
 
+/// What caused a status change; recorded with it in the payment's event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    Create,
+    Return,
+    Webhook,
+    Reconcile,
+    Cancel,
+    Refresh,
+}
+
+impl EventSource {
+    pub const ALL: [EventSource; 6] = [
+        EventSource::Create,
+        EventSource::Return,
+        EventSource::Webhook,
+        EventSource::Reconcile,
+        EventSource::Cancel,
+        EventSource::Refresh,
+    ];
+
+    /// The name stored and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Create => "create",
+            EventSource::Return => "return",
+            EventSource::Webhook => "webhook",
+            EventSource::Reconcile => "reconcile",
+            EventSource::Cancel => "cancel",
+            EventSource::Refresh => "refresh",
+        }
+    }
+
+    /// The source named by [`EventSource::as_str`].
+    pub fn from_name(name: &str) -> Option<EventSource> {
+        EventSource::ALL
+            .into_iter()
+            .find(|source| source.as_str() == name)
+    }
+}
+
 /// A change to record: the new status (and error) to write, with the status it replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {

@@ -288,10 +288,18 @@ async fn every_status_change_is_appended_to_the_event_log(db: Db) {
     let store = paybridge::adapters::store::Store::connect(&app.database_url, 1)
         .await
         .expect("store");
-    let events = store.payment_events(&payment.id).await.expect("events");
+    let events = paybridge::app::ports::ChangeFeed::status_events_after(&store, &payment.id, 0)
+        .await
+        .expect("events");
     let events: Vec<(&str, Option<&str>, &str)> = events
         .iter()
-        .map(|(source, from, to)| (source.as_str(), from.as_deref(), to.as_str()))
+        .map(|event| {
+            (
+                event.source.as_str(),
+                event.from.map(|from| from.as_str()),
+                event.to.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         events,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::support;
 use crate::support::{Db, Options, TestApp, create_request, eventually};
 use paybridge::adapters::store::Store;
+use paybridge::app::ports::ReconcileClaims;
 use paybridge::pb::v1 as pb;
 use serde_json::json;
 

@@ -198,51 +198,44 @@ on_both_databases!(
     a_slow_watcher_does_not_hold_up_others,
 );
 
-/// A payment in `Creating`, written straight to the store.
-/// On PostgreSQL a late attach (a payment a replay, a return or a cancel finishes: its id may be
-/// known and watched) is announced to every replica; the create's own first attach is not
-/// (nobody has been answered its id yet). Notifications arrive in commit order, so the first one
-/// heard names the announced payment only if the quiet attach sent none.
+/// On PostgreSQL every committed change is announced to every replica: a store connected as
+/// another replica hears the create and the attach of a payment written through this one, in
+/// commit order.
 #[tokio::test]
-async fn postgres_a_late_attach_is_announced_and_a_creates_own_first_attach_is_not() {
-    use paybridge::adapters::store::{Announce, Store};
+async fn postgres_every_committed_change_is_announced_to_other_replicas() {
+    use paybridge::adapters::store::Store;
+    use paybridge::app::ports::{ChangeFeed, PaymentRecords};
     use paybridge::domain::{PaymentStatus, StatusChange};
 
     let url = support::postgres::fresh_database().await;
     let writer = Store::connect(&url, 2).await.expect("store");
     writer.migrate().await.expect("migrate");
-    let listener = Store::connect(&url, 2).await.expect("listening store");
-    let mut changes = listener.subscribe_changes();
+    let other_replica = Store::connect(&url, 2).await.expect("listening store");
+    let mut changes = other_replica.subscribe_changes();
 
-    let quiet = support::creating_payment("inv-quiet");
-    let announced = support::creating_payment("inv-announced");
-    for (payment, key) in [(&quiet, "k-quiet"), (&announced, "k-announced")] {
-        assert!(
-            writer
-                .insert_payment(payment, key, "fp")
-                .await
-                .expect("insert")
-        );
-    }
+    let payment = support::creating_payment("inv-announced");
+    assert!(
+        writer
+            .insert_payment(&payment, "k-announced", "fp")
+            .await
+            .expect("insert")
+    );
     let change = StatusChange {
         from: PaymentStatus::Creating,
         to: PaymentStatus::RequiresPaymentMethod,
         last_payment_error: None,
     };
     let now = support::events::now() * 1000;
-    for (payment, intent, announce) in [
-        (&quiet, "pi_quiet", Announce::No),
-        (&announced, "pi_announced", Announce::Yes),
-    ] {
-        let attached = writer
-            .attach_intent(&payment.id, intent, Some("secret"), &change, now, announce)
-            .await
-            .expect("attach");
-        assert_eq!(attached.status, PaymentStatus::RequiresPaymentMethod);
-    }
-    let heard = tokio::time::timeout(Duration::from_secs(15), changes.recv())
+    let attached = writer
+        .attach_intent(&payment.id, "pi_announced", Some("secret"), &change, now)
         .await
-        .expect("a notification within 15 s")
-        .expect("the change channel");
-    assert_eq!(heard, announced.id, "the quiet attach was announced");
+        .expect("attach");
+    assert_eq!(attached.status, PaymentStatus::RequiresPaymentMethod);
+    for what in ["the create", "the attach"] {
+        let heard = tokio::time::timeout(Duration::from_secs(15), changes.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} announced within 15 s"))
+            .expect("the change channel");
+        assert_eq!(heard, payment.id, "{what}");
+    }
 }

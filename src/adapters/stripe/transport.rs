@@ -32,8 +32,8 @@ const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// pooled connection is rarely found closed by the server).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per host: at least as many as requests in flight at a peak, or every
-/// request beyond the cap opens a connection and closes it again afterwards (at 64 concurrent
-/// creates a cap of 32 left 1.6% of requests on new connections). Idle ones expire above.
+/// request beyond the cap opens a connection and closes it again afterwards (bench/README.md has
+/// what a smaller cap cost). Idle ones expire above.
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// Upper bound for a server-requested `Retry-After` wait.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);

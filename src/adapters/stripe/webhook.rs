@@ -12,7 +12,7 @@ use sha2::Sha256;
 use stripe_shared::PaymentIntent;
 
 use super::mapping::to_provider_intent;
-use crate::app::ports::ProviderIntent;
+use crate::app::ports::{ProviderEvent, WebhookRefused, WebhookVerification};
 
 /// Why a webhook's signature was refused. The gateway answers 400 to all of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,17 +118,17 @@ pub fn sign(payload: &[u8], secret: &str, timestamp: i64) -> String {
     )
 }
 
-/// The parts of a Stripe event paybridge acts on.
-#[derive(Debug, Clone)]
-pub struct StripeEvent {
-    /// `evt_…`
-    pub id: String,
-    /// e.g. `payment_intent.succeeded`
-    pub event_type: String,
-    /// Unix seconds.
-    pub created: i64,
-    /// The PaymentIntent, for the `payment_intent.*` events paybridge applies.
-    pub intent: Option<ProviderIntent>,
+impl WebhookVerification for WebhookVerifier {
+    fn verify_event(
+        &self,
+        payload: &[u8],
+        signature: &str,
+        now_seconds: i64,
+    ) -> Result<ProviderEvent, WebhookRefused> {
+        self.verify(payload, signature, now_seconds)
+            .map_err(|error| WebhookRefused::Signature(error.to_string()))?;
+        parse_event(payload).map_err(WebhookRefused::Payload)
+    }
 }
 
 /// The `payment_intent.*` event types that change a payment.
@@ -142,7 +142,7 @@ pub const APPLIED_EVENT_TYPES: [&str; 6] = [
 ];
 
 /// Parses a verified event's payload.
-pub fn parse_event(payload: &[u8]) -> Result<StripeEvent, String> {
+pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         id: String,
@@ -160,7 +160,11 @@ pub fn parse_event(payload: &[u8]) -> Result<StripeEvent, String> {
     if !envelope.id.starts_with("evt_") || envelope.id.len() > 255 {
         return Err("event id is not an evt_ id".to_owned());
     }
-    let intent = if APPLIED_EVENT_TYPES.contains(&envelope.event_type.as_str()) {
+    let applied_type = APPLIED_EVENT_TYPES
+        .iter()
+        .find(|known| **known == envelope.event_type)
+        .copied();
+    let intent = if applied_type.is_some() {
         // The same parser (and status mapping) as the API client's answers.
         let object = envelope.data.object.to_string();
         let intent: PaymentIntent = miniserde::json::from_str(&object)
@@ -169,11 +173,12 @@ pub fn parse_event(payload: &[u8]) -> Result<StripeEvent, String> {
     } else {
         None
     };
-    Ok(StripeEvent {
+    Ok(ProviderEvent {
         id: envelope.id,
         event_type: envelope.event_type,
         created: envelope.created,
         intent,
+        type_label: applied_type.unwrap_or("other"),
     })
 }
 

@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::adapters::store::ListCursor;
+use crate::app::ports::ListCursor;
 use crate::app::{
     CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, ReturnQuery, VerifiedReturn,
 };

@@ -2,8 +2,9 @@
 //! when `PAYBRIDGE_GRPC_SOCKET` is set, a Unix socket for a gateway in the same pod. Both feed
 //! one server, so every call gets the same services, layers and credentials check.
 //!
-//! Over the socket the gateway's hop skips TCP: on a settled return `perf` showed a quarter of
-//! serve's CPU in the loopback TCP path (sending to the gateway runs its receive path too).
+//! Over the socket the gateway's hop skips TCP: on loopback, sending to the gateway runs its
+//! receive path too, and that path was a large share of serve's CPU on a settled return
+//! (bench/README.md).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

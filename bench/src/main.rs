@@ -1,25 +1,21 @@
 //! `paybridge-bench`: starts its own parts — `paybridge serve` and `paybridge gateway` (child
 //! processes of the release binary), a throwaway PostgreSQL and a Stripe stand-in — drives load,
-//! prints a table and writes every figure as JSON.
+//! prints a table and writes every figure as JSON. See bench/README.md.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --bin paybridge-bench -- --out bench.json
+//! cargo run --release --manifest-path bench/Cargo.toml -- --out bench.json
 //! ```
 //!
 //! Every figure is the median of `--runs` runs with its spread (min–max); all parts run on this
 //! machine side by side, so compare ratios rather than absolute numbers across machines.
 
-#[path = "paybridge-bench/load.rs"]
 mod load;
-#[path = "paybridge-bench/procs.rs"]
 mod procs;
-#[path = "paybridge-bench/report.rs"]
 mod report;
-#[path = "paybridge-bench/stand_in.rs"]
 mod stand_in;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +67,8 @@ struct Args {
     /// Skip the PostgreSQL part.
     #[arg(long)]
     no_postgres: bool,
-    /// The paybridge binary (default: `paybridge` beside this one, i.e. target/release).
+    /// The paybridge binary to measure, e.g. an older release build to alternate runs with
+    /// (default: the repository's own, built first by `cargo build --release`).
     #[arg(long)]
     paybridge: Option<PathBuf>,
     /// Only the CreateInvoicePayment runs (e.g. for profiling).
@@ -91,7 +88,8 @@ struct Args {
     /// An extra setting for `paybridge gateway`, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     gateway_env: Vec<String>,
-    /// Do not run `cargo build --release --bin paybridge` first (when started by cargo).
+    /// Do not run `cargo build --release --bin paybridge` in the repository first; measure the
+    /// binary it last built.
     #[arg(long)]
     no_build: bool,
 }
@@ -129,31 +127,28 @@ fn settings(option: &str, settings: &[String]) -> anyhow::Result<Vec<(String, St
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let seconds_ok = args.seconds.is_finite() && args.seconds > 0.0;
+    if args.runs == 0 || !seconds_ok || args.concurrency.contains(&0) || args.connections == 0 {
+        bail!("--runs, --seconds, --connections and each --concurrency must be above 0");
+    }
+    // The repository this bench lives in: its scripts, fixtures and the paybridge package.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the bench package has no parent directory")?
+        .to_path_buf();
     let paybridge = match &args.paybridge {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no directory")?
-            .join("paybridge"),
+        None if args.no_build => procs::release_binary(&repo),
+        None => procs::build_release(&repo)?,
     };
-    // Under `cargo run` make sure the binary measured is the current source's.
-    if let (Some(cargo), false) = (std::env::var_os("CARGO"), args.no_build) {
-        eprintln!("building: cargo build --release --bin paybridge");
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--bin", "paybridge"])
-            .current_dir(&repo)
-            .status()?;
-        if !status.success() {
-            bail!("cargo build --release --bin paybridge failed");
-        }
-    }
     if !paybridge.exists() {
-        bail!(
-            "{} does not exist: run `cargo build --release` first (or pass --paybridge)",
-            paybridge.display()
-        );
+        let hint = match args.paybridge {
+            Some(_) => "check --paybridge".to_owned(),
+            None => format!("run `cargo build --release` in {}", repo.display()),
+        };
+        bail!("{} does not exist: {hint}", paybridge.display());
     }
+    eprintln!("measuring {}", paybridge.display());
     let work = std::env::temp_dir().join(format!("paybridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut parts = Parts::new(paybridge, repo, work.clone())?;
@@ -590,13 +585,7 @@ async fn paid_flow(stack: &Stack, stand_in: &StandIn, order: FlowOrder) -> anyho
             ))
             .await?
             .into_inner();
-        let created = Created {
-            intent_id: answer
-                .payment
-                .map(|p| p.stripe_payment_intent_id)
-                .unwrap_or_default(),
-            client_secret: answer.client_secret,
-        };
+        let created = Created::from(answer);
         stand_in.succeed(&created.intent_id);
         let webhook = || async {
             let call = webhook_calls(
@@ -691,13 +680,7 @@ async fn localstripe(args: &Args, parts: &Parts) -> anyhow::Result<Report> {
             .latencies
             .push(sent.elapsed().as_micros() as u32);
         create_sample.ok += 1;
-        let created = Created {
-            intent_id: answer
-                .payment
-                .map(|p| p.stripe_payment_intent_id)
-                .unwrap_or_default(),
-            client_secret: answer.client_secret,
-        };
+        let created = Created::from(answer);
         // Stripe.js: a card PaymentMethod with the publishable key, then confirm.
         let method = form_call(
             "/v1/payment_methods",

@@ -1,5 +1,5 @@
 //! Figures: medians of the runs with their spread, the printed table, the JSON, and the targets
-//! of issue 6.
+//! of issue 14.
 
 use std::time::Duration;
 
@@ -32,11 +32,22 @@ pub(crate) struct Figure {
     /// How many distinct payments the runs cycled through.
     pub(crate) pool: Option<usize>,
     pub(crate) offered_rate: Option<f64>,
-    /// CPU seconds of serve, gateway and the bench (load generator and stand-in) over the runs.
-    /// CPU seconds of serve, gateway, the bench and the database server during the runs.
+    /// CPU seconds of serve, gateway, the bench (load generator and stand-in) and the database
+    /// server during the runs.
     pub(crate) cpu_s: Option<[f64; 4]>,
     /// Resident MiB of serve and gateway after the runs.
     pub(crate) rss_after: Option<[f64; 2]>,
+}
+
+/// A figure's CPU per answered call, in microseconds, by process.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerCall {
+    serve: f64,
+    gateway: f64,
+    /// The load generator and the Stripe stand-in.
+    bench: f64,
+    /// PostgreSQL's main process and sessions (0 on SQLite, which runs inside serve).
+    database_server: f64,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -109,6 +120,18 @@ impl Figure {
         self.runs.iter().map(|r| r.errors).sum()
     }
 
+    /// CPU per call over the figure's runs, warm-up calls included (as the CPU is).
+    fn cpu_us_per_call(&self) -> Option<CpuPerCall> {
+        let [serve, gateway, bench, database] = self.cpu_s?;
+        let per_call = 1e6 / self.all_calls().max(1.0);
+        Some(CpuPerCall {
+            serve: serve * per_call,
+            gateway: gateway * per_call,
+            bench: bench * per_call,
+            database_server: database * per_call,
+        })
+    }
+
     fn json(&self) -> Value {
         let rps = self.values(|r| r.rps);
         let p50 = self.values(|r| r.p50_ms);
@@ -135,13 +158,13 @@ impl Figure {
         if let Some(rate) = self.offered_rate {
             value["offered_rate"] = json!(rate);
         }
-        if let Some([serve, gateway, bench, database]) = self.cpu_s {
-            let calls = self.all_calls().max(1.0);
+        if let Some(cpu) = self.cpu_us_per_call() {
             value["cpu_us_per_call"] = json!({
-                "serve": round(serve * 1e6 / calls, 0),
-                "gateway": round(gateway * 1e6 / calls, 0),
-                "bench": round(bench * 1e6 / calls, 0),
-                "database_server": round(database * 1e6 / calls, 0),
+                "serve": round(cpu.serve, 0),
+                "gateway": round(cpu.gateway, 0),
+                "serve_and_gateway": round(cpu.serve + cpu.gateway, 0),
+                "bench": round(cpu.bench, 0),
+                "database_server": round(cpu.database_server, 0),
             });
         }
         if let Some([serve, gateway]) = self.rss_after {
@@ -182,9 +205,14 @@ pub(crate) struct Report {
     gateway_to_core: &'static str,
 }
 
+/// The closed-loop targets' callers (gRPC calls or HTTP connections at once).
+const CALLERS: usize = 64;
+
+/// One of the targets, checked against this run.
 struct Target {
-    name: &'static str,
-    target: &'static str,
+    name: String,
+    backend: &'static str,
+    target: String,
     measured: String,
     met: Option<bool>,
 }
@@ -242,70 +270,84 @@ impl Report {
             .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1), a.2.max(b.2)))
     }
 
+    /// The figure of that name and engine at exactly `concurrency` (0: the open loop).
+    fn figure_at(&self, name: &str, backend: &str, concurrency: usize) -> Option<&Figure> {
+        self.figures
+            .iter()
+            .find(|f| f.name == name && f.backend == backend && f.concurrency == concurrency)
+    }
+
+    /// Issue 14's targets, on each engine the run measured.
     fn targets(&self) -> Vec<Target> {
         let mut targets = Vec::new();
-        let mut throughput = |name: &'static str,
-                              figure: Option<&Figure>,
-                              min_rps: f64,
-                              max_p99: f64,
-                              target: &'static str| {
-            if let Some(f) = figure {
+        for backend in ["sqlite", "postgres"] {
+            let open_loop = format!("create_{backend}_open_loop");
+            if let Some(f) = self.figure_at(&open_loop, backend, 0) {
+                let rate = f.offered_rate.unwrap_or(0.0);
                 targets.push(Target {
-                    name,
-                    target,
-                    measured: format!("{:.0}/s, p99 {:.2} ms", f.rps(), f.p99()),
-                    met: Some(f.rps() >= min_rps && f.p99() <= max_p99),
+                    name: open_loop,
+                    backend,
+                    target: "1000/s offered, p99 <= 15 ms, no errors".to_owned(),
+                    measured: format!(
+                        "{:.0}/s of {rate:.0}/s, p99 {:.2} ms, {} errors",
+                        f.rps(),
+                        f.p99(),
+                        f.errors()
+                    ),
+                    met: Some(rate >= 1000.0 && f.p99() <= 15.0 && f.errors() == 0),
                 });
             }
-        };
-        throughput(
-            "return_settled",
-            self.figure("return_settled", "sqlite"),
-            20_000.0,
-            5.0,
-            ">= 20000/s, p99 <= 5 ms @64",
-        );
-        throughput(
-            "return_unsettled",
-            self.figure("return_unsettled", "sqlite"),
-            7_000.0,
-            20.0,
-            ">= 7000/s, p99 <= 20 ms @64",
-        );
-        throughput(
-            "create_postgres",
-            self.figure("create_postgres", "postgres"),
-            3_000.0,
-            25.0,
-            ">= 3000/s, p99 <= 25 ms @64",
-        );
-        throughput(
-            "create_sqlite",
-            self.figure("create_sqlite", "sqlite"),
-            2_000.0,
-            25.0,
-            ">= 2000/s, p99 <= 25 ms @64",
-        );
-        if let Some(reuse) = self.connection_reuse() {
+        }
+        if let Some(cpu) = self
+            .figure_at("create_postgres_open_loop", "postgres", 0)
+            .and_then(Figure::cpu_us_per_call)
+        {
             targets.push(Target {
-                name: "stripe_connection_reuse",
-                target: ">= 99%",
-                measured: format!("{:.2}%", reuse * 100.0),
-                met: Some(reuse >= 0.99),
+                name: "cpu_us_per_call create_postgres_open_loop".to_owned(),
+                backend: "postgres",
+                target: "serve <= 300 µs".to_owned(),
+                measured: format!("{:.0} µs", cpu.serve),
+                met: Some(cpu.serve <= 300.0),
             });
         }
-        if let Some(calls) = self.calls_per_paid_payment() {
-            targets.push(Target {
-                name: "stripe_calls_per_payment",
-                target: "<= 2 (webhooks on)",
-                measured: format!("{calls:.2}"),
-                met: Some(calls <= 2.0),
-            });
+        for backend in ["sqlite", "postgres"] {
+            if let Some(cpu) = self
+                .figure_at("return_settled", backend, CALLERS)
+                .and_then(Figure::cpu_us_per_call)
+            {
+                let both = cpu.serve + cpu.gateway;
+                targets.push(Target {
+                    name: "cpu_us_per_call return_settled".to_owned(),
+                    backend,
+                    target: "serve + gateway <= 100 µs".to_owned(),
+                    measured: format!("{both:.0} µs"),
+                    met: Some(both <= 100.0),
+                });
+            }
+        }
+        for backend in ["sqlite", "postgres"] {
+            let create = format!("create_{backend}");
+            for (name, min_rps) in [
+                (create.as_str(), 2_000.0),
+                ("return_settled", 10_000.0),
+                ("return_unsettled", 5_000.0),
+            ] {
+                if let Some(f) = self.figure_at(name, backend, CALLERS) {
+                    targets.push(Target {
+                        name: name.to_owned(),
+                        backend,
+                        target: format!(">= {min_rps:.0}/s, p99 <= 25 ms @{CALLERS}"),
+                        measured: format!("{:.0}/s, p99 {:.2} ms", f.rps(), f.p99()),
+                        met: Some(f.rps() >= min_rps && f.p99() <= 25.0),
+                    });
+                }
+            }
         }
         if let Some((serve, gateway, together)) = self.rss_peak() {
             targets.push(Target {
-                name: "rss_mib",
-                target: "serve + gateway <= 64 MiB",
+                name: "rss_mib".to_owned(),
+                backend: "both",
+                target: "serve + gateway <= 64 MiB".to_owned(),
                 measured: format!("{serve:.1} + {gateway:.1} (peak together {together:.1})"),
                 met: Some(together <= 64.0),
             });
@@ -313,8 +355,9 @@ impl Report {
         if !self.startup_ms.is_empty() {
             let startup = median(&mut self.startup_ms.clone());
             targets.push(Target {
-                name: "startup_ms",
-                target: "<= 300 ms",
+                name: "startup_ms".to_owned(),
+                backend: "sqlite",
+                target: "<= 300 ms".to_owned(),
                 measured: format!("{startup:.0} ms"),
                 met: Some(startup <= 300.0),
             });
@@ -340,7 +383,7 @@ impl Report {
         );
         println!();
         println!(
-            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | CPU µs/call serve+gw / bench / PostgreSQL server | errors |"
+            "| figure | db | conc. | rps (median) | rps spread | p50 ms | p99 ms (spread) | Stripe req/call | CPU µs/call serve + gw / bench / PostgreSQL server | errors |"
         );
         println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for f in &self.figures {
@@ -364,18 +407,16 @@ impl Report {
                 (c, None) => c.to_string(),
             };
             let cpu = f
-                .cpu_s
-                .map(|[serve, gateway, bench, database]| {
-                    let calls = f.all_calls().max(1.0);
+                .cpu_us_per_call()
+                .map(|cpu| {
                     let database = if f.backend == "postgres" {
-                        format!("{:.0}", database * 1e6 / calls)
+                        format!("{:.0}", cpu.database_server)
                     } else {
                         "-".to_owned()
                     };
                     format!(
-                        "{:.0} / {:.0} / {database}",
-                        (serve + gateway) * 1e6 / calls,
-                        bench * 1e6 / calls
+                        "{:.0} + {:.0} / {:.0} / {database}",
+                        cpu.serve, cpu.gateway, cpu.bench
                     )
                 })
                 .unwrap_or_else(|| "-".to_owned());
@@ -421,15 +462,18 @@ impl Report {
             );
         }
         println!();
-        println!("| target | wanted | measured | met |");
-        println!("|---|---|---|---|");
+        println!("| target (issue 14) | db | wanted | measured | met |");
+        println!("|---|---|---|---|---|");
         for t in self.targets() {
             let met = match t.met {
                 Some(true) => "yes",
                 Some(false) => "NO",
                 None => "-",
             };
-            println!("| {} | {} | {} | {} |", t.name, t.target, t.measured, met);
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                t.name, t.backend, t.target, t.measured, met
+            );
         }
         println!();
         println!(
@@ -452,12 +496,6 @@ impl Report {
                 by_concurrency.insert(format!("{}@{}", f.name, f.concurrency), f.json());
             }
         }
-        let open_loop: Vec<Value> = self
-            .figures
-            .iter()
-            .filter(|f| f.offered_rate.is_some())
-            .map(|f| f.json())
-            .collect();
         let (serve, gateway, together) = self.rss_peak().unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let startup = median(&mut self.startup_ms.clone());
         json!({
@@ -474,6 +512,8 @@ impl Report {
             "return_unsettled": fig("return_unsettled", "sqlite"),
             "create_sqlite": fig("create_sqlite", "sqlite"),
             "create_postgres": fig("create_postgres", "postgres"),
+            "create_sqlite_open_loop": fig("create_sqlite_open_loop", "sqlite"),
+            "create_postgres_open_loop": fig("create_postgres_open_loop", "postgres"),
             "webhook": fig("webhook", "sqlite"),
             "postgres": {
                 "return_settled": fig("return_settled", "postgres"),
@@ -481,7 +521,6 @@ impl Report {
                 "webhook": fig("webhook", "postgres"),
             },
             "create_by_concurrency": by_concurrency,
-            "create_open_loop": open_loop,
             "localstripe": {
                 "create": fig("create_sqlite_localstripe", "sqlite"),
                 "return": fig("return_localstripe", "sqlite"),
@@ -505,7 +544,8 @@ impl Report {
             "startup_ms": round(startup, 1),
             "startup_ms_runs": self.startup_ms.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
             "targets": self.targets().iter().map(|t| json!({
-                "name": t.name, "target": t.target, "measured": t.measured, "met": t.met,
+                "name": t.name, "backend": t.backend, "target": t.target,
+                "measured": t.measured, "met": t.met,
             })).collect::<Vec<_>>(),
             "notes": [
                 "PAYBRIDGE_STRIPE_MAX_RPS=1000000: the request budget protects the real Stripe's rate limit; the stand-in has none",

@@ -19,9 +19,9 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 
-const PAYMENT_INTENT: &str = include_str!("../../../tests/fixtures/stripe/payment_intent.json");
-const CUSTOMER: &str = include_str!("../../../tests/fixtures/stripe/customer.json");
-const EVENT: &str = include_str!("../../../tests/fixtures/stripe/event.json");
+const PAYMENT_INTENT: &str = include_str!("../../tests/fixtures/stripe/payment_intent.json");
+const CUSTOMER: &str = include_str!("../../tests/fixtures/stripe/customer.json");
+const EVENT: &str = include_str!("../../tests/fixtures/stripe/event.json");
 
 /// What the stand-in has seen, since start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,46 @@ pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// Where `cargo build --release` in `repo` leaves the paybridge binary: under `CARGO_TARGET_DIR`
+/// when set, else the repository's `target/`.
+pub(crate) fn release_binary(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo.join("target"), PathBuf::from)
+        .join("release/paybridge")
+}
+
+/// Runs `cargo build --release --bin paybridge` in `repo`, so that the binary measured is the
+/// current source's, and returns the path cargo built it at.
+pub(crate) fn build_release(repo: &Path) -> anyhow::Result<PathBuf> {
+    eprintln!("building: cargo build --release --bin paybridge");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--bin", "paybridge"])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(repo.join("Cargo.toml"))
+        .current_dir(repo)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build --release --bin paybridge")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build --release --bin paybridge failed ({})",
+            output.status
+        );
+    }
+    // One JSON message a line; the binary's `compiler-artifact` names its executable.
+    let built = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from));
+    Ok(built.unwrap_or_else(|| release_binary(repo)))
+}
+
 /// A loopback port nothing listens on right now.
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = StdListener::bind("127.0.0.1:0")?;
@@ -276,6 +316,9 @@ impl Parts {
             ("PAYBRIDGE_GATEWAY_ADDR", addr.to_string()),
             ("PAYBRIDGE_CORE_URL", self.core_url(core)),
             ("PAYBRIDGE_GATEWAY_TOKEN", GATEWAY_TOKEN.to_owned()),
+            // The gateway's admin port, under its own name (issue 14) and the one older
+            // binaries read: each binary takes the one it knows.
+            ("PAYBRIDGE_GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             ("PAYBRIDGE_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             // The bench's connections all come from 127.0.0.1: the per-IP limit would cap them.
             ("PAYBRIDGE_GATEWAY_RATE_LIMIT", "10000000".to_owned()),

@@ -1,0 +1,109 @@
+//! The `idempotency_key` table: the first answer to a create's key is the payment it named.
+
+use async_trait::async_trait;
+
+use super::payments::PaymentRow;
+use super::{Store, WriteTx};
+use crate::app::ports::{CreateLookup, IdempotencyKeys, IdempotencyRecord, StoreError};
+use crate::domain::Payment;
+
+/// A row of [`IdempotencyKeys::find_for_create`]: a payment, with the fingerprint of the request
+/// whose idempotency key named it (null on the invoice's row).
+#[derive(Debug, sqlx::FromRow)]
+struct LookupRow {
+    request_fingerprint: Option<String>,
+    #[sqlx(flatten)]
+    payment: PaymentRow,
+}
+
+impl WriteTx<'_> {
+    /// Points `idempotency_key` at a payment unless it names one already. True when written.
+    pub(super) async fn insert_idempotency_key(
+        &mut self,
+        tenant: &str,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+        payment_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "insert into idempotency_key \
+             (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+             values ($1, $2, $3, $4, $5) on conflict do nothing",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(request_fingerprint)
+        .bind(payment_id)
+        .bind(now)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+}
+
+#[async_trait]
+impl IdempotencyKeys for Store {
+    async fn find_for_create(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        invoice_id: &str,
+    ) -> Result<CreateLookup, StoreError> {
+        let rows: Vec<LookupRow> = sqlx::query_as(
+            "select k.request_fingerprint, p.* from idempotency_key k \
+             join payment p on p.payment_id = k.payment_id \
+             where k.tenant = $1 and k.idempotency_key = $2 \
+             union all \
+             select null, p.* from payment p \
+             where p.tenant = $1 and p.invoice_id = $3 and p.status <> 'canceled'",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(invoice_id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut lookup = CreateLookup::default();
+        for row in rows {
+            let payment = Payment::try_from(row.payment)?;
+            match row.request_fingerprint {
+                Some(request_fingerprint) => {
+                    lookup.key = Some((
+                        IdempotencyRecord {
+                            request_fingerprint,
+                            payment_id: payment.id.clone(),
+                        },
+                        payment,
+                    ));
+                }
+                None => lookup.live = Some(payment),
+            }
+        }
+        Ok(lookup)
+    }
+
+    async fn insert_idempotency_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+        payment_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if !tx
+            .insert_idempotency_key(
+                tenant,
+                idempotency_key,
+                request_fingerprint,
+                payment_id,
+                now,
+            )
+            .await?
+        {
+            return Err(StoreError::Conflict);
+        }
+        tx.commit().await
+    }
+}

@@ -1,0 +1,349 @@
+//! The `payment` table: its row type (the one list of its columns) and the writes and reads of
+//! [`PaymentRecords`].
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use sqlx::Any;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+
+use super::{AppendedEvent, Store, parse_status};
+use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
+use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
+
+/// Declares the `payment` row once: the struct sqlx reads rows into, the column list of the
+/// insert, and the values bound to it, in one order. A new column is a line here, its two
+/// migrations, and its place in the conversions below.
+macro_rules! payment_row {
+    ($($column:ident: $type:ty,)*) => {
+        /// One `payment` row as the database holds it.
+        #[derive(Debug, sqlx::FromRow)]
+        pub(super) struct PaymentRow {
+            $($column: $type,)*
+        }
+
+        impl PaymentRow {
+            const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
+
+            /// Binds the row's values in [`PaymentRow::COLUMNS`] order.
+            fn bind_to<'q>(
+                self,
+                query: Query<'q, Any, AnyArguments<'q>>,
+            ) -> Query<'q, Any, AnyArguments<'q>> {
+                query$(.bind(self.$column))*
+            }
+        }
+    };
+}
+
+payment_row! {
+    payment_id: String,
+    tenant: String,
+    invoice_id: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    stripe_payment_intent_id: Option<String>,
+    stripe_customer_id: Option<String>,
+    client_secret: Option<String>,
+    description: Option<String>,
+    metadata: String,
+    success_url: String,
+    failure_url: String,
+    last_payment_error_code: Option<String>,
+    last_payment_error_message: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    last_event_created: Option<i64>,
+}
+
+/// Inserts a payment unless a unique index holds one for its invoice (or its id) already.
+static INSERT_PAYMENT: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = (1..=PaymentRow::COLUMNS.len())
+        .map(|n| format!("${n}"))
+        .collect();
+    format!(
+        "insert into payment ({}) values ({}) on conflict do nothing",
+        PaymentRow::COLUMNS.join(", "),
+        placeholders.join(", ")
+    )
+});
+
+impl TryFrom<&Payment> for PaymentRow {
+    type Error = StoreError;
+
+    fn try_from(payment: &Payment) -> Result<PaymentRow, StoreError> {
+        let error = payment.last_payment_error.clone().unwrap_or_default();
+        Ok(PaymentRow {
+            payment_id: payment.id.clone(),
+            tenant: payment.tenant.clone(),
+            invoice_id: payment.invoice_id.clone(),
+            amount: payment.amount,
+            currency: payment.currency.clone(),
+            status: payment.status.as_str().to_owned(),
+            stripe_payment_intent_id: payment.stripe_payment_intent_id.clone(),
+            stripe_customer_id: payment.stripe_customer_id.clone(),
+            client_secret: payment.client_secret.clone(),
+            description: payment.description.clone(),
+            metadata: serde_json::to_string(&payment.metadata)
+                .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+            success_url: payment.success_url.clone(),
+            failure_url: payment.failure_url.clone(),
+            last_payment_error_code: error.code,
+            last_payment_error_message: error.message,
+            created_at: payment.created_at,
+            updated_at: payment.updated_at,
+            last_event_created: payment.last_event_created,
+        })
+    }
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = StoreError;
+
+    fn try_from(row: PaymentRow) -> Result<Payment, StoreError> {
+        let metadata: BTreeMap<String, String> = serde_json::from_str(&row.metadata)
+            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
+        let last_payment_error = (row.last_payment_error_code.is_some()
+            || row.last_payment_error_message.is_some())
+        .then_some(LastPaymentError {
+            code: row.last_payment_error_code,
+            message: row.last_payment_error_message,
+        });
+        Ok(Payment {
+            status: parse_status(&row.status)?,
+            metadata,
+            last_payment_error,
+            id: row.payment_id,
+            tenant: row.tenant,
+            invoice_id: row.invoice_id,
+            amount: row.amount,
+            currency: row.currency,
+            stripe_payment_intent_id: row.stripe_payment_intent_id,
+            stripe_customer_id: row.stripe_customer_id,
+            client_secret: row.client_secret,
+            description: row.description,
+            success_url: row.success_url,
+            failure_url: row.failure_url,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_event_created: row.last_event_created,
+        })
+    }
+}
+
+impl Store {
+    /// The payment the two-parameter `sql` finds, if any.
+    async fn fetch_one_payment(
+        &self,
+        sql: &'static str,
+        first: &str,
+        second: Option<&str>,
+    ) -> Result<Option<Payment>, StoreError> {
+        sqlx::query_as::<_, PaymentRow>(sql)
+            .bind(first)
+            .bind(second)
+            .fetch_optional(&self.read)
+            .await?
+            .map(Payment::try_from)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl PaymentRecords for Store {
+    async fn insert_payment(
+        &self,
+        payment: &Payment,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        let row = PaymentRow::try_from(payment)?;
+        let mut tx = self.begin().await?;
+        let inserted = row
+            .bind_to(sqlx::query(&INSERT_PAYMENT))
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            // The invoice has a live payment: nothing written.
+            return Ok(false);
+        }
+        if !tx
+            .insert_idempotency_key(
+                &payment.tenant,
+                idempotency_key,
+                request_fingerprint,
+                &payment.id,
+                payment.created_at,
+            )
+            .await?
+        {
+            // The key names another payment: nothing written (the payment is rolled back).
+            return Ok(false);
+        }
+        tx.append_event(AppendedEvent {
+            payment_id: &payment.id,
+            source: EventSource::Create,
+            from: None,
+            to: payment.status,
+            stripe_event_id: None,
+            now: payment.created_at,
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_payment(
+        &self,
+        tenant: Option<&str>,
+        payment_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        const SQL: &str =
+            "select * from payment where payment_id = $1 and ($2 is null or tenant = $2)";
+        self.fetch_one_payment(SQL, payment_id, tenant).await
+    }
+
+    async fn find_payment_by_intent(
+        &self,
+        tenant: Option<&str>,
+        intent_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        const SQL: &str = "select * from payment \
+             where stripe_payment_intent_id = $1 and ($2 is null or tenant = $2)";
+        self.fetch_one_payment(SQL, intent_id, tenant).await
+    }
+
+    async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
+        let (after_created, after_id) = match &query.after {
+            Some(cursor) => (Some(cursor.created_at), Some(cursor.payment_id.as_str())),
+            None => (None, None),
+        };
+        let rows: Vec<PaymentRow> = sqlx::query_as(
+            "select * from payment \
+             where tenant = $1 \
+               and ($2 is null or invoice_id = $2) \
+               and ($3 is null or status = $3) \
+               and ($4 is null or created_at < $4 or (created_at = $4 and payment_id < $5)) \
+             order by created_at desc, payment_id desc \
+             limit $6",
+        )
+        .bind(query.tenant)
+        .bind(query.invoice_id)
+        .bind(query.status.map(PaymentStatus::as_str))
+        .bind(after_created)
+        .bind(after_id)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(Payment::try_from).collect()
+    }
+
+    async fn attach_intent(
+        &self,
+        payment_id: &str,
+        intent_id: &str,
+        client_secret: Option<&str>,
+        change: &StatusChange,
+        now: i64,
+    ) -> Result<Payment, StoreError> {
+        let error = change.last_payment_error.clone().unwrap_or_default();
+        let mut tx = self.begin().await?;
+        let attached: Option<PaymentRow> = sqlx::query_as(
+            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
+             last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
+             where payment_id = $7 and status = 'creating' \
+             returning *",
+        )
+        .bind(intent_id)
+        .bind(client_secret)
+        .bind(change.to.as_str())
+        .bind(error.code)
+        .bind(error.message)
+        .bind(now)
+        .bind(payment_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(attached) = attached else {
+            // Another writer finished it first: answer what it stored.
+            drop(tx);
+            return self
+                .get_payment(None, payment_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished")));
+        };
+        tx.append_event(AppendedEvent {
+            payment_id,
+            source: EventSource::Create,
+            from: Some(PaymentStatus::Creating),
+            to: change.to,
+            stripe_event_id: None,
+            now,
+        })
+        .await?;
+        tx.commit().await?;
+        Payment::try_from(attached)
+    }
+
+    async fn apply_change(
+        &self,
+        payment_id: &str,
+        change: &StatusChange,
+        source: EventSource,
+        now: i64,
+    ) -> Result<(Payment, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        let changed = tx.set_status(payment_id, change, now, None).await?;
+        if changed {
+            tx.append_event(AppendedEvent {
+                payment_id,
+                source,
+                from: Some(change.from),
+                to: change.to,
+                stripe_event_id: None,
+                now,
+            })
+            .await?;
+        }
+        let row: PaymentRow = sqlx::query_as("select * from payment where payment_id = $1")
+            .bind(payment_id)
+            .fetch_one(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok((Payment::try_from(row)?, changed))
+    }
+}
+
+impl super::WriteTx<'_> {
+    /// Sets the payment's status (and error) if it is still in `change.from`; with
+    /// `event_created`, also the newest applied webhook event's time. True when it changed.
+    pub(super) async fn set_status(
+        &mut self,
+        payment_id: &str,
+        change: &StatusChange,
+        now: i64,
+        event_created: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let error = change.last_payment_error.clone().unwrap_or_default();
+        let updated = sqlx::query(
+            "update payment set status = $1, last_payment_error_code = $2, \
+             last_payment_error_message = $3, updated_at = $4, \
+             last_event_created = coalesce($5, last_event_created) \
+             where payment_id = $6 and status = $7",
+        )
+        .bind(change.to.as_str())
+        .bind(error.code)
+        .bind(error.message)
+        .bind(now)
+        .bind(event_created)
+        .bind(payment_id)
+        .bind(change.from.as_str())
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+}

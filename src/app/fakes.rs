@@ -1,0 +1,645 @@
+//! In-memory fakes of the ports, for fast unit tests of the use cases' branches. The black-box
+//! tests on both real databases and the local Stripe are the proof that the adapters keep the
+//! same promises; these fakes keep the promises the use cases rely on (one live payment per
+//! invoice, one payment per key, compare-and-set changes, each webhook event recorded once).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::ports::{
+    ChangeFeed, CreateLookup, CustomerRecords, EventRecorded, IdempotencyKeys, IdempotencyRecord,
+    ListQuery, NewCustomer, NewPaymentIntent, PaymentProvider, PaymentRecords, ProviderError,
+    ProviderEvent, ProviderIntent, ReconcileClaims, StatusEvent, StoreError, WebhookEventLog,
+    WebhookEventRecord, WebhookRefused, WebhookVerification,
+};
+use crate::domain::{EventSource, PAYMENT_ID_METADATA_KEY, Payment, PaymentStatus, StatusChange};
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    payments: BTreeMap<String, Payment>,
+    /// (tenant, key) → (fingerprint, payment id)
+    keys: HashMap<(String, String), (String, String)>,
+    events: Vec<(String, StatusEvent)>,
+    stripe_events: HashSet<String>,
+    customers: HashMap<(String, String), String>,
+    leases: HashMap<String, i64>,
+}
+
+impl StoreState {
+    fn append_event(
+        &mut self,
+        payment_id: &str,
+        source: EventSource,
+        from: Option<PaymentStatus>,
+        to: PaymentStatus,
+    ) {
+        let event = StatusEvent {
+            payment_event_id: i64::try_from(self.events.len()).unwrap_or(i64::MAX) + 1,
+            source,
+            from,
+            to,
+            created_at: 0,
+        };
+        self.events.push((payment_id.to_owned(), event));
+    }
+
+    fn set_status(&mut self, payment_id: &str, change: &StatusChange, now: i64) -> bool {
+        match self.payments.get_mut(payment_id) {
+            Some(payment) if payment.status == change.from => {
+                payment.status = change.to;
+                payment.last_payment_error = change.last_payment_error.clone();
+                payment.updated_at = now;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The store, in memory.
+#[derive(Debug)]
+pub(crate) struct FakeStore {
+    state: Mutex<StoreState>,
+    changes: broadcast::Sender<String>,
+    /// When set, every call answers `Unavailable` (the database is down).
+    pub(crate) down: AtomicBool,
+}
+
+impl Default for FakeStore {
+    fn default() -> Self {
+        FakeStore {
+            state: Mutex::default(),
+            changes: broadcast::channel(64).0,
+            down: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FakeStore {
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, StoreState>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the fake database is down".into()));
+        }
+        Ok(lock(&self.state))
+    }
+
+    /// Every payment, in id order.
+    pub(crate) fn payments(&self) -> Vec<Payment> {
+        lock(&self.state).payments.values().cloned().collect()
+    }
+
+    /// The payment's event log: (source, from, to), oldest first.
+    pub(crate) fn events_of(
+        &self,
+        payment_id: &str,
+    ) -> Vec<(EventSource, Option<PaymentStatus>, PaymentStatus)> {
+        lock(&self.state)
+            .events
+            .iter()
+            .filter(|(id, _)| id == payment_id)
+            .map(|(_, event)| (event.source, event.from, event.to))
+            .collect()
+    }
+
+    /// Ends every reconciler lease, as time passing would.
+    pub(crate) fn expire_leases(&self) {
+        lock(&self.state).leases.clear();
+    }
+
+    /// Stores a payment as it is, as a crash or another replica might have left it.
+    pub(crate) fn put(&self, payment: Payment) {
+        lock(&self.state)
+            .payments
+            .insert(payment.id.clone(), payment);
+    }
+}
+
+#[async_trait]
+impl PaymentRecords for FakeStore {
+    async fn insert_payment(
+        &self,
+        payment: &Payment,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let key = (payment.tenant.clone(), idempotency_key.to_owned());
+        let invoice_live = state.payments.values().any(|p| {
+            p.tenant == payment.tenant
+                && p.invoice_id == payment.invoice_id
+                && p.status != PaymentStatus::Canceled
+        });
+        if invoice_live || state.keys.contains_key(&key) {
+            return Ok(false);
+        }
+        state
+            .keys
+            .insert(key, (request_fingerprint.to_owned(), payment.id.clone()));
+        state.payments.insert(payment.id.clone(), payment.clone());
+        state.append_event(&payment.id, EventSource::Create, None, payment.status);
+        Ok(true)
+    }
+
+    async fn get_payment(
+        &self,
+        tenant: Option<&str>,
+        payment_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        Ok(self
+            .state()?
+            .payments
+            .get(payment_id)
+            .filter(|p| tenant.is_none_or(|t| p.tenant == t))
+            .cloned())
+    }
+
+    async fn find_payment_by_intent(
+        &self,
+        tenant: Option<&str>,
+        intent_id: &str,
+    ) -> Result<Option<Payment>, StoreError> {
+        Ok(self
+            .state()?
+            .payments
+            .values()
+            .find(|p| {
+                p.stripe_payment_intent_id.as_deref() == Some(intent_id)
+                    && tenant.is_none_or(|t| p.tenant == t)
+            })
+            .cloned())
+    }
+
+    async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
+        let mut found: Vec<Payment> = self
+            .state()?
+            .payments
+            .values()
+            .filter(|p| p.tenant == query.tenant)
+            .filter(|p| query.invoice_id.is_none_or(|i| p.invoice_id == i))
+            .filter(|p| query.status.is_none_or(|s| p.status == s))
+            .filter(|p| {
+                query.after.as_ref().is_none_or(|c| {
+                    (p.created_at, p.id.as_str()) < (c.created_at, c.payment_id.as_str())
+                })
+            })
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        found.truncate(query.limit as usize);
+        Ok(found)
+    }
+
+    async fn attach_intent(
+        &self,
+        payment_id: &str,
+        intent_id: &str,
+        client_secret: Option<&str>,
+        change: &StatusChange,
+        now: i64,
+    ) -> Result<Payment, StoreError> {
+        let mut state = self.state()?;
+        let payment = state
+            .payments
+            .get_mut(payment_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished")))?;
+        if payment.status != PaymentStatus::Creating {
+            return Ok(payment.clone());
+        }
+        payment.stripe_payment_intent_id = Some(intent_id.to_owned());
+        payment.client_secret = client_secret.map(str::to_owned);
+        payment.status = change.to;
+        payment.last_payment_error = change.last_payment_error.clone();
+        payment.updated_at = now;
+        let attached = payment.clone();
+        state.append_event(
+            payment_id,
+            EventSource::Create,
+            Some(PaymentStatus::Creating),
+            change.to,
+        );
+        let _ = self.changes.send(payment_id.to_owned());
+        Ok(attached)
+    }
+
+    async fn apply_change(
+        &self,
+        payment_id: &str,
+        change: &StatusChange,
+        source: EventSource,
+        now: i64,
+    ) -> Result<(Payment, bool), StoreError> {
+        let mut state = self.state()?;
+        let changed = state.set_status(payment_id, change, now);
+        if changed {
+            state.append_event(payment_id, source, Some(change.from), change.to);
+            let _ = self.changes.send(payment_id.to_owned());
+        }
+        let payment = state
+            .payments
+            .get(payment_id)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished")))?;
+        Ok((payment, changed))
+    }
+}
+
+#[async_trait]
+impl IdempotencyKeys for FakeStore {
+    async fn find_for_create(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        invoice_id: &str,
+    ) -> Result<CreateLookup, StoreError> {
+        let state = self.state()?;
+        let key = state
+            .keys
+            .get(&(tenant.to_owned(), idempotency_key.to_owned()))
+            .map(|(fingerprint, payment_id)| {
+                (
+                    IdempotencyRecord {
+                        request_fingerprint: fingerprint.clone(),
+                        payment_id: payment_id.clone(),
+                    },
+                    state.payments[payment_id].clone(),
+                )
+            });
+        let live = state
+            .payments
+            .values()
+            .find(|p| {
+                p.tenant == tenant
+                    && p.invoice_id == invoice_id
+                    && p.status != PaymentStatus::Canceled
+            })
+            .cloned();
+        Ok(CreateLookup { key, live })
+    }
+
+    async fn insert_idempotency_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+        payment_id: &str,
+        _now: i64,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        let key = (tenant.to_owned(), idempotency_key.to_owned());
+        if state.keys.contains_key(&key) {
+            return Err(StoreError::Conflict);
+        }
+        state
+            .keys
+            .insert(key, (request_fingerprint.to_owned(), payment_id.to_owned()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookEventLog for FakeStore {
+    async fn record_webhook_event(
+        &self,
+        event: &WebhookEventRecord<'_>,
+        change: Option<&StatusChange>,
+        now: i64,
+    ) -> Result<EventRecorded, StoreError> {
+        let mut state = self.state()?;
+        if state.stripe_events.contains(event.stripe_event_id) {
+            return Ok(EventRecorded::Duplicate);
+        }
+        if let (Some(change), Some(payment_id)) = (change, event.payment_id) {
+            if !state.set_status(payment_id, change, now) {
+                return Ok(EventRecorded::Conflict);
+            }
+            if let Some(payment) = state.payments.get_mut(payment_id) {
+                payment.last_event_created = Some(event.event_created);
+            }
+            state.append_event(
+                payment_id,
+                EventSource::Webhook,
+                Some(change.from),
+                change.to,
+            );
+        }
+        state.stripe_events.insert(event.stripe_event_id.to_owned());
+        Ok(EventRecorded::Recorded)
+    }
+}
+
+#[async_trait]
+impl ReconcileClaims for FakeStore {
+    async fn claim_for_reconcile(
+        &self,
+        now: i64,
+        changed_before: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let mut state = self.state()?;
+        let mut open: Vec<Payment> = state
+            .payments
+            .values()
+            .filter(|p| !p.status.is_terminal() && p.updated_at < changed_before)
+            .filter(|p| state.leases.get(&p.id).is_none_or(|until| *until < now))
+            .cloned()
+            .collect();
+        open.sort_by_key(|p| p.updated_at);
+        open.truncate(limit as usize);
+        for payment in &open {
+            state.leases.insert(payment.id.clone(), lease_until);
+        }
+        Ok(open)
+    }
+
+    async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
+        self.state()?.leases.insert(payment_id.to_owned(), until);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CustomerRecords for FakeStore {
+    async fn find_customer(&self, tenant: &str, email: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .state()?
+            .customers
+            .get(&(tenant.to_owned(), email.to_owned()))
+            .cloned())
+    }
+
+    async fn remember_customer(
+        &self,
+        tenant: &str,
+        email: &str,
+        stripe_customer_id: &str,
+        _now: i64,
+    ) -> Result<String, StoreError> {
+        Ok(self
+            .state()?
+            .customers
+            .entry((tenant.to_owned(), email.to_owned()))
+            .or_insert_with(|| stripe_customer_id.to_owned())
+            .clone())
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for FakeStore {
+    fn subscribe_changes(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    async fn status_events_after(
+        &self,
+        payment_id: &str,
+        after: i64,
+    ) -> Result<Vec<StatusEvent>, StoreError> {
+        Ok(self
+            .state()?
+            .events
+            .iter()
+            .filter(|(id, event)| id == payment_id && event.payment_event_id > after)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProviderState {
+    /// By intent id.
+    intents: BTreeMap<String, ProviderIntent>,
+    /// Idempotency key → intent id: a repeated key answers the first intent.
+    created_by_key: HashMap<String, String>,
+    calls: Vec<String>,
+    /// The next calls' answers, when set: a refusal or an outage.
+    failing: Option<ProviderError>,
+}
+
+/// The payment provider, in memory: it remembers intents by idempotency key as Stripe does.
+#[derive(Debug, Default)]
+pub(crate) struct FakeProvider {
+    state: Mutex<ProviderState>,
+}
+
+impl FakeProvider {
+    /// Every call so far, e.g. `create_payment_intent paybridge-create-pay_…`.
+    pub(crate) fn calls(&self) -> Vec<String> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// Makes the next calls fail with `error` (`None`: answer again).
+    pub(crate) fn fail_with(&self, error: Option<ProviderError>) {
+        lock(&self.state).failing = error;
+    }
+
+    /// The intent as the provider holds it now.
+    pub(crate) fn intent(&self, intent_id: &str) -> ProviderIntent {
+        lock(&self.state).intents[intent_id].clone()
+    }
+
+    /// Changes the intent at the provider (the customer paid, say).
+    pub(crate) fn update_intent(&self, intent_id: &str, change: impl FnOnce(&mut ProviderIntent)) {
+        let mut state = lock(&self.state);
+        let intent = state.intents.get_mut(intent_id).expect("a known intent");
+        change(intent);
+    }
+
+    fn call(
+        &self,
+        what: String,
+    ) -> Result<std::sync::MutexGuard<'_, ProviderState>, ProviderError> {
+        let mut state = lock(&self.state);
+        state.calls.push(what);
+        match state.failing.clone() {
+            Some(error) => Err(error),
+            None => Ok(state),
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for FakeProvider {
+    async fn create_customer(&self, customer: NewCustomer) -> Result<String, ProviderError> {
+        drop(self.call(format!("create_customer {}", customer.idempotency_key))?);
+        Ok(format!("cus_{}", customer.idempotency_key.len()))
+    }
+
+    async fn create_payment_intent(
+        &self,
+        intent: NewPaymentIntent,
+    ) -> Result<ProviderIntent, ProviderError> {
+        let mut state = self.call(format!("create_payment_intent {}", intent.idempotency_key))?;
+        if let Some(id) = state.created_by_key.get(&intent.idempotency_key) {
+            return Ok(state.intents[id].clone());
+        }
+        let id = format!("pi_{}", state.intents.len() + 1);
+        let created = ProviderIntent {
+            id: id.clone(),
+            status: PaymentStatus::RequiresPaymentMethod,
+            amount: intent.amount,
+            currency: intent.currency,
+            client_secret: Some(format!("{id}_secret_fake")),
+            metadata: intent.metadata,
+            last_payment_error: None,
+        };
+        state
+            .created_by_key
+            .insert(intent.idempotency_key, id.clone());
+        state.intents.insert(id, created.clone());
+        Ok(created)
+    }
+
+    async fn retrieve_payment_intent(&self, id: &str) -> Result<ProviderIntent, ProviderError> {
+        let state = self.call(format!("retrieve_payment_intent {id}"))?;
+        state
+            .intents
+            .get(id)
+            .cloned()
+            .ok_or(ProviderError::NotFound)
+    }
+
+    async fn cancel_payment_intent(
+        &self,
+        id: &str,
+        _idempotency_key: &str,
+    ) -> Result<ProviderIntent, ProviderError> {
+        let mut state = self.call(format!("cancel_payment_intent {id}"))?;
+        let intent = state.intents.get_mut(id).ok_or(ProviderError::NotFound)?;
+        intent.status = PaymentStatus::Canceled;
+        Ok(intent.clone())
+    }
+}
+
+/// Webhook deliveries, in memory: a payload is the key of an event handed to
+/// [`FakeWebhooks::deliver`], and only the signature `valid` passes.
+#[derive(Debug, Default)]
+pub(crate) struct FakeWebhooks {
+    events: Mutex<HashMap<Vec<u8>, ProviderEvent>>,
+}
+
+impl FakeWebhooks {
+    /// The payload that carries `event` (its id).
+    pub(crate) fn deliver(&self, event: ProviderEvent) -> Vec<u8> {
+        let payload = event.id.clone().into_bytes();
+        lock(&self.events).insert(payload.clone(), event);
+        payload
+    }
+}
+
+impl WebhookVerification for FakeWebhooks {
+    fn verify_event(
+        &self,
+        payload: &[u8],
+        signature: &str,
+        _now_seconds: i64,
+    ) -> Result<ProviderEvent, WebhookRefused> {
+        if signature != "valid" {
+            return Err(WebhookRefused::Signature("no v1 value matches".to_owned()));
+        }
+        lock(&self.events)
+            .get(payload)
+            .cloned()
+            .ok_or_else(|| WebhookRefused::Payload("not an event".to_owned()))
+    }
+}
+
+/// The payment id an intent's metadata names.
+pub(crate) fn payment_id_of(intent: &ProviderIntent) -> &str {
+    &intent.metadata[PAYMENT_ID_METADATA_KEY]
+}
+
+/// The use cases over fresh fakes, for the tenant [`tenant`].
+pub(crate) struct Harness {
+    pub(crate) payments: std::sync::Arc<super::Payments>,
+    pub(crate) store: std::sync::Arc<FakeStore>,
+    pub(crate) provider: std::sync::Arc<FakeProvider>,
+    pub(crate) webhooks: std::sync::Arc<FakeWebhooks>,
+}
+
+impl Harness {
+    pub(crate) fn new() -> Harness {
+        let store = std::sync::Arc::new(FakeStore::default());
+        let provider = std::sync::Arc::new(FakeProvider::default());
+        let webhooks = std::sync::Arc::new(FakeWebhooks::default());
+        let payments = std::sync::Arc::new(super::Payments::new(
+            store.clone(),
+            provider.clone(),
+            super::PaymentSettings {
+                publishable_key: "pk_test_fake".to_owned(),
+                return_url: "https://pay.example.com/payment/return".to_owned(),
+                webhook_verifier: Some(webhooks.clone()),
+            },
+        ));
+        Harness {
+            payments,
+            store,
+            provider,
+            webhooks,
+        }
+    }
+}
+
+impl Harness {
+    /// Sends a create as the tenant [`tenant`].
+    pub(crate) async fn submit(
+        &self,
+        command: super::CreatePaymentCommand,
+    ) -> Result<super::CreatedPayment, super::AppError> {
+        self.payments
+            .create_invoice_payment(&tenant(), command)
+            .await
+    }
+
+    /// Creates a payment of 42.00 USD for `invoice` as the tenant [`tenant`].
+    pub(crate) async fn create(&self, key: &str, invoice: &str) -> super::CreatedPayment {
+        self.submit(command(key, invoice, 4200))
+            .await
+            .expect("created")
+    }
+}
+
+/// A CreateInvoicePayment request in USD with one metadata entry.
+pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> super::CreatePaymentCommand {
+    use crate::domain::{IdempotencyKey, InvoiceId, Metadata, Money};
+    super::CreatePaymentCommand {
+        idempotency_key: IdempotencyKey::parse(key).expect("key"),
+        invoice_id: InvoiceId::parse(invoice).expect("invoice"),
+        money: Money::parse(amount, "usd").expect("money"),
+        customer: None,
+        description: None,
+        metadata: Metadata::parse([("order".to_owned(), "o-1".to_owned())]).expect("metadata"),
+        success_url: None,
+        failure_url: None,
+    }
+}
+
+/// The tenant `billing`, whose pages live on https://billing.example.com.
+pub(crate) fn tenant() -> crate::tenants::Tenant {
+    tenant_named("billing")
+}
+
+/// A tenant like [`tenant`] with another id.
+pub(crate) fn tenant_named(id: &str) -> crate::tenants::Tenant {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(format!("{id}-token")));
+    let toml = format!(
+        "[[tenants]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\n\
+         allowed_redirect_origins = [\"https://billing.example.com\"]\n\
+         success_url = \"https://billing.example.com/paid\"\n\
+         failure_url = \"https://billing.example.com/failed\"\n",
+        hash
+    );
+    let tenants = crate::tenants::Tenants::parse_toml(&toml).expect("a valid tenants file");
+    tenants.get(id).expect("the tenant").clone()
+}
