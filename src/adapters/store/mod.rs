@@ -13,8 +13,9 @@
 //!
 //! One file per concern: [`payments`] (the `payment` table and its row type), [`idempotency`],
 //! [`webhook_events`], [`reconcile_claims`], [`customers`] and [`change_feed`] (the event log and
-//! the announcements). Every write runs in a [`WriteTx`], which is where a status change is
-//! appended to the event log, counted, and announced once committed.
+//! the announcements). A status change is written with its event in one transaction, and counted
+//! and announced once committed: through a [`WriteTx`], or, for the create's two writes, as a
+//! [`OneTrip`] (one round trip each).
 
 mod change_feed;
 mod customers;
@@ -196,6 +197,10 @@ impl Store {
     }
 }
 
+/// The event log's insert, up to its values: the one place that names its columns.
+const EVENT_INSERT: &str = "insert into payment_event \
+     (payment_id, source, from_status, to_status, stripe_event_id, created_at)";
+
 /// One status change appended to a payment's event log.
 #[derive(Debug)]
 struct AppendedEvent<'a> {
@@ -208,12 +213,83 @@ struct AppendedEvent<'a> {
     now: i64,
 }
 
+/// A committed status change, to count and announce.
+#[derive(Debug)]
+struct Change {
+    payment_id: String,
+    source: EventSource,
+    from: Option<PaymentStatus>,
+    to: PaymentStatus,
+}
+
+/// One of the create's two writes (a payment and its first event; its intent and that event),
+/// written in one round trip because every create makes both: on PostgreSQL one statement whose
+/// data-modifying `with` clauses write the row and its event (a statement is atomic on its own);
+/// on SQLite, which has no such clauses, the same writes as a batch of statements in one
+/// transaction. Both answer the payment's row when they wrote it, nothing otherwise.
+#[derive(Debug)]
+struct OneTrip {
+    sqlite: String,
+    postgres: String,
+}
+
+impl OneTrip {
+    fn for_engine(&self, backend: Backend) -> &str {
+        match backend {
+            Backend::Sqlite => &self.sqlite,
+            Backend::Postgres => &self.postgres,
+        }
+    }
+}
+
+type PaymentQuery<'q> =
+    sqlx::query::QueryAs<'q, Any, payments::PaymentRow, sqlx::any::AnyArguments<'q>>;
+
+impl Store {
+    /// Runs a [`OneTrip`] write; when it wrote a row, counts and announces `change`.
+    async fn write_in_one_trip(
+        &self,
+        query: PaymentQuery<'_>,
+        change: Change,
+    ) -> Result<Vec<payments::PaymentRow>, StoreError> {
+        let rows = match self.backend {
+            Backend::Postgres => query.fetch_all(&self.write).await?,
+            Backend::Sqlite => {
+                let mut tx = self.write.begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+        };
+        if !rows.is_empty() {
+            self.committed(vec![change]);
+        }
+        Ok(rows)
+    }
+
+    /// After a commit: counts each change in the transitions metric and announces it (see
+    /// [`change_feed`]).
+    fn committed(&self, changes: Vec<Change>) {
+        for change in changes {
+            crate::metrics::METRICS
+                .transitions
+                .get_or_create(&crate::metrics::TransitionLabels {
+                    from: change.from.map_or("none", PaymentStatus::as_str),
+                    to: change.to.as_str(),
+                    source: change.source.as_str(),
+                })
+                .inc();
+            self.announce_committed(change.payment_id);
+        }
+    }
+}
+
 /// A write transaction. Dropped without [`WriteTx::commit`], it is rolled back.
 struct WriteTx<'s> {
     tx: sqlx::Transaction<'static, Any>,
     store: &'s Store,
     /// The changes appended so far, counted and announced once committed.
-    changes: Vec<(String, Option<PaymentStatus>, PaymentStatus, EventSource)>,
+    changes: Vec<Change>,
 }
 
 impl WriteTx<'_> {
@@ -221,45 +297,32 @@ impl WriteTx<'_> {
         &mut self.tx
     }
 
-    /// Appends a status change to its payment's event log: the only place that writes
-    /// `payment_event`.
+    /// Appends a status change to its payment's event log.
     async fn append_event(&mut self, event: AppendedEvent<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into payment_event \
-             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.payment_id)
-        .bind(event.source.as_str())
-        .bind(event.from.map(PaymentStatus::as_str))
-        .bind(event.to.as_str())
-        .bind(event.stripe_event_id)
-        .bind(event.now)
-        .execute(self.conn())
-        .await?;
-        self.changes.push((
-            event.payment_id.to_owned(),
-            event.from,
-            event.to,
-            event.source,
-        ));
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| format!("{EVENT_INSERT} values ($1, $2, $3, $4, $5, $6)"));
+        sqlx::query(&SQL)
+            .bind(event.payment_id)
+            .bind(event.source.as_str())
+            .bind(event.from.map(PaymentStatus::as_str))
+            .bind(event.to.as_str())
+            .bind(event.stripe_event_id)
+            .bind(event.now)
+            .execute(self.conn())
+            .await?;
+        self.changes.push(Change {
+            payment_id: event.payment_id.to_owned(),
+            source: event.source,
+            from: event.from,
+            to: event.to,
+        });
         Ok(())
     }
 
-    /// Commits, then counts the changes and announces them (see [`change_feed`]).
+    /// Commits, then counts the changes and announces them.
     async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
-        for (payment_id, from, to, source) in self.changes {
-            crate::metrics::METRICS
-                .transitions
-                .get_or_create(&crate::metrics::TransitionLabels {
-                    from: from.map_or("none", PaymentStatus::as_str),
-                    to: to.as_str(),
-                    source: source.as_str(),
-                })
-                .inc();
-            self.store.announce_committed(payment_id);
-        }
+        self.store.committed(self.changes);
         Ok(())
     }
 }

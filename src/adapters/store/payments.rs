@@ -5,11 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use sqlx::Any;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 
-use super::{AppendedEvent, Store, parse_status};
+use super::{AppendedEvent, Change, EVENT_INSERT, OneTrip, PaymentQuery, Store, parse_status};
 use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
 use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
 
@@ -28,10 +25,7 @@ macro_rules! payment_row {
             const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
 
             /// Binds the row's values in [`PaymentRow::COLUMNS`] order.
-            fn bind_to<'q>(
-                self,
-                query: Query<'q, Any, AnyArguments<'q>>,
-            ) -> Query<'q, Any, AnyArguments<'q>> {
+            fn bind_to(self, query: PaymentQuery<'_>) -> PaymentQuery<'_> {
                 query$(.bind(self.$column))*
             }
         }
@@ -59,16 +53,76 @@ payment_row! {
     last_event_created: Option<i64>,
 }
 
-/// Inserts a payment unless a unique index holds one for its invoice (or its id) already.
-static INSERT_PAYMENT: LazyLock<String> = LazyLock::new(|| {
-    let placeholders: Vec<String> = (1..=PaymentRow::COLUMNS.len())
-        .map(|n| format!("${n}"))
-        .collect();
-    format!(
-        "insert into payment ({}) values ({}) on conflict do nothing",
-        PaymentRow::COLUMNS.join(", "),
-        placeholders.join(", ")
-    )
+/// The number of a payment column's parameter in [`INSERT_PAYMENT`] (`$1` is the first column).
+fn column_parameter(column: &str) -> String {
+    let position = PaymentRow::COLUMNS
+        .iter()
+        .position(|known| *known == column)
+        .unwrap_or_else(|| panic!("{column} is not a payment column"));
+    format!("${}", position + 1)
+}
+
+/// A create's first write: the payment (in `Creating`), its idempotency key and its first event,
+/// unless the key is taken or the invoice has a live payment; answers the payment's row when it
+/// wrote it. Parameters: the payment's columns in [`PaymentRow::COLUMNS`] order, then the key and
+/// the request's fingerprint. A concurrent create that took the key or the invoice first makes it
+/// fail on a unique index (`Conflict`).
+static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
+    let count = PaymentRow::COLUMNS.len();
+    let columns = PaymentRow::COLUMNS.join(", ");
+    let values: Vec<String> = (1..=count).map(|n| format!("${n}")).collect();
+    let values = values.join(", ");
+    let [id, tenant, invoice, status, created] =
+        ["payment_id", "tenant", "invoice_id", "status", "created_at"].map(column_parameter);
+    let (key, fingerprint) = (format!("${}", count + 1), format!("${}", count + 2));
+    let insert = format!(
+        "insert into payment ({columns}) select {values} \
+         where not exists (select 1 from idempotency_key \
+                           where tenant = {tenant} and idempotency_key = {key}) \
+           and not exists (select 1 from payment \
+                           where tenant = {tenant} and invoice_id = {invoice} and status <> 'canceled') \
+         returning *"
+    );
+    let key_columns = "insert into idempotency_key \
+         (tenant, idempotency_key, request_fingerprint, payment_id, created_at)";
+    OneTrip {
+        sqlite: format!(
+            "{insert}; \
+             {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
+             where changes() = 1; \
+             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created} \
+             where changes() = 1"
+        ),
+        postgres: format!(
+            "with new_payment as ({insert}), \
+             new_key as ({key_columns} \
+                 select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
+             new_event as ({EVENT_INSERT} \
+                 select payment_id, 'create', null, status, null, created_at from new_payment) \
+             select * from new_payment"
+        ),
+    }
+});
+
+/// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
+static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
+    let update = "update payment set stripe_payment_intent_id = $1, client_secret = $2, \
+         status = $3, last_payment_error_code = $4, last_payment_error_message = $5, \
+         updated_at = $6 \
+         where payment_id = $7 and status = 'creating' \
+         returning *";
+    OneTrip {
+        sqlite: format!(
+            "{update}; \
+             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
+        ),
+        postgres: format!(
+            "with attached as ({update}), \
+             event as ({EVENT_INSERT} \
+                 select payment_id, 'create', 'creating', status, null, updated_at from attached) \
+             select * from attached"
+        ),
+    }
 });
 
 impl TryFrom<&Payment> for PaymentRow {
@@ -161,40 +215,23 @@ impl PaymentRecords for Store {
         request_fingerprint: &str,
     ) -> Result<bool, StoreError> {
         let row = PaymentRow::try_from(payment)?;
-        let mut tx = self.begin().await?;
-        let inserted = row
-            .bind_to(sqlx::query(&INSERT_PAYMENT))
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-        if inserted == 0 {
-            // The invoice has a live payment: nothing written.
-            return Ok(false);
-        }
-        if !tx
-            .insert_idempotency_key(
-                &payment.tenant,
-                idempotency_key,
-                request_fingerprint,
-                &payment.id,
-                payment.created_at,
+        let query = row
+            .bind_to(sqlx::query_as(INSERT_PAYMENT.for_engine(self.backend)))
+            .bind(idempotency_key)
+            .bind(request_fingerprint);
+        let written = !self
+            .write_in_one_trip(
+                query,
+                Change {
+                    payment_id: payment.id.clone(),
+                    source: EventSource::Create,
+                    from: None,
+                    to: payment.status,
+                },
             )
             .await?
-        {
-            // The key names another payment: nothing written (the payment is rolled back).
-            return Ok(false);
-        }
-        tx.append_event(AppendedEvent {
-            payment_id: &payment.id,
-            source: EventSource::Create,
-            from: None,
-            to: payment.status,
-            stripe_event_id: None,
-            now: payment.created_at,
-        })
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+            .is_empty();
+        Ok(written)
     }
 
     async fn get_payment(
@@ -251,41 +288,34 @@ impl PaymentRecords for Store {
         now: i64,
     ) -> Result<Payment, StoreError> {
         let error = change.last_payment_error.clone().unwrap_or_default();
-        let mut tx = self.begin().await?;
-        let attached: Option<PaymentRow> = sqlx::query_as(
-            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
-             last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
-             where payment_id = $7 and status = 'creating' \
-             returning *",
-        )
-        .bind(intent_id)
-        .bind(client_secret)
-        .bind(change.to.as_str())
-        .bind(error.code)
-        .bind(error.message)
-        .bind(now)
-        .bind(payment_id)
-        .fetch_optional(tx.conn())
-        .await?;
-        let Some(attached) = attached else {
+        let query = sqlx::query_as(ATTACH_INTENT.for_engine(self.backend))
+            .bind(intent_id)
+            .bind(client_secret)
+            .bind(change.to.as_str())
+            .bind(error.code)
+            .bind(error.message)
+            .bind(now)
+            .bind(payment_id);
+        let attached = self
+            .write_in_one_trip(
+                query,
+                Change {
+                    payment_id: payment_id.to_owned(),
+                    source: EventSource::Create,
+                    from: Some(PaymentStatus::Creating),
+                    to: change.to,
+                },
+            )
+            .await?
+            .pop();
+        match attached {
+            Some(row) => Payment::try_from(row),
             // Another writer finished it first: answer what it stored.
-            drop(tx);
-            return self
+            None => self
                 .get_payment(None, payment_id)
                 .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished")));
-        };
-        tx.append_event(AppendedEvent {
-            payment_id,
-            source: EventSource::Create,
-            from: Some(PaymentStatus::Creating),
-            to: change.to,
-            stripe_event_id: None,
-            now,
-        })
-        .await?;
-        tx.commit().await?;
-        Payment::try_from(attached)
+                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished"))),
+        }
     }
 
     async fn apply_change(
