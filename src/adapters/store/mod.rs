@@ -225,8 +225,9 @@ struct Change {
 /// One of the create's two writes (a payment and its first event; its intent and that event),
 /// written in one round trip because every create makes both: on PostgreSQL one statement whose
 /// data-modifying `with` clauses write the row and its event (a statement is atomic on its own);
-/// on SQLite, which has no such clauses, the same writes as a batch of statements in one
-/// transaction. Both answer the payment's row when they wrote it, nothing otherwise.
+/// on SQLite, which has no such clauses, the same writes as a batch of statements between
+/// `begin immediate` and `commit`, sent to SQLite's connection thread at once. Both answer the
+/// payment's row when they wrote it, nothing otherwise.
 #[derive(Debug)]
 struct OneTrip {
     sqlite: String,
@@ -234,7 +235,15 @@ struct OneTrip {
 }
 
 impl OneTrip {
-    fn for_engine(&self, backend: Backend) -> &str {
+    /// `postgres`, and `sqlite`'s statements wrapped in their transaction.
+    fn new(sqlite: &str, postgres: String) -> OneTrip {
+        OneTrip {
+            sqlite: format!("begin immediate; {sqlite}; commit"),
+            postgres,
+        }
+    }
+
+    fn for_engine(&'static self, backend: Backend) -> &'static str {
         match backend {
             Backend::Sqlite => &self.sqlite,
             Backend::Postgres => &self.postgres,
@@ -249,16 +258,25 @@ impl Store {
     /// Runs a [`OneTrip`] write; when it wrote a row, counts and announces `change`.
     async fn write_in_one_trip(
         &self,
-        query: PaymentQuery<'_>,
+        query: PaymentQuery<'static>,
         change: Change,
     ) -> Result<Vec<payments::PaymentRow>, StoreError> {
         let rows = match self.backend {
             Backend::Postgres => query.fetch_all(&self.write).await?,
             Backend::Sqlite => {
-                let mut tx = self.write.begin().await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
+                let mut conn = self.write.acquire().await?;
+                // In a task of its own, so that it runs to its end even if the caller goes
+                // away: a batch cut short would leave its transaction open on the one write
+                // connection. A batch that failed part way is rolled back here.
+                tokio::spawn(async move {
+                    let rows = query.fetch_all(&mut *conn).await;
+                    if rows.is_err() {
+                        let _ = conn.execute("rollback").await;
+                    }
+                    rows
+                })
+                .await
+                .map_err(|error| StoreError::Database(Box::new(error)))??
             }
         };
         if !rows.is_empty() {

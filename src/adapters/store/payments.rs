@@ -85,15 +85,15 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
     );
     let key_columns = "insert into idempotency_key \
          (tenant, idempotency_key, request_fingerprint, payment_id, created_at)";
-    OneTrip {
-        sqlite: format!(
+    OneTrip::new(
+        &format!(
             "{insert}; \
              {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
              where changes() = 1; \
              {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created} \
              where changes() = 1"
         ),
-        postgres: format!(
+        format!(
             "with new_payment as ({insert}), \
              new_key as ({key_columns} \
                  select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
@@ -101,7 +101,7 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
                  select payment_id, 'create', null, status, null, created_at from new_payment) \
              select * from new_payment"
         ),
-    }
+    )
 });
 
 /// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
@@ -111,18 +111,18 @@ static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
          updated_at = $6 \
          where payment_id = $7 and status = 'creating' \
          returning *";
-    OneTrip {
-        sqlite: format!(
+    OneTrip::new(
+        &format!(
             "{update}; \
              {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
         ),
-        postgres: format!(
+        format!(
             "with attached as ({update}), \
              event as ({EVENT_INSERT} \
                  select payment_id, 'create', 'creating', status, null, updated_at from attached) \
              select * from attached"
         ),
-    }
+    )
 });
 
 impl TryFrom<&Payment> for PaymentRow {
@@ -217,8 +217,8 @@ impl PaymentRecords for Store {
         let row = PaymentRow::try_from(payment)?;
         let query = row
             .bind_to(sqlx::query_as(INSERT_PAYMENT.for_engine(self.backend)))
-            .bind(idempotency_key)
-            .bind(request_fingerprint);
+            .bind(idempotency_key.to_owned())
+            .bind(request_fingerprint.to_owned());
         let written = !self
             .write_in_one_trip(
                 query,
@@ -289,13 +289,13 @@ impl PaymentRecords for Store {
     ) -> Result<Payment, StoreError> {
         let error = change.last_payment_error.clone().unwrap_or_default();
         let query = sqlx::query_as(ATTACH_INTENT.for_engine(self.backend))
-            .bind(intent_id)
-            .bind(client_secret)
+            .bind(intent_id.to_owned())
+            .bind(client_secret.map(str::to_owned))
             .bind(change.to.as_str())
             .bind(error.code)
             .bind(error.message)
             .bind(now)
-            .bind(payment_id);
+            .bind(payment_id.to_owned());
         let attached = self
             .write_in_one_trip(
                 query,
@@ -375,5 +375,85 @@ impl super::WriteTx<'_> {
         .await?
         .rows_affected();
         Ok(updated == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PaymentId;
+
+    fn creating(invoice_id: &str) -> Payment {
+        Payment {
+            id: PaymentId::generate().as_str().to_owned(),
+            tenant: "billing".to_owned(),
+            invoice_id: invoice_id.to_owned(),
+            amount: 4200,
+            currency: "usd".to_owned(),
+            status: PaymentStatus::Creating,
+            stripe_payment_intent_id: None,
+            stripe_customer_id: None,
+            client_secret: None,
+            description: Some("it's \"quoted\" \\ and ünïcode".to_owned()),
+            metadata: BTreeMap::from([("order".to_owned(), "o-1".to_owned())]),
+            success_url: "https://shop.example.com/paid".to_owned(),
+            failure_url: "https://shop.example.com/failed".to_owned(),
+            last_payment_error: None,
+            created_at: 1,
+            updated_at: 1,
+            last_event_created: None,
+        }
+    }
+
+    /// A SQLite create's batch that fails part way is rolled back whole, and the one write
+    /// connection is left without an open transaction for the next write.
+    #[tokio::test]
+    async fn a_failed_sqlite_batch_leaves_nothing_and_the_writer_usable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("store.db").display());
+        let store = Store::connect(&url, 2).await.expect("store");
+        store.migrate().await.expect("migrate");
+
+        let first = creating("inv-1");
+        assert!(
+            store
+                .insert_payment(&first, "k-1", "fp")
+                .await
+                .expect("insert")
+        );
+        assert_eq!(
+            store.get_payment(None, &first.id).await.expect("read"),
+            Some(first.clone()),
+            "written and read back unchanged"
+        );
+
+        // The same id for another invoice and key: the batch's first insert breaks the primary
+        // key after `begin immediate`.
+        let mut same_id = creating("inv-2");
+        same_id.id = first.id.clone();
+        store
+            .insert_payment(&same_id, "k-2", "fp")
+            .await
+            .expect_err("the primary key refuses it");
+
+        let second = creating("inv-2");
+        assert!(
+            store
+                .insert_payment(&second, "k-2", "fp")
+                .await
+                .expect("insert"),
+            "the writer is usable again"
+        );
+        let keys: Vec<(String,)> =
+            sqlx::query_as("select idempotency_key from idempotency_key order by 1")
+                .fetch_all(&store.read)
+                .await
+                .expect("keys");
+        assert_eq!(keys, [("k-1".to_owned(),), ("k-2".to_owned(),)]);
+        // Committed, not left in a transaction: a second connection sees both payments.
+        let other = Store::connect(&url, 1).await.expect("another store");
+        for id in [&first.id, &second.id] {
+            assert!(other.get_payment(None, id).await.expect("read").is_some());
+        }
     }
 }
