@@ -22,6 +22,7 @@ mod customers;
 mod idempotency;
 mod payments;
 mod reconcile_claims;
+mod sqlite_create_writes;
 mod webhook_events;
 
 use std::str::FromStr;
@@ -40,15 +41,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// A database URL that is neither `sqlite:` nor `postgres://`.
+/// A database URL that is neither `sqlite:FILE` nor `postgres://…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("database URL must start with sqlite: or postgres://")]
+#[error("database URL must be sqlite:FILE (not in memory) or postgres://…")]
 pub struct UnsupportedUrl;
 
 impl Backend {
     /// Reads the engine from the URL scheme.
     pub fn from_url(url: &str) -> Result<Backend, UnsupportedUrl> {
-        if url.starts_with("sqlite:") {
+        if url.starts_with("sqlite:") && !url.contains(":memory:") {
             Ok(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Backend::Postgres)
@@ -105,6 +106,8 @@ pub struct Store {
     /// Where reads run: a pool beside the writer on SQLite, the shared pool on PostgreSQL.
     read: AnyPool,
     backend: Backend,
+    /// On SQLite, where the create's two writes run (see [`sqlite_create_writes`]).
+    sqlite_create_writes: Option<std::sync::Arc<sqlite_create_writes::SqliteCreateWrites>>,
     /// Ids of payments as their changes commit (see [`change_feed`]).
     changes: tokio::sync::broadcast::Sender<String>,
 }
@@ -115,19 +118,18 @@ impl Store {
         install_default_drivers();
         let backend =
             Backend::from_url(url).map_err(|error| StoreError::Database(Box::new(error)))?;
+        let mut sqlite_create_writes = None;
         let (write, read) = match backend {
             Backend::Sqlite => {
                 let options = AnyConnectOptions::from_str(&sqlite_url_creating_file(url))?;
                 // The writer first: it creates the file and switches it to WAL.
                 let write = sqlite_pool(1).connect_with(options.clone()).await?;
-                let read = if url.contains(":memory:") {
-                    // Each connection to `:memory:` is a database of its own.
-                    write.clone()
-                } else {
-                    sqlite_pool(max_connections.max(1))
-                        .connect_with(options)
-                        .await?
-                };
+                let read = sqlite_pool(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                sqlite_create_writes = Some(std::sync::Arc::new(
+                    sqlite_create_writes::SqliteCreateWrites::open(url, SQLITE_PRAGMAS)?,
+                ));
                 (write, read)
             }
             Backend::Postgres => {
@@ -140,6 +142,7 @@ impl Store {
             write,
             read,
             backend,
+            sqlite_create_writes,
             changes,
         })
     }
@@ -225,9 +228,9 @@ struct Change {
 /// One of the create's two writes (a payment and its first event; its intent and that event),
 /// written in one round trip because every create makes both: on PostgreSQL one statement whose
 /// data-modifying `with` clauses write the row and its event (a statement is atomic on its own);
-/// on SQLite, which has no such clauses, the same writes as a batch of statements between
-/// `begin immediate` and `commit`, sent to SQLite's connection thread at once. Both answer the
-/// payment's row when they wrote it, nothing otherwise.
+/// on SQLite, which has no such clauses, the same writes as a batch of statements in one
+/// transaction (see [`sqlite_create_writes`]). Both answer the payment's row when they wrote
+/// it, nothing otherwise.
 #[derive(Debug)]
 struct OneTrip {
     sqlite: String,
@@ -235,48 +238,74 @@ struct OneTrip {
 }
 
 impl OneTrip {
-    /// `postgres`, and `sqlite`'s statements wrapped in their transaction.
     fn new(sqlite: &str, postgres: String) -> OneTrip {
         OneTrip {
-            sqlite: format!("begin immediate; {sqlite}; commit"),
+            sqlite: sqlite.to_owned(),
             postgres,
-        }
-    }
-
-    fn for_engine(&'static self, backend: Backend) -> &'static str {
-        match backend {
-            Backend::Sqlite => &self.sqlite,
-            Backend::Postgres => &self.postgres,
         }
     }
 }
 
-type PaymentQuery<'q> =
-    sqlx::query::QueryAs<'q, Any, payments::PaymentRow, sqlx::any::AnyArguments<'q>>;
+/// A value bound to a [`OneTrip`] write's parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SqlValue {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<String> for SqlValue {
+    fn from(text: String) -> Self {
+        SqlValue::Text(Some(text))
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(text: &str) -> Self {
+        SqlValue::Text(Some(text.to_owned()))
+    }
+}
+
+impl From<Option<String>> for SqlValue {
+    fn from(text: Option<String>) -> Self {
+        SqlValue::Text(text)
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(int: i64) -> Self {
+        SqlValue::Int(Some(int))
+    }
+}
+
+impl From<Option<i64>> for SqlValue {
+    fn from(int: Option<i64>) -> Self {
+        SqlValue::Int(int)
+    }
+}
 
 impl Store {
     /// Runs a [`OneTrip`] write; when it wrote a row, counts and announces `change`.
     async fn write_in_one_trip(
         &self,
-        query: PaymentQuery<'static>,
+        write: &OneTrip,
+        values: Vec<SqlValue>,
         change: Change,
     ) -> Result<Vec<payments::PaymentRow>, StoreError> {
-        let rows = match self.backend {
-            Backend::Postgres => query.fetch_all(&self.write).await?,
-            Backend::Sqlite => {
-                let mut conn = self.write.acquire().await?;
-                // In a task of its own, so that it runs to its end even if the caller goes
-                // away: a batch cut short would leave its transaction open on the one write
-                // connection. A batch that failed part way is rolled back here.
-                tokio::spawn(async move {
-                    let rows = query.fetch_all(&mut *conn).await;
-                    if rows.is_err() {
-                        let _ = conn.execute("rollback").await;
-                    }
-                    rows
-                })
-                .await
-                .map_err(|error| StoreError::Database(Box::new(error)))??
+        let rows = match &self.sqlite_create_writes {
+            None => {
+                let mut query = sqlx::query_as(&write.postgres);
+                for value in values {
+                    query = match value {
+                        SqlValue::Text(text) => query.bind(text),
+                        SqlValue::Int(int) => query.bind(int),
+                    };
+                }
+                query.fetch_all(&self.write).await?
+            }
+            Some(writes) => {
+                // Held while the batch runs, so that SQLite keeps one writer at a time.
+                let _one_writer = self.write.acquire().await?;
+                writes.run(&write.sqlite, &values)?
             }
         };
         if !rows.is_empty() {
@@ -365,7 +394,7 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
 
 /// `sqlite:path` → `sqlite:path?mode=rwc`, so the file is created on first start.
 fn sqlite_url_creating_file(url: &str) -> String {
-    if url.contains("mode=") || url.contains(":memory:") {
+    if url.contains("mode=") {
         url.to_owned()
     } else if url.contains('?') {
         format!("{url}&mode=rwc")

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 
-use super::{AppendedEvent, Change, EVENT_INSERT, OneTrip, PaymentQuery, Store, parse_status};
+use super::{AppendedEvent, Change, EVENT_INSERT, OneTrip, SqlValue, Store, parse_status};
 use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
 use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
 
@@ -24,9 +24,14 @@ macro_rules! payment_row {
         impl PaymentRow {
             const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
 
-            /// Binds the row's values in [`PaymentRow::COLUMNS`] order.
-            fn bind_to(self, query: PaymentQuery<'_>) -> PaymentQuery<'_> {
-                query$(.bind(self.$column))*
+            /// The row's values in [`PaymentRow::COLUMNS`] order.
+            fn values(self) -> Vec<SqlValue> {
+                vec![$(SqlValue::from(self.$column)),*]
+            }
+
+            /// Reads a row by its columns' names.
+            pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRow> {
+                Ok(PaymentRow { $($column: row.get(stringify!($column))?,)* })
             }
         }
     };
@@ -214,14 +219,13 @@ impl PaymentRecords for Store {
         idempotency_key: &str,
         request_fingerprint: &str,
     ) -> Result<bool, StoreError> {
-        let row = PaymentRow::try_from(payment)?;
-        let query = row
-            .bind_to(sqlx::query_as(INSERT_PAYMENT.for_engine(self.backend)))
-            .bind(idempotency_key.to_owned())
-            .bind(request_fingerprint.to_owned());
+        let mut values = PaymentRow::try_from(payment)?.values();
+        values.push(SqlValue::from(idempotency_key));
+        values.push(SqlValue::from(request_fingerprint));
         let written = !self
             .write_in_one_trip(
-                query,
+                &INSERT_PAYMENT,
+                values,
                 Change {
                     payment_id: payment.id.clone(),
                     source: EventSource::Create,
@@ -288,17 +292,19 @@ impl PaymentRecords for Store {
         now: i64,
     ) -> Result<Payment, StoreError> {
         let error = change.last_payment_error.clone().unwrap_or_default();
-        let query = sqlx::query_as(ATTACH_INTENT.for_engine(self.backend))
-            .bind(intent_id.to_owned())
-            .bind(client_secret.map(str::to_owned))
-            .bind(change.to.as_str())
-            .bind(error.code)
-            .bind(error.message)
-            .bind(now)
-            .bind(payment_id.to_owned());
+        let values = vec![
+            SqlValue::from(intent_id),
+            SqlValue::from(client_secret.map(str::to_owned)),
+            SqlValue::from(change.to.as_str()),
+            SqlValue::from(error.code),
+            SqlValue::from(error.message),
+            SqlValue::from(now),
+            SqlValue::from(payment_id),
+        ];
         let attached = self
             .write_in_one_trip(
-                query,
+                &ATTACH_INTENT,
+                values,
                 Change {
                     payment_id: payment_id.to_owned(),
                     source: EventSource::Create,
