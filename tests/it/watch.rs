@@ -199,13 +199,13 @@ on_both_databases!(
 );
 
 /// On PostgreSQL every committed change is announced to every replica: a store connected as
-/// another replica hears the create and the attach of a payment written through this one, in
-/// commit order.
+/// another replica hears the attach and the cancel of a payment written through this one, in
+/// commit order (the payment's first write is not announced: nobody has its id yet).
 #[tokio::test]
 async fn postgres_every_committed_change_is_announced_to_other_replicas() {
     use paybridge::adapters::store::Store;
     use paybridge::app::ports::{ChangeFeed, PaymentRecords};
-    use paybridge::domain::{PaymentStatus, StatusChange};
+    use paybridge::domain::{EventSource, PaymentStatus, StatusChange};
 
     let url = support::postgres::fresh_database().await;
     let writer = Store::connect(&url, 2).await.expect("store");
@@ -213,13 +213,17 @@ async fn postgres_every_committed_change_is_announced_to_other_replicas() {
     let other_replica = Store::connect(&url, 2).await.expect("listening store");
     let mut changes = other_replica.subscribe_changes();
 
+    // Written first, never changed: heard of only if first writes were announced.
+    let quiet = support::creating_payment("inv-quiet");
     let payment = support::creating_payment("inv-announced");
-    assert!(
-        writer
-            .insert_payment(&payment, "k-announced", "fp")
-            .await
-            .expect("insert")
-    );
+    for (written, key) in [(&quiet, "k-quiet"), (&payment, "k-announced")] {
+        assert!(
+            writer
+                .insert_payment(written, key, "fp")
+                .await
+                .expect("insert")
+        );
+    }
     let change = StatusChange {
         from: PaymentStatus::Creating,
         to: PaymentStatus::RequiresPaymentMethod,
@@ -231,7 +235,17 @@ async fn postgres_every_committed_change_is_announced_to_other_replicas() {
         .await
         .expect("attach");
     assert_eq!(attached.status, PaymentStatus::RequiresPaymentMethod);
-    for what in ["the create", "the attach"] {
+    let cancel = StatusChange {
+        from: PaymentStatus::RequiresPaymentMethod,
+        to: PaymentStatus::Canceled,
+        last_payment_error: None,
+    };
+    let (_, changed) = writer
+        .apply_change(&payment.id, &cancel, EventSource::Cancel, now)
+        .await
+        .expect("cancel");
+    assert!(changed);
+    for what in ["the attach", "the cancel"] {
         let heard = tokio::time::timeout(Duration::from_secs(15), changes.recv())
             .await
             .unwrap_or_else(|_| panic!("{what} announced within 15 s"))

@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 
+use super::Store;
 use super::payments::PaymentRow;
-use super::{Store, WriteTx};
 use crate::app::ports::{CreateLookup, IdempotencyKeys, IdempotencyRecord, StoreError};
 use crate::domain::Payment;
 
@@ -14,33 +14,6 @@ struct LookupRow {
     request_fingerprint: Option<String>,
     #[sqlx(flatten)]
     payment: PaymentRow,
-}
-
-impl WriteTx<'_> {
-    /// Points `idempotency_key` at a payment unless it names one already. True when written.
-    pub(super) async fn insert_idempotency_key(
-        &mut self,
-        tenant: &str,
-        idempotency_key: &str,
-        request_fingerprint: &str,
-        payment_id: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "insert into idempotency_key \
-             (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
-             values ($1, $2, $3, $4, $5) on conflict do nothing",
-        )
-        .bind(tenant)
-        .bind(idempotency_key)
-        .bind(request_fingerprint)
-        .bind(payment_id)
-        .bind(now)
-        .execute(self.conn())
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
 }
 
 #[async_trait]
@@ -91,19 +64,19 @@ impl IdempotencyKeys for Store {
         payment_id: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        if !tx
-            .insert_idempotency_key(
-                tenant,
-                idempotency_key,
-                request_fingerprint,
-                payment_id,
-                now,
-            )
-            .await?
-        {
-            return Err(StoreError::Conflict);
-        }
-        tx.commit().await
+        // A key taken concurrently breaks the primary key: `Conflict`.
+        sqlx::query(
+            "insert into idempotency_key \
+             (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(request_fingerprint)
+        .bind(payment_id)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 }

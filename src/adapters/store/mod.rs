@@ -13,14 +13,16 @@
 //!
 //! One file per concern: [`payments`] (the `payment` table and its row type), [`idempotency`],
 //! [`webhook_events`], [`reconcile_claims`], [`customers`] and [`change_feed`] (the event log and
-//! the announcements). Every write runs in a [`WriteTx`], which is where a status change is
-//! appended to the event log, counted, and announced once committed.
+//! the announcements). A status change is written with its event in one transaction, and counted
+//! and announced once committed: through a [`WriteTx`], or, for the create's two writes, as a
+//! [`OneTrip`] (one round trip each).
 
 mod change_feed;
 mod customers;
 mod idempotency;
 mod payments;
 mod reconcile_claims;
+mod sqlite_create_writes;
 mod webhook_events;
 
 use std::str::FromStr;
@@ -39,15 +41,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// A database URL that is neither `sqlite:` nor `postgres://`.
+/// A database URL that is neither `sqlite:FILE` nor `postgres://…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("database URL must start with sqlite: or postgres://")]
+#[error("database URL must be sqlite:FILE (not in memory) or postgres://…")]
 pub struct UnsupportedUrl;
 
 impl Backend {
     /// Reads the engine from the URL scheme.
     pub fn from_url(url: &str) -> Result<Backend, UnsupportedUrl> {
-        if url.starts_with("sqlite:") {
+        if url.starts_with("sqlite:") && !url.contains(":memory:") {
             Ok(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Backend::Postgres)
@@ -104,6 +106,8 @@ pub struct Store {
     /// Where reads run: a pool beside the writer on SQLite, the shared pool on PostgreSQL.
     read: AnyPool,
     backend: Backend,
+    /// On SQLite, where the create's two writes run (see [`sqlite_create_writes`]).
+    sqlite_create_writes: Option<std::sync::Arc<sqlite_create_writes::SqliteCreateWrites>>,
     /// Ids of payments as their changes commit (see [`change_feed`]).
     changes: tokio::sync::broadcast::Sender<String>,
 }
@@ -114,19 +118,18 @@ impl Store {
         install_default_drivers();
         let backend =
             Backend::from_url(url).map_err(|error| StoreError::Database(Box::new(error)))?;
+        let mut sqlite_create_writes = None;
         let (write, read) = match backend {
             Backend::Sqlite => {
                 let options = AnyConnectOptions::from_str(&sqlite_url_creating_file(url))?;
                 // The writer first: it creates the file and switches it to WAL.
                 let write = sqlite_pool(1).connect_with(options.clone()).await?;
-                let read = if url.contains(":memory:") {
-                    // Each connection to `:memory:` is a database of its own.
-                    write.clone()
-                } else {
-                    sqlite_pool(max_connections.max(1))
-                        .connect_with(options)
-                        .await?
-                };
+                let read = sqlite_pool(max_connections.max(1))
+                    .connect_with(options)
+                    .await?;
+                sqlite_create_writes = Some(std::sync::Arc::new(
+                    sqlite_create_writes::SqliteCreateWrites::open(url, SQLITE_PRAGMAS)?,
+                ));
                 (write, read)
             }
             Backend::Postgres => {
@@ -139,6 +142,7 @@ impl Store {
             write,
             read,
             backend,
+            sqlite_create_writes,
             changes,
         })
     }
@@ -196,6 +200,10 @@ impl Store {
     }
 }
 
+/// The event log's insert, up to its values: the one place that names its columns.
+const EVENT_INSERT: &str = "insert into payment_event \
+     (payment_id, source, from_status, to_status, stripe_event_id, created_at)";
+
 /// One status change appended to a payment's event log.
 #[derive(Debug)]
 struct AppendedEvent<'a> {
@@ -208,12 +216,127 @@ struct AppendedEvent<'a> {
     now: i64,
 }
 
+/// A committed status change, to count and announce.
+#[derive(Debug)]
+struct Change {
+    payment_id: String,
+    source: EventSource,
+    from: Option<PaymentStatus>,
+    to: PaymentStatus,
+}
+
+/// One of the create's two writes (a payment and its first event; its intent and that event),
+/// written in one round trip because every create makes both: on PostgreSQL one statement whose
+/// data-modifying `with` clauses write the row and its event (a statement is atomic on its own);
+/// on SQLite, which has no such clauses, the same writes as a batch of statements in one
+/// transaction (see [`sqlite_create_writes`]). Both answer the payment's row when they wrote
+/// it, nothing otherwise.
+#[derive(Debug)]
+struct OneTrip {
+    sqlite: String,
+    postgres: String,
+}
+
+impl OneTrip {
+    fn new(sqlite: &str, postgres: String) -> OneTrip {
+        OneTrip {
+            sqlite: sqlite.to_owned(),
+            postgres,
+        }
+    }
+}
+
+/// A value bound to a [`OneTrip`] write's parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SqlValue {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<String> for SqlValue {
+    fn from(text: String) -> Self {
+        SqlValue::Text(Some(text))
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(text: &str) -> Self {
+        SqlValue::Text(Some(text.to_owned()))
+    }
+}
+
+impl From<Option<String>> for SqlValue {
+    fn from(text: Option<String>) -> Self {
+        SqlValue::Text(text)
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(int: i64) -> Self {
+        SqlValue::Int(Some(int))
+    }
+}
+
+impl From<Option<i64>> for SqlValue {
+    fn from(int: Option<i64>) -> Self {
+        SqlValue::Int(int)
+    }
+}
+
+impl Store {
+    /// Runs a [`OneTrip`] write; when it wrote a row, counts and announces `change`.
+    async fn write_in_one_trip(
+        &self,
+        write: &OneTrip,
+        values: Vec<SqlValue>,
+        change: Change,
+    ) -> Result<Vec<payments::PaymentRow>, StoreError> {
+        let rows = match &self.sqlite_create_writes {
+            None => {
+                let mut query = sqlx::query_as(&write.postgres);
+                for value in values {
+                    query = match value {
+                        SqlValue::Text(text) => query.bind(text),
+                        SqlValue::Int(int) => query.bind(int),
+                    };
+                }
+                query.fetch_all(&self.write).await?
+            }
+            Some(writes) => {
+                // Held while the batch runs, so that SQLite keeps one writer at a time.
+                let _one_writer = self.write.acquire().await?;
+                writes.run(&write.sqlite, &values)?
+            }
+        };
+        if !rows.is_empty() {
+            self.committed(vec![change]);
+        }
+        Ok(rows)
+    }
+
+    /// After a commit: counts each change in the transitions metric and announces it (see
+    /// [`change_feed`]).
+    fn committed(&self, changes: Vec<Change>) {
+        for change in changes {
+            crate::metrics::METRICS
+                .transitions
+                .get_or_create(&crate::metrics::TransitionLabels {
+                    from: change.from.map_or("none", PaymentStatus::as_str),
+                    to: change.to.as_str(),
+                    source: change.source.as_str(),
+                })
+                .inc();
+            self.announce_committed(change.payment_id);
+        }
+    }
+}
+
 /// A write transaction. Dropped without [`WriteTx::commit`], it is rolled back.
 struct WriteTx<'s> {
     tx: sqlx::Transaction<'static, Any>,
     store: &'s Store,
     /// The changes appended so far, counted and announced once committed.
-    changes: Vec<(String, Option<PaymentStatus>, PaymentStatus, EventSource)>,
+    changes: Vec<Change>,
 }
 
 impl WriteTx<'_> {
@@ -221,45 +344,32 @@ impl WriteTx<'_> {
         &mut self.tx
     }
 
-    /// Appends a status change to its payment's event log: the only place that writes
-    /// `payment_event`.
+    /// Appends a status change to its payment's event log.
     async fn append_event(&mut self, event: AppendedEvent<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into payment_event \
-             (payment_id, source, from_status, to_status, stripe_event_id, created_at) \
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.payment_id)
-        .bind(event.source.as_str())
-        .bind(event.from.map(PaymentStatus::as_str))
-        .bind(event.to.as_str())
-        .bind(event.stripe_event_id)
-        .bind(event.now)
-        .execute(self.conn())
-        .await?;
-        self.changes.push((
-            event.payment_id.to_owned(),
-            event.from,
-            event.to,
-            event.source,
-        ));
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| format!("{EVENT_INSERT} values ($1, $2, $3, $4, $5, $6)"));
+        sqlx::query(&SQL)
+            .bind(event.payment_id)
+            .bind(event.source.as_str())
+            .bind(event.from.map(PaymentStatus::as_str))
+            .bind(event.to.as_str())
+            .bind(event.stripe_event_id)
+            .bind(event.now)
+            .execute(self.conn())
+            .await?;
+        self.changes.push(Change {
+            payment_id: event.payment_id.to_owned(),
+            source: event.source,
+            from: event.from,
+            to: event.to,
+        });
         Ok(())
     }
 
-    /// Commits, then counts the changes and announces them (see [`change_feed`]).
+    /// Commits, then counts the changes and announces them.
     async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
-        for (payment_id, from, to, source) in self.changes {
-            crate::metrics::METRICS
-                .transitions
-                .get_or_create(&crate::metrics::TransitionLabels {
-                    from: from.map_or("none", PaymentStatus::as_str),
-                    to: to.as_str(),
-                    source: source.as_str(),
-                })
-                .inc();
-            self.store.announce_committed(payment_id);
-        }
+        self.store.committed(self.changes);
         Ok(())
     }
 }
@@ -284,7 +394,7 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
 
 /// `sqlite:path` → `sqlite:path?mode=rwc`, so the file is created on first start.
 fn sqlite_url_creating_file(url: &str) -> String {
-    if url.contains("mode=") || url.contains(":memory:") {
+    if url.contains("mode=") {
         url.to_owned()
     } else if url.contains('?') {
         format!("{url}&mode=rwc")

@@ -5,11 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use sqlx::Any;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 
-use super::{AppendedEvent, Store, parse_status};
+use super::{AppendedEvent, Change, EVENT_INSERT, OneTrip, SqlValue, Store, parse_status};
 use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
 use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
 
@@ -27,12 +24,14 @@ macro_rules! payment_row {
         impl PaymentRow {
             const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
 
-            /// Binds the row's values in [`PaymentRow::COLUMNS`] order.
-            fn bind_to<'q>(
-                self,
-                query: Query<'q, Any, AnyArguments<'q>>,
-            ) -> Query<'q, Any, AnyArguments<'q>> {
-                query$(.bind(self.$column))*
+            /// The row's values in [`PaymentRow::COLUMNS`] order.
+            fn values(self) -> Vec<SqlValue> {
+                vec![$(SqlValue::from(self.$column)),*]
+            }
+
+            /// Reads a row by its columns' names.
+            pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRow> {
+                Ok(PaymentRow { $($column: row.get(stringify!($column))?,)* })
             }
         }
     };
@@ -59,15 +58,75 @@ payment_row! {
     last_event_created: Option<i64>,
 }
 
-/// Inserts a payment unless a unique index holds one for its invoice (or its id) already.
-static INSERT_PAYMENT: LazyLock<String> = LazyLock::new(|| {
-    let placeholders: Vec<String> = (1..=PaymentRow::COLUMNS.len())
-        .map(|n| format!("${n}"))
-        .collect();
-    format!(
-        "insert into payment ({}) values ({}) on conflict do nothing",
-        PaymentRow::COLUMNS.join(", "),
-        placeholders.join(", ")
+/// The number of a payment column's parameter in [`INSERT_PAYMENT`] (`$1` is the first column).
+fn column_parameter(column: &str) -> String {
+    let position = PaymentRow::COLUMNS
+        .iter()
+        .position(|known| *known == column)
+        .unwrap_or_else(|| panic!("{column} is not a payment column"));
+    format!("${}", position + 1)
+}
+
+/// A create's first write: the payment (in `Creating`), its idempotency key and its first event,
+/// unless the key is taken or the invoice has a live payment; answers the payment's row when it
+/// wrote it. Parameters: the payment's columns in [`PaymentRow::COLUMNS`] order, then the key and
+/// the request's fingerprint. A concurrent create that took the key or the invoice first makes it
+/// fail on a unique index (`Conflict`).
+static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
+    let count = PaymentRow::COLUMNS.len();
+    let columns = PaymentRow::COLUMNS.join(", ");
+    let values: Vec<String> = (1..=count).map(|n| format!("${n}")).collect();
+    let values = values.join(", ");
+    let [id, tenant, invoice, status, created] =
+        ["payment_id", "tenant", "invoice_id", "status", "created_at"].map(column_parameter);
+    let (key, fingerprint) = (format!("${}", count + 1), format!("${}", count + 2));
+    let insert = format!(
+        "insert into payment ({columns}) select {values} \
+         where not exists (select 1 from idempotency_key \
+                           where tenant = {tenant} and idempotency_key = {key}) \
+           and not exists (select 1 from payment \
+                           where tenant = {tenant} and invoice_id = {invoice} and status <> 'canceled') \
+         returning *"
+    );
+    let key_columns = "insert into idempotency_key \
+         (tenant, idempotency_key, request_fingerprint, payment_id, created_at)";
+    OneTrip::new(
+        &format!(
+            "{insert}; \
+             {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
+             where changes() = 1; \
+             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created} \
+             where changes() = 1"
+        ),
+        format!(
+            "with new_payment as ({insert}), \
+             new_key as ({key_columns} \
+                 select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
+             new_event as ({EVENT_INSERT} \
+                 select payment_id, 'create', null, status, null, created_at from new_payment) \
+             select * from new_payment"
+        ),
+    )
+});
+
+/// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
+static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
+    let update = "update payment set stripe_payment_intent_id = $1, client_secret = $2, \
+         status = $3, last_payment_error_code = $4, last_payment_error_message = $5, \
+         updated_at = $6 \
+         where payment_id = $7 and status = 'creating' \
+         returning *";
+    OneTrip::new(
+        &format!(
+            "{update}; \
+             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
+        ),
+        format!(
+            "with attached as ({update}), \
+             event as ({EVENT_INSERT} \
+                 select payment_id, 'create', 'creating', status, null, updated_at from attached) \
+             select * from attached"
+        ),
     )
 });
 
@@ -160,41 +219,23 @@ impl PaymentRecords for Store {
         idempotency_key: &str,
         request_fingerprint: &str,
     ) -> Result<bool, StoreError> {
-        let row = PaymentRow::try_from(payment)?;
-        let mut tx = self.begin().await?;
-        let inserted = row
-            .bind_to(sqlx::query(&INSERT_PAYMENT))
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-        if inserted == 0 {
-            // The invoice has a live payment: nothing written.
-            return Ok(false);
-        }
-        if !tx
-            .insert_idempotency_key(
-                &payment.tenant,
-                idempotency_key,
-                request_fingerprint,
-                &payment.id,
-                payment.created_at,
+        let mut values = PaymentRow::try_from(payment)?.values();
+        values.push(SqlValue::from(idempotency_key));
+        values.push(SqlValue::from(request_fingerprint));
+        let written = !self
+            .write_in_one_trip(
+                &INSERT_PAYMENT,
+                values,
+                Change {
+                    payment_id: payment.id.clone(),
+                    source: EventSource::Create,
+                    from: None,
+                    to: payment.status,
+                },
             )
             .await?
-        {
-            // The key names another payment: nothing written (the payment is rolled back).
-            return Ok(false);
-        }
-        tx.append_event(AppendedEvent {
-            payment_id: &payment.id,
-            source: EventSource::Create,
-            from: None,
-            to: payment.status,
-            stripe_event_id: None,
-            now: payment.created_at,
-        })
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+            .is_empty();
+        Ok(written)
     }
 
     async fn get_payment(
@@ -251,41 +292,36 @@ impl PaymentRecords for Store {
         now: i64,
     ) -> Result<Payment, StoreError> {
         let error = change.last_payment_error.clone().unwrap_or_default();
-        let mut tx = self.begin().await?;
-        let attached: Option<PaymentRow> = sqlx::query_as(
-            "update payment set stripe_payment_intent_id = $1, client_secret = $2, status = $3, \
-             last_payment_error_code = $4, last_payment_error_message = $5, updated_at = $6 \
-             where payment_id = $7 and status = 'creating' \
-             returning *",
-        )
-        .bind(intent_id)
-        .bind(client_secret)
-        .bind(change.to.as_str())
-        .bind(error.code)
-        .bind(error.message)
-        .bind(now)
-        .bind(payment_id)
-        .fetch_optional(tx.conn())
-        .await?;
-        let Some(attached) = attached else {
+        let values = vec![
+            SqlValue::from(intent_id),
+            SqlValue::from(client_secret.map(str::to_owned)),
+            SqlValue::from(change.to.as_str()),
+            SqlValue::from(error.code),
+            SqlValue::from(error.message),
+            SqlValue::from(now),
+            SqlValue::from(payment_id),
+        ];
+        let attached = self
+            .write_in_one_trip(
+                &ATTACH_INTENT,
+                values,
+                Change {
+                    payment_id: payment_id.to_owned(),
+                    source: EventSource::Create,
+                    from: Some(PaymentStatus::Creating),
+                    to: change.to,
+                },
+            )
+            .await?
+            .pop();
+        match attached {
+            Some(row) => Payment::try_from(row),
             // Another writer finished it first: answer what it stored.
-            drop(tx);
-            return self
+            None => self
                 .get_payment(None, payment_id)
                 .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished")));
-        };
-        tx.append_event(AppendedEvent {
-            payment_id,
-            source: EventSource::Create,
-            from: Some(PaymentStatus::Creating),
-            to: change.to,
-            stripe_event_id: None,
-            now,
-        })
-        .await?;
-        tx.commit().await?;
-        Payment::try_from(attached)
+                .ok_or_else(|| StoreError::Corrupt(format!("payment {payment_id} vanished"))),
+        }
     }
 
     async fn apply_change(
@@ -345,5 +381,85 @@ impl super::WriteTx<'_> {
         .await?
         .rows_affected();
         Ok(updated == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PaymentId;
+
+    fn creating(invoice_id: &str) -> Payment {
+        Payment {
+            id: PaymentId::generate().as_str().to_owned(),
+            tenant: "billing".to_owned(),
+            invoice_id: invoice_id.to_owned(),
+            amount: 4200,
+            currency: "usd".to_owned(),
+            status: PaymentStatus::Creating,
+            stripe_payment_intent_id: None,
+            stripe_customer_id: None,
+            client_secret: None,
+            description: Some("it's \"quoted\" \\ and ünïcode".to_owned()),
+            metadata: BTreeMap::from([("order".to_owned(), "o-1".to_owned())]),
+            success_url: "https://shop.example.com/paid".to_owned(),
+            failure_url: "https://shop.example.com/failed".to_owned(),
+            last_payment_error: None,
+            created_at: 1,
+            updated_at: 1,
+            last_event_created: None,
+        }
+    }
+
+    /// A SQLite create's batch that fails part way is rolled back whole, and the one write
+    /// connection is left without an open transaction for the next write.
+    #[tokio::test]
+    async fn a_failed_sqlite_batch_leaves_nothing_and_the_writer_usable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("store.db").display());
+        let store = Store::connect(&url, 2).await.expect("store");
+        store.migrate().await.expect("migrate");
+
+        let first = creating("inv-1");
+        assert!(
+            store
+                .insert_payment(&first, "k-1", "fp")
+                .await
+                .expect("insert")
+        );
+        assert_eq!(
+            store.get_payment(None, &first.id).await.expect("read"),
+            Some(first.clone()),
+            "written and read back unchanged"
+        );
+
+        // The same id for another invoice and key: the batch's first insert breaks the primary
+        // key after `begin immediate`.
+        let mut same_id = creating("inv-2");
+        same_id.id = first.id.clone();
+        store
+            .insert_payment(&same_id, "k-2", "fp")
+            .await
+            .expect_err("the primary key refuses it");
+
+        let second = creating("inv-2");
+        assert!(
+            store
+                .insert_payment(&second, "k-2", "fp")
+                .await
+                .expect("insert"),
+            "the writer is usable again"
+        );
+        let keys: Vec<(String,)> =
+            sqlx::query_as("select idempotency_key from idempotency_key order by 1")
+                .fetch_all(&store.read)
+                .await
+                .expect("keys");
+        assert_eq!(keys, [("k-1".to_owned(),), ("k-2".to_owned(),)]);
+        // Committed, not left in a transaction: a second connection sees both payments.
+        let other = Store::connect(&url, 1).await.expect("another store");
+        for id in [&first.id, &second.id] {
+            assert!(other.get_payment(None, id).await.expect("read").is_some());
+        }
     }
 }

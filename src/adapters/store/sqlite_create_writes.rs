@@ -1,0 +1,124 @@
+//! SQLite's two create writes ([`OneTrip`](super::OneTrip)) on rusqlite, in the calling thread.
+//! Everything else, on both engines, runs on sqlx.
+//!
+//! Kept alone, beside sqlx, for the figure it makes: sqlx-sqlite hands every statement to a
+//! thread per connection and streams each statement's result back, so a create's two batches
+//! cost the parking and waking of that thread and of the waiting task several times over.
+//! With the batches on sqlx-sqlite, SQLite creates at 64 callers ran at 1,244–1,582/s with
+//! 395–442 µs of serve's CPU each, short of the 2,000/s target; here, alternated on the same
+//! machine, see the bench notes (bench/README.md, "Changed for speed").
+//!
+//! The caller holds sqlx's one write connection while a batch runs, so SQLite keeps one writer
+//! at a time. A batch is synchronous: it cannot be cut short by a caller that goes away, and one
+//! that fails part way is rolled back whole.
+
+use std::sync::Mutex;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql};
+
+use super::SqlValue;
+use super::payments::PaymentRow;
+use crate::app::ports::StoreError;
+
+/// The rusqlite connection the create's batches run on.
+#[derive(Debug)]
+pub(super) struct SqliteCreateWrites {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteCreateWrites {
+    /// Opens the database file of `url` (which sqlx created) with `pragmas`.
+    pub(super) fn open(url: &str, pragmas: &str) -> Result<SqliteCreateWrites, StoreError> {
+        use std::str::FromStr;
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+        let conn = Connection::open_with_flags(
+            options.get_filename(),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| conn.execute_batch(pragmas).map(|()| conn))
+        .map_err(unavailable)?;
+        Ok(SqliteCreateWrites {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `batch` (statements separated by `;`, `$n` parameters into `values`) in one
+    /// transaction; answers the payment rows its statements return.
+    pub(super) fn run(
+        &self,
+        batch: &str,
+        values: &[SqlValue],
+    ) -> Result<Vec<PaymentRow>, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.execute_batch("begin immediate").map_err(unavailable)?;
+        match run_statements(&conn, batch, values).and_then(|rows| {
+            conn.execute_batch("commit")?;
+            Ok(rows)
+        }) {
+            Ok(rows) => Ok(rows),
+            Err(error) => {
+                let _ = conn.execute_batch("rollback");
+                Err(refused(error))
+            }
+        }
+    }
+}
+
+fn run_statements(
+    conn: &Connection,
+    batch: &str,
+    values: &[SqlValue],
+) -> rusqlite::Result<Vec<PaymentRow>> {
+    let mut rows = Vec::new();
+    for sql in batch
+        .split(';')
+        .map(str::trim)
+        .filter(|sql| !sql.is_empty())
+    {
+        let mut statement = conn.prepare_cached(sql)?;
+        for index in 1..=statement.parameter_count() {
+            let value = statement
+                .parameter_name(index)
+                .and_then(|name| name.strip_prefix('$'))
+                .and_then(|number| number.parse::<usize>().ok())
+                .and_then(|number| values.get(number.checked_sub(1)?))
+                .ok_or(rusqlite::Error::InvalidParameterCount(index, values.len()))?;
+            statement.raw_bind_parameter(index, value)?;
+        }
+        let mut returned = statement.raw_query();
+        while let Some(row) = returned.next()? {
+            rows.push(PaymentRow::from_rusqlite(row)?);
+        }
+    }
+    Ok(rows)
+}
+
+impl ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            SqlValue::Text(Some(text)) => ValueRef::Text(text.as_bytes()),
+            SqlValue::Int(Some(int)) => ValueRef::Integer(*int),
+            SqlValue::Text(None) | SqlValue::Int(None) => ValueRef::Null,
+        }))
+    }
+}
+
+/// The database could not be used at all (the file, the lock).
+fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+/// A statement failed: a unique index (`Conflict`), or anything else.
+fn refused(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            unavailable(error)
+        }
+        _ => StoreError::Database(Box::new(error)),
+    }
+}
