@@ -27,13 +27,13 @@ enum Entry {
 }
 
 /// How often answers older than their window are dropped. Dropping them is a walk over every
-/// entry (≈ one second of reads), which on each read was a fifth of serve's CPU at 7,000
-/// unsettled returns/s; a stale answer is never used meanwhile (each use checks its age).
+/// entry (about one window of reads), too costly to do on each read under a burst of returns
+/// (figures in bench/README.md); a stale answer is never used meanwhile (each use checks its age).
 const PRUNE_EVERY: Duration = Duration::from_millis(100);
 
-/// At most this many answers are kept (≈ 1 KiB each), so memory does not grow with the rate of
-/// reads of distinct intents: at 11,000 unsettled returns/s one second of answers took ≈ 10 MiB.
-/// A burst of reads of one intent still finds its answer unless the map is full of others.
+/// At most this many answers are kept (about 1 KiB each), so memory does not grow with the rate
+/// of reads of distinct intents (figures in bench/README.md). A burst of reads of one intent
+/// still finds its answer unless the map is full of others.
 const MAX_KEPT: usize = 4096;
 
 #[derive(Debug)]
