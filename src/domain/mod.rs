@@ -12,6 +12,7 @@ mod money;
 mod payment;
 mod redirect;
 mod return_outcome;
+mod return_query;
 mod status;
 mod validation;
 
@@ -26,5 +27,6 @@ pub use payment::{
 };
 pub use redirect::{RedirectOrigin, RedirectUrl};
 pub use return_outcome::ReturnOutcome;
+pub use return_query::{ReturnQuery, ReturnQueryField};
 pub use status::PaymentStatus;
-pub use validation::{FieldViolation, ValidationError, Violations};
+pub use validation::{FieldViolation, ValidationError};

@@ -47,55 +47,21 @@ impl From<FieldViolation> for ValidationError {
     }
 }
 
-/// Collects the violations of several fields so that a caller hears about all of them at once.
-///
-/// ```
-/// use paybridge::domain::{Amount, InvoiceId, Violations};
-///
-/// let mut violations = Violations::new();
-/// let invoice_id = violations.check(InvoiceId::parse("INV-1"));
-/// let amount = violations.check(Amount::parse(0));
-/// let err = violations.finish().unwrap_err();
-/// assert_eq!(err.violations.len(), 1);
-/// assert!(invoice_id.is_some() && amount.is_none());
-/// ```
-#[derive(Debug, Default)]
-pub struct Violations {
-    violations: Vec<FieldViolation>,
-}
-
-impl Violations {
-    pub fn new() -> Violations {
-        Violations::default()
-    }
-
-    /// Keeps the value, or records the violation and returns `None`.
-    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(violation) => {
-                self.violations.push(violation);
-                None
-            }
-        }
-    }
-
-    pub fn push(&mut self, violation: FieldViolation) {
-        self.violations.push(violation);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.violations.is_empty()
-    }
-
-    /// `Ok(())` when nothing was recorded, else every recorded violation in order.
-    pub fn finish(self) -> Result<(), ValidationError> {
-        if self.violations.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationError {
-                violations: self.violations,
-            })
+impl ValidationError {
+    /// The refusals among the fields of one request, in order (`None` for a field that parsed),
+    /// so that a caller hears about all of them at once. Give it at least one refusal.
+    ///
+    /// ```
+    /// use paybridge::domain::{Amount, InvoiceId, ValidationError};
+    ///
+    /// let (invoice_id, amount) = (InvoiceId::parse("INV-1"), Amount::parse(0));
+    /// let err = ValidationError::collect([invoice_id.err(), amount.err()]);
+    /// assert_eq!(err.violations.len(), 1);
+    /// assert_eq!(err.violations[0].field, "amount");
+    /// ```
+    pub fn collect(refusals: impl IntoIterator<Item = Option<FieldViolation>>) -> ValidationError {
+        ValidationError {
+            violations: refusals.into_iter().flatten().collect(),
         }
     }
 }
@@ -138,20 +104,14 @@ mod tests {
     }
 
     #[test]
-    fn violations_collects_all_failures_in_order() {
-        let mut v = Violations::new();
-        assert_eq!(v.check::<u8>(Ok(1)), Some(1));
-        assert_eq!(v.check::<u8>(Err(FieldViolation::new("a", "x"))), None);
-        v.push(FieldViolation::new("b", "y"));
-        assert!(!v.is_empty());
-        let err = v.finish().unwrap_err();
+    fn collect_keeps_every_refusal_in_order() {
+        let err = ValidationError::collect([
+            Some(FieldViolation::new("a", "x")),
+            None,
+            Some(FieldViolation::new("b", "y")),
+        ]);
         let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["a", "b"]);
-    }
-
-    #[test]
-    fn violations_without_failures_finish_ok() {
-        assert_eq!(Violations::new().finish(), Ok(()));
     }
 
     #[test]

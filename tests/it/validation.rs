@@ -1,4 +1,4 @@
-//! Every validation rule of CreateInvoicePayment, ListPayments and the payment ids: each bad
+//! Every validation rule of CreateInvoicePayment, ListPayments, VerifyReturn and the payment ids: each bad
 //! request is INVALID_ARGUMENT with a `BadRequest` violation naming the field, and reaches
 //! neither the database nor Stripe.
 
@@ -289,7 +289,44 @@ async fn bad_ids_page_sizes_and_tokens_are_invalid_arguments(db: Db) {
     }
 }
 
+/// The same rules as the gateway's check of the browser's query, for callers that skip the gateway.
+async fn a_return_query_of_the_wrong_shape_names_its_fields(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let intent = "pi_1";
+    for (request, fields) in [
+        (
+            pb::VerifyReturnRequest {
+                payment_intent: "pay_1".into(),
+                payment_intent_client_secret: "secret".into(),
+                redirect_status: "Succeeded!".into(),
+            },
+            vec![
+                "payment_intent",
+                "payment_intent_client_secret",
+                "redirect_status",
+            ],
+        ),
+        (
+            pb::VerifyReturnRequest {
+                payment_intent: intent.into(),
+                payment_intent_client_secret: format!("{intent}_secret_{}", "a".repeat(500)),
+                redirect_status: "succeeded".into(),
+            },
+            vec!["payment_intent_client_secret"],
+        ),
+    ] {
+        let status = app
+            .client
+            .clone()
+            .verify_return(as_tenant(BILLING_TOKEN, request))
+            .await
+            .expect_err("invalid");
+        assert_eq!(violated_fields(&status), fields);
+    }
+}
+
 on_both_databases!(
+    a_return_query_of_the_wrong_shape_names_its_fields,
     each_bad_create_request_names_its_field_and_touches_nothing,
     several_bad_fields_are_reported_together,
     allowed_redirects_and_edge_values_are_accepted,

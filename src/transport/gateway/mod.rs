@@ -35,7 +35,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::config::GatewayConfig;
 
 pub use self::core::{BearerToken, CoreClient};
-pub use self::return_route::{Refusal as ReturnRefusal, ReturnQuery, parse_return_query};
+pub use self::return_route::{Refusal as ReturnRefusal, parse_return_query};
 
 /// What every handler shares.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
-//! `GET /payment/return`: the browser, sent back by Stripe. The query is checked strictly here,
-//! before any gRPC call; the core verifies it and says where the browser goes.
+//! `GET /payment/return`: the browser, sent back by Stripe. The query is checked strictly here
+//! (with the rules of `domain::ReturnQuery`, which the core applies too), before any gRPC call;
+//! the core verifies it and says where the browser goes.
 
 use std::sync::Arc;
 
@@ -8,12 +9,11 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{GatewayState, pages};
+use crate::domain::{ReturnQuery, ReturnQueryField};
 use crate::pb::v1 as pb;
 
 /// Stripe's query (`pi_…` id, its `pi_…_secret_…`, a status word) is about 100 bytes.
 const MAX_QUERY_LEN: usize = 1024;
-const MAX_INTENT_LEN: usize = 255;
-const MAX_STATUS_LEN: usize = 32;
 /// A redirect URL longer than this is not one the core builds.
 const MAX_REDIRECT_LEN: usize = 4096;
 
@@ -30,47 +30,14 @@ pub enum Refusal {
     BadStatus,
 }
 
-/// The parsed query; its `Debug` leaves the secret out.
-pub struct ReturnQuery {
-    payment_intent: String,
-    client_secret: String,
-    redirect_status: String,
-}
-
-impl std::fmt::Debug for ReturnQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReturnQuery")
-            .field("payment_intent", &self.payment_intent)
-            .field("redirect_status", &self.redirect_status)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReturnQuery {
-    pub fn payment_intent(&self) -> &str {
-        &self.payment_intent
-    }
-
-    pub fn client_secret(&self) -> &str {
-        &self.client_secret
-    }
-
-    pub fn redirect_status(&self) -> &str {
-        &self.redirect_status
-    }
-}
-
 /// The return route's query check, on its own (for property tests and fuzzing).
 pub fn parse_return_query(raw: &str) -> Result<ReturnQuery, Refusal> {
     parse_query(Some(raw))
 }
 
-fn is_id_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// Exactly the parameters Stripe sends, each at most once, of the characters Stripe uses. The
-/// allowed characters need no percent-decoding, so any `%`, `+` or other byte is refused as is.
+/// Exactly the parameters Stripe sends, each at most once, with the values [`ReturnQuery`]
+/// allows. Those characters need no percent-decoding, so any `%`, `+` or other byte is refused
+/// as is.
 fn parse_query(raw: Option<&str>) -> Result<ReturnQuery, Refusal> {
     let raw = raw.filter(|q| !q.is_empty()).ok_or(Refusal::Missing)?;
     if raw.len() > MAX_QUERY_LEN {
@@ -89,31 +56,15 @@ fn parse_query(raw: Option<&str>) -> Result<ReturnQuery, Refusal> {
             return Err(Refusal::Repeated);
         }
     }
-    let intent = intent.ok_or(Refusal::BadIntent)?;
-    let intent_ok = intent.len() <= MAX_INTENT_LEN
-        && intent
-            .strip_prefix("pi_")
-            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(is_id_char));
-    if !intent_ok {
-        return Err(Refusal::BadIntent);
-    }
-    let secret = secret.ok_or(Refusal::BadSecret)?;
-    let secret_ok = secret
-        .strip_prefix(intent)
-        .and_then(|rest| rest.strip_prefix("_secret_"))
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(is_id_char));
-    if !secret_ok {
-        return Err(Refusal::BadSecret);
-    }
-    let status = status.unwrap_or("");
-    if status.len() > MAX_STATUS_LEN || !status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    {
-        return Err(Refusal::BadStatus);
-    }
-    Ok(ReturnQuery {
-        payment_intent: intent.to_owned(),
-        client_secret: secret.to_owned(),
-        redirect_status: status.to_owned(),
+    ReturnQuery::parse(
+        intent.unwrap_or_default(),
+        secret.unwrap_or_default(),
+        status.unwrap_or_default(),
+    )
+    .map_err(|refused| match refused.first() {
+        Some(ReturnQueryField::PaymentIntent) | None => Refusal::BadIntent,
+        Some(ReturnQueryField::ClientSecret) => Refusal::BadSecret,
+        Some(ReturnQueryField::RedirectStatus) => Refusal::BadStatus,
     })
 }
 
@@ -125,18 +76,18 @@ pub(super) async fn payment_return(State(state): State<Arc<GatewayState>>, uri: 
             return pages::bad_request();
         }
     };
-    let payment_intent = query.payment_intent.clone();
+    let payment_intent = query.payment_intent();
     let answer = state
         .core
         .verify_return(pb::VerifyReturnRequest {
-            payment_intent: query.payment_intent,
-            payment_intent_client_secret: query.client_secret,
-            redirect_status: query.redirect_status,
+            payment_intent: payment_intent.to_owned(),
+            payment_intent_client_secret: query.client_secret().to_owned(),
+            redirect_status: query.redirect_status().to_owned(),
         })
         .await;
     let answer = match answer {
         Ok(answer) => answer,
-        Err(status) => return core_failed(&payment_intent, &status),
+        Err(status) => return core_failed(payment_intent, &status),
     };
     let outcome = pb::ReturnOutcome::try_from(answer.outcome).unwrap_or_default();
     match outcome {
@@ -207,9 +158,9 @@ mod tests {
     #[test]
     fn stripes_query_parses() {
         let query = parse_query(Some(GOOD)).unwrap();
-        assert_eq!(query.payment_intent, "pi_123");
-        assert_eq!(query.client_secret, "pi_123_secret_abc");
-        assert_eq!(query.redirect_status, "succeeded");
+        assert_eq!(query.payment_intent(), "pi_123");
+        assert_eq!(query.client_secret(), "pi_123_secret_abc");
+        assert_eq!(query.redirect_status(), "succeeded");
         assert!(!format!("{query:?}").contains("secret_abc"));
     }
 

@@ -9,9 +9,9 @@ use crate::app::{
 };
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
-    Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
+    self, Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
     Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome,
-    StripeCustomerId, ValidationError, Violations,
+    ReturnQueryField, StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
 use crate::tenants::Tenant;
@@ -21,44 +21,26 @@ pub(super) fn create_command(
     request: pb::CreateInvoicePaymentRequest,
     tenant: &Tenant,
 ) -> Result<CreatePaymentCommand, ValidationError> {
-    let mut violations = Violations::new();
-    let idempotency_key = violations.check(IdempotencyKey::parse(&request.idempotency_key));
-    let invoice_id = violations.check(InvoiceId::parse(&request.invoice_id));
-    let money = violations.check(Money::parse(request.amount, &request.currency));
-    let customer = violations.check(customer(request.customer));
-    let description = violations.check(Description::parse_optional(&request.description));
-    let metadata = violations.check(Metadata::parse(request.metadata));
     let allowed = tenant.allowed_redirect_origins();
-    let success_url = violations.check(optional_redirect(
-        "success_url",
-        &request.success_url,
-        allowed,
-    ));
-    let failure_url = violations.check(optional_redirect(
-        "failure_url",
-        &request.failure_url,
-        allowed,
-    ));
-    violations.finish()?;
     match (
-        idempotency_key,
-        invoice_id,
-        money,
-        customer,
-        description,
-        metadata,
-        success_url,
-        failure_url,
+        IdempotencyKey::parse(&request.idempotency_key),
+        InvoiceId::parse(&request.invoice_id),
+        Money::parse(request.amount, &request.currency),
+        customer(request.customer),
+        Description::parse_optional(&request.description),
+        Metadata::parse(request.metadata),
+        optional_redirect("success_url", &request.success_url, allowed),
+        optional_redirect("failure_url", &request.failure_url, allowed),
     ) {
         (
-            Some(idempotency_key),
-            Some(invoice_id),
-            Some(money),
-            Some(customer),
-            Some(description),
-            Some(metadata),
-            Some(success_url),
-            Some(failure_url),
+            Ok(idempotency_key),
+            Ok(invoice_id),
+            Ok(money),
+            Ok(customer),
+            Ok(description),
+            Ok(metadata),
+            Ok(success_url),
+            Ok(failure_url),
         ) => Ok(CreatePaymentCommand {
             idempotency_key,
             invoice_id,
@@ -69,8 +51,25 @@ pub(super) fn create_command(
             success_url,
             failure_url,
         }),
-        // `finish` returned Ok, so every field parsed; this arm only satisfies the compiler.
-        _ => Err(FieldViolation::new("request", "could not be parsed").into()),
+        (
+            idempotency_key,
+            invoice_id,
+            money,
+            customer,
+            description,
+            metadata,
+            success_url,
+            failure_url,
+        ) => Err(ValidationError::collect([
+            idempotency_key.err(),
+            invoice_id.err(),
+            money.err(),
+            customer.err(),
+            description.err(),
+            metadata.err(),
+            success_url.err(),
+            failure_url.err(),
+        ])),
     }
 }
 
@@ -115,38 +114,41 @@ pub(super) fn payment_id(raw: &str) -> Result<PaymentId, ValidationError> {
     PaymentId::parse(raw).map_err(ValidationError::from)
 }
 
-/// Parses ListPayments.
+/// Parses ListPayments, reporting every bad field at once.
 pub(super) fn list_query(
     request: pb::ListPaymentsRequest,
 ) -> Result<ListPaymentsQuery, ValidationError> {
-    let mut violations = Violations::new();
     let invoice_id = if request.invoice_id.is_empty() {
-        Some(None)
+        Ok(None)
     } else {
-        violations
-            .check(InvoiceId::parse(&request.invoice_id).map(|id| Some(id.as_str().to_owned())))
+        InvoiceId::parse(&request.invoice_id).map(|id| Some(id.as_str().to_owned()))
     };
-    let status = violations.check(status_filter(request.status));
-    let page_size = violations.check(page_size(request.page_size));
-    let after = violations.check(decode_page_token(&request.page_token));
-    violations.finish()?;
-    match (invoice_id, status, page_size, after) {
-        (Some(invoice_id), Some(status), Some(page_size), Some(after)) => Ok(ListPaymentsQuery {
+    match (
+        invoice_id,
+        status_filter(request.status),
+        page_size(request.page_size),
+        decode_page_token(&request.page_token),
+    ) {
+        (Ok(invoice_id), Ok(status), Ok(page_size), Ok(after)) => Ok(ListPaymentsQuery {
             invoice_id,
             status,
             page_size,
             after,
         }),
-        _ => Err(FieldViolation::new("request", "could not be parsed").into()),
+        (invoice_id, status, page_size, after) => Err(ValidationError::collect([
+            invoice_id.err(),
+            status.err(),
+            page_size.err(),
+            after.err(),
+        ])),
     }
 }
 
+/// UNSPECIFIED means "any status".
 fn status_filter(raw: i32) -> Result<Option<PaymentStatus>, FieldViolation> {
-    match pb::PaymentStatus::try_from(raw) {
-        Ok(pb::PaymentStatus::Unspecified) => Ok(None),
-        Ok(status) => Ok(Some(status_from_proto(status))),
-        Err(_) => Err(FieldViolation::new("status", "unknown payment status")),
-    }
+    pb::PaymentStatus::try_from(raw)
+        .map(status_from_proto)
+        .map_err(|_| FieldViolation::new("status", "unknown payment status"))
 }
 
 fn page_size(raw: i32) -> Result<u32, FieldViolation> {
@@ -200,17 +202,18 @@ pub(super) fn status_to_proto(status: PaymentStatus) -> pb::PaymentStatus {
     }
 }
 
-fn status_from_proto(status: pb::PaymentStatus) -> PaymentStatus {
+/// `None` for UNSPECIFIED.
+fn status_from_proto(status: pb::PaymentStatus) -> Option<PaymentStatus> {
     match status {
-        // Callers map UNSPECIFIED to "no filter" before they get here.
-        pb::PaymentStatus::Unspecified | pb::PaymentStatus::Creating => PaymentStatus::Creating,
-        pb::PaymentStatus::RequiresPaymentMethod => PaymentStatus::RequiresPaymentMethod,
-        pb::PaymentStatus::RequiresConfirmation => PaymentStatus::RequiresConfirmation,
-        pb::PaymentStatus::RequiresAction => PaymentStatus::RequiresAction,
-        pb::PaymentStatus::Processing => PaymentStatus::Processing,
-        pb::PaymentStatus::RequiresCapture => PaymentStatus::RequiresCapture,
-        pb::PaymentStatus::Succeeded => PaymentStatus::Succeeded,
-        pb::PaymentStatus::Canceled => PaymentStatus::Canceled,
+        pb::PaymentStatus::Unspecified => None,
+        pb::PaymentStatus::Creating => Some(PaymentStatus::Creating),
+        pb::PaymentStatus::RequiresPaymentMethod => Some(PaymentStatus::RequiresPaymentMethod),
+        pb::PaymentStatus::RequiresConfirmation => Some(PaymentStatus::RequiresConfirmation),
+        pb::PaymentStatus::RequiresAction => Some(PaymentStatus::RequiresAction),
+        pb::PaymentStatus::Processing => Some(PaymentStatus::Processing),
+        pb::PaymentStatus::RequiresCapture => Some(PaymentStatus::RequiresCapture),
+        pb::PaymentStatus::Succeeded => Some(PaymentStatus::Succeeded),
+        pb::PaymentStatus::Canceled => Some(PaymentStatus::Canceled),
     }
 }
 
@@ -252,51 +255,26 @@ pub(super) fn created_to_proto(created: CreatedPayment) -> pb::CreateInvoicePaym
     }
 }
 
-/// Checks the shape of a return query: a `pi_` id, a client secret of that intent's form, and a
-/// short hint. Anything else is INVALID_ARGUMENT before any lookup.
+/// Checks the shape of a return query (the rules of [`domain::ReturnQuery`]); anything else is
+/// INVALID_ARGUMENT before any lookup.
 pub(super) fn return_query(
     request: pb::VerifyReturnRequest,
 ) -> Result<ReturnQuery, ValidationError> {
-    let mut violations = Violations::new();
-    let is_id_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let intent_ok = request.payment_intent.len() <= 255
-        && request
-            .payment_intent
-            .strip_prefix("pi_")
-            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(is_id_char));
-    if !intent_ok {
-        violations.push(FieldViolation::new(
-            "payment_intent",
-            "must be a PaymentIntent id (pi_…)",
-        ));
-    }
-    let secret_ok = request.payment_intent_client_secret.len() <= 500
-        && request
-            .payment_intent_client_secret
-            .strip_prefix(&format!("{}_secret_", request.payment_intent))
-            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(is_id_char));
-    if !secret_ok {
-        violations.push(FieldViolation::new(
-            "payment_intent_client_secret",
-            "must be the client secret of payment_intent",
-        ));
-    }
-    if request.redirect_status.len() > 32
-        || !request
-            .redirect_status
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '_')
-    {
-        violations.push(FieldViolation::new(
-            "redirect_status",
-            "must be a short lowercase word",
-        ));
-    }
-    violations.finish()?;
+    let query = domain::ReturnQuery::parse(
+        &request.payment_intent,
+        &request.payment_intent_client_secret,
+        &request.redirect_status,
+    )
+    .map_err(|refused| ValidationError {
+        violations: refused
+            .into_iter()
+            .map(ReturnQueryField::violation)
+            .collect(),
+    })?;
     Ok(ReturnQuery {
-        payment_intent: request.payment_intent,
-        client_secret: request.payment_intent_client_secret,
-        redirect_status: request.redirect_status,
+        payment_intent: query.payment_intent().to_owned(),
+        client_secret: query.client_secret().to_owned(),
+        redirect_status: query.redirect_status().to_owned(),
     })
 }
 
