@@ -1,8 +1,7 @@
 //! Who pays: an existing Stripe customer, or an email address (and name) to create one for.
 
-use std::fmt;
-
-use super::validation::{FieldViolation, is_forbidden_char};
+use super::checked_string::{checked_string, free_text};
+use super::validation::FieldViolation;
 
 /// The customer of a payment, as `CreateInvoicePaymentRequest.customer` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,12 +15,14 @@ pub enum Customer {
     },
 }
 
-/// An email address (`customer.email`), checked for sanity rather than RFC 5322 in full:
-/// at most 254 characters, printable ASCII without spaces, exactly one `@`, a local part of at
-/// most 64 characters, and a domain of at least two dot-separated labels of letters, digits and
-/// hyphens. Quoted local parts and address literals are refused; nobody pays with those.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Email(String);
+checked_string! {
+    /// An email address (`customer.email`), checked for sanity rather than RFC 5322 in full:
+    /// at most 254 characters, printable ASCII without spaces, exactly one `@`, a local part of
+    /// at most 64 characters, and a domain of at least two dot-separated labels of letters,
+    /// digits and hyphens. Quoted local parts and address literals are refused; nobody pays with
+    /// those.
+    Email
+}
 
 impl Email {
     pub const MAX_LEN: usize = 254;
@@ -67,70 +68,19 @@ impl Email {
         }
         Ok(Email(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for Email {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+free_text! {
+    /// The customer's name (`customer.name`): at most 256 characters, not blank, no control or
+    /// invisible formatting characters.
+    CustomerName { field: "customer.name", max_chars: 256 }
 }
 
-/// The customer's name (`customer.name`): at most 256 characters, not blank, no control or
-/// invisible formatting characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CustomerName(String);
-
-impl CustomerName {
-    pub const MAX_CHARS: usize = 256;
-    const FIELD: &'static str = "customer.name";
-
-    pub fn parse(raw: &str) -> Result<CustomerName, FieldViolation> {
-        if raw.trim().is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "must not be blank"));
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(is_forbidden_char) {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must not contain control or invisible formatting characters",
-            ));
-        }
-        Ok(CustomerName(raw.to_owned()))
-    }
-
-    /// The field is optional in the proto: an empty string means "no name".
-    pub fn parse_optional(raw: &str) -> Result<Option<CustomerName>, FieldViolation> {
-        if raw.is_empty() {
-            Ok(None)
-        } else {
-            CustomerName::parse(raw).map(Some)
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+checked_string! {
+    /// A Stripe customer id (`customer.stripe_customer_id`): `cus_` followed by 1–250 ASCII
+    /// letters and digits.
+    StripeCustomerId
 }
-
-impl fmt::Display for CustomerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A Stripe customer id (`customer.stripe_customer_id`): `cus_` followed by 1–250 ASCII letters
-/// and digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StripeCustomerId(String);
 
 impl StripeCustomerId {
     const PREFIX: &'static str = "cus_";
@@ -152,16 +102,6 @@ impl StripeCustomerId {
             ));
         }
         Ok(StripeCustomerId(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for StripeCustomerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

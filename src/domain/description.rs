@@ -1,56 +1,11 @@
 //! The payment's description, shown by Stripe on receipts and in the Dashboard.
 
-use std::fmt;
+use super::checked_string::free_text;
 
-use super::validation::{FieldViolation, is_forbidden_char};
-
-/// At most 1000 characters; no control characters at all (not even newlines or tabs, which
-/// receipts do not render) and no invisible formatting characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Description(String);
-
-impl Description {
-    pub const MAX_CHARS: usize = 1000;
-    const FIELD: &'static str = "description";
-
-    /// A present description: must not be blank.
-    pub fn parse(raw: &str) -> Result<Description, FieldViolation> {
-        if raw.trim().is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "must not be blank"));
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(is_forbidden_char) {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must not contain control or invisible formatting characters",
-            ));
-        }
-        Ok(Description(raw.to_owned()))
-    }
-
-    /// The field is optional in the proto: an empty string means "no description".
-    pub fn parse_optional(raw: &str) -> Result<Option<Description>, FieldViolation> {
-        if raw.is_empty() {
-            Ok(None)
-        } else {
-            Description::parse(raw).map(Some)
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Description {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+free_text! {
+    /// At most 1000 characters; no control characters at all (not even newlines or tabs, which
+    /// receipts do not render) and no invisible formatting characters.
+    Description { field: "description", max_chars: 1000 }
 }
 
 #[cfg(test)]

@@ -1,81 +1,51 @@
 //! Identifiers: the caller's idempotency key and invoice id, our payment id, the tenant id.
 
-use std::fmt;
-
 use rand::Rng;
 
-use super::validation::{FieldViolation, is_forbidden_char};
+use super::checked_string::{check_ascii_text, check_free_text, checked_string};
+use super::validation::FieldViolation;
 
-/// The caller's idempotency key for `CreateInvoicePayment`: 1–255 printable ASCII characters.
-///
-/// It is only ever compared locally (Stripe gets a key derived from the payment id), but it is
-/// kept to Stripe's own limits so that it can be logged and stored without surprises.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(String);
+checked_string! {
+    /// The caller's idempotency key for `CreateInvoicePayment`: 1–255 printable ASCII
+    /// characters.
+    ///
+    /// It is only ever compared locally (Stripe gets a key derived from the payment id), but it
+    /// is kept to Stripe's own limits so that it can be logged and stored without surprises.
+    IdempotencyKey
+}
 
 impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
     const FIELD: &'static str = "idempotency_key";
 
     pub fn parse(raw: &str) -> Result<IdempotencyKey, FieldViolation> {
-        if raw.is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "is required"));
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_LEN),
-            ));
-        }
-        if !raw.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must contain only printable ASCII characters (space to ~)",
-            ));
-        }
+        check_ascii_text(
+            Self::FIELD,
+            raw,
+            Self::MAX_LEN,
+            |b| (0x20..=0x7E).contains(&b),
+            "must contain only printable ASCII characters (space to ~)",
+        )?;
         Ok(IdempotencyKey(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+checked_string! {
+    /// The caller's own invoice id: at most 200 characters, no control or invisible formatting
+    /// characters, and no leading or trailing whitespace.
+    ///
+    /// Surrounding whitespace is refused rather than trimmed: `"INV-1 "` and `"INV-1"` would
+    /// otherwise be two invoices, and the one-open-payment-per-invoice guard against double
+    /// charges would not see them as the same. Stored exactly as given.
+    InvoiceId
 }
-
-/// The caller's own invoice id: at most 200 characters, no control or invisible formatting
-/// characters, and no leading or trailing whitespace.
-///
-/// Surrounding whitespace is refused rather than trimmed: `"INV-1 "` and `"INV-1"` would otherwise
-/// be two invoices, and the one-open-payment-per-invoice guard against double charges would not
-/// see them as the same. Stored exactly as given.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InvoiceId(String);
 
 impl InvoiceId {
     pub const MAX_CHARS: usize = 200;
     const FIELD: &'static str = "invoice_id";
 
     pub fn parse(raw: &str) -> Result<InvoiceId, FieldViolation> {
-        if raw.trim().is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "is required"));
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(is_forbidden_char) {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must not contain control or invisible formatting characters",
-            ));
-        }
+        check_free_text(Self::FIELD, raw, Self::MAX_CHARS, "is required")?;
         if raw.trim() != raw {
             return Err(FieldViolation::new(
                 Self::FIELD,
@@ -84,23 +54,14 @@ impl InvoiceId {
         }
         Ok(InvoiceId(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for InvoiceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+checked_string! {
+    /// paybridge's id for a payment: `pay_` followed by 26 characters of lowercase base32
+    /// (RFC 4648 alphabet `a–z2–7`), i.e. 130 random bits — unguessable, so knowing one
+    /// payment's id tells nothing about another's.
+    PaymentId
 }
-
-/// paybridge's id for a payment: `pay_` followed by 26 characters of lowercase base32
-/// (RFC 4648 alphabet `a–z2–7`), i.e. 130 random bits — unguessable, so knowing one payment's id
-/// tells nothing about another's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PaymentId(String);
 
 impl PaymentId {
     pub const PREFIX: &'static str = "pay_";
@@ -137,56 +98,27 @@ impl PaymentId {
         }
         Ok(PaymentId(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for PaymentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+checked_string! {
+    /// A tenant's id, as declared in the tenants file: 1–64 characters of `a–z`, `0–9`, `_`,
+    /// `-`.
+    TenantId
 }
-
-/// A tenant's id, as declared in the tenants file: 1–64 characters of `a–z`, `0–9`, `_`, `-`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
 
 impl TenantId {
     pub const MAX_LEN: usize = 64;
     const FIELD: &'static str = "id";
 
     pub fn parse(raw: &str) -> Result<TenantId, FieldViolation> {
-        if raw.is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "is required"));
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_LEN),
-            ));
-        }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must contain only a-z, 0-9, '_' and '-'",
-            ));
-        }
+        check_ascii_text(
+            Self::FIELD,
+            raw,
+            Self::MAX_LEN,
+            |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-',
+            "must contain only a-z, 0-9, '_' and '-'",
+        )?;
         Ok(TenantId(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

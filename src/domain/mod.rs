@@ -4,6 +4,7 @@
 //! proves the value was checked. Every refusal is a [`FieldViolation`] naming the gRPC request
 //! field it came from.
 
+mod checked_string;
 mod customer;
 mod description;
 mod ids;

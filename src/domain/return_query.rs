@@ -6,8 +6,9 @@ use std::fmt;
 
 use super::validation::FieldViolation;
 
-/// A return query of Stripe's shape: a `pi_…` id, a client secret of that intent (`pi_…_secret_…`)
-/// and a short lowercase status hint (possibly empty). Its `Debug` leaves the secret out.
+/// A return query of Stripe's shape: a `pi_…` id, a client secret of that intent
+/// (`pi_…_secret_…`) and a short lowercase status hint (possibly empty). Its `Debug` leaves the
+/// secret out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReturnQuery {
     payment_intent: String,
