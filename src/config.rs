@@ -305,10 +305,11 @@ pub struct GatewayArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
-    /// Where the gateway's Prometheus metrics are served (`GET /metrics`).
+    /// Where the gateway's Prometheus metrics are served (`GET /metrics`). Its own variable, not
+    /// `serve`'s `PAYBRIDGE_ADMIN_ADDR`, so that one environment can hold both processes'.
     #[arg(
-        long = "admin-addr",
-        env = "PAYBRIDGE_ADMIN_ADDR",
+        long,
+        env = "PAYBRIDGE_GATEWAY_ADMIN_ADDR",
         default_value = "127.0.0.1:9091"
     )]
     pub gateway_admin_addr: SocketAddr,

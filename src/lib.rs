@@ -9,6 +9,7 @@
 //! - [`telemetry`]: the log subscriber (text or JSON).
 //! - [`metrics`]: Prometheus metrics and the admin endpoint.
 //! - [`startup`]: builds the application (binds listeners) and runs it until a signal.
+//! - [`lifecycle`]: what `serve` and the gateway share: the admin endpoint and the drain at stop.
 //! - [`pb`]: generated protobuf and gRPC code, fenced off.
 //! - [`domain`]: pure rules — payment status machine, money, ids, validated request values.
 //! - [`tenants`]: the tenants file and bearer-token authentication.
@@ -23,6 +24,7 @@ pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pb;
 pub mod startup;

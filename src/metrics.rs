@@ -1,15 +1,13 @@
 //! Prometheus metrics and the admin endpoint that serves them (`GET /metrics` on
-//! `PAYBRIDGE_ADMIN_ADDR`).
+//! `PAYBRIDGE_ADMIN_ADDR` for `serve`, `PAYBRIDGE_GATEWAY_ADMIN_ADDR` for the gateway).
 //!
 //! Labels take only bounded values: method names from a fixed list, status codes, operation
 //! templates with ids replaced, event types from a fixed list. Never an id, a key or a secret.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use anyhow::Context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -242,16 +240,6 @@ pub fn stripe_operation(method: &str, path: &str) -> String {
         *id = "{id}";
     }
     format!("{method} /v1/{}", parts.join("/"))
-}
-
-/// The admin endpoint (`GET /metrics`), bound now when `PAYBRIDGE_ADMIN_ADDR` is set (port 0
-/// works); [`serve_admin`] serves it.
-pub async fn bind_admin(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("PAYBRIDGE_ADMIN_ADDR: binding {addr}"))?;
-    Ok(Some(listener))
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

@@ -19,6 +19,7 @@ use crate::adapters::stripe::{StripeConfig, StripeProvider};
 use crate::app::ports::WebhookVerification;
 use crate::app::{PaymentSettings, Payments};
 use crate::config::ServeConfig;
+use crate::lifecycle::{AdminListener, serve_until_stopped};
 use crate::pb::v1 as pb;
 use crate::tenants::{Tenants, TokenHash};
 use crate::transport::grpc::{CoreSocket, PaymentGrpcService, incoming};
@@ -31,7 +32,7 @@ const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
 pub struct Application {
     listener: TcpListener,
     socket: Option<CoreSocket>,
-    admin_listener: Option<TcpListener>,
+    admin: AdminListener,
     grpc_addr: SocketAddr,
     store: Store,
     payments: Arc<Payments>,
@@ -83,7 +84,7 @@ impl Application {
                 }),
             },
         ));
-        let admin_listener = crate::metrics::bind_admin(config.admin_addr).await?;
+        let admin = AdminListener::bind("PAYBRIDGE_ADMIN_ADDR", config.admin_addr).await?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GRPC_ADDR: binding {}", config.grpc_addr))?;
@@ -97,7 +98,7 @@ impl Application {
         Ok(Application {
             listener,
             socket,
-            admin_listener,
+            admin,
             grpc_addr,
             store,
             payments,
@@ -117,9 +118,7 @@ impl Application {
 
     /// The address metrics are served on, if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+        self.admin.local_addr()
     }
 
     /// The address the gRPC service is bound to.
@@ -151,13 +150,6 @@ impl Application {
             PaymentGrpcService::new(self.payments, self.tenants, self.gateway_token),
         );
 
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = self.admin_listener.map(|listener| {
-            tokio::spawn(crate::metrics::serve_admin(listener, async {
-                let _ = admin_stopped.await;
-            }))
-        });
-        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let socket_path = self.socket.as_ref().map(|socket| socket.path().to_owned());
         let server = Server::builder()
             // Cut off calls that hang (a stuck database or Stripe) instead of piling them up;
@@ -170,35 +162,32 @@ impl Application {
             .layer(crate::transport::grpc::RpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(payment_service)
-            .serve_with_incoming_shutdown(incoming(self.listener, self.socket), async {
-                let _ = stopped.await;
-            });
-        let server = tokio::spawn(server);
+            .add_service(payment_service);
+        let incoming = incoming(self.listener, self.socket);
         tracing::info!(grpc_addr = %self.grpc_addr, grpc_socket = ?socket_path, "paybridge serving");
-
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight calls");
-        health_task.abort();
-        if let Some(reconciler) = reconciler {
-            reconciler.abort();
-        }
-        set_health(&health_reporter, ServingStatus::NotServing).await;
-        let _ = stop_accepting.send(());
-        match tokio::time::timeout(self.shutdown_grace, server).await {
-            Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
-            Err(_) => tracing::warn!(
-                grace = ?self.shutdown_grace,
-                "calls still running after the grace period; exiting anyway"
-            ),
-        }
-        let _ = stop_admin.send(());
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
+        let served = serve_until_stopped(
+            self.admin,
+            |stopped| async move {
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                let served = server.serve_with_incoming_shutdown(incoming, stopped).await;
+                served.context("gRPC server")
+            },
+            shutdown,
+            async {
+                health_task.abort();
+                if let Some(reconciler) = reconciler {
+                    reconciler.abort();
+                }
+                set_health(&health_reporter, ServingStatus::NotServing).await;
+            },
+            self.shutdown_grace,
+        )
+        .await;
         self.store.close().await;
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 

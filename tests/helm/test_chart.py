@@ -213,7 +213,8 @@ def test_the_gateway_talks_to_the_core_over_its_socket_on_a_shared_memory_volume
         assert mounts["core-socket"]["mountPath"] == "/run/paybridge"
     volumes = {v["name"]: v for v in production_render.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["core-socket"]["emptyDir"]["medium"] == "Memory"
-    assert env["PAYBRIDGE_ADMIN_ADDR"] == "0.0.0.0:9091"
+    assert env["PAYBRIDGE_GATEWAY_ADMIN_ADDR"] == "0.0.0.0:9091"
+    assert "PAYBRIDGE_ADMIN_ADDR" not in env
     assert env["PAYBRIDGE_LOG_FORMAT"] == "json"
     # The gateway holds only its own token: no database, no Stripe keys, no tenants.
     assert secret_refs(gateway) == {"PAYBRIDGE_GATEWAY_TOKEN": ("paybridge-gateway", "token")}

@@ -267,8 +267,8 @@ fn serve_drains_and_exits_zero_on_sigterm() {
 }
 
 /// The pod's layout with the built binaries: `serve` with its socket, `gateway` on one thread
-/// calling it there. A paid return redirects to the success URL, and both exit zero on SIGTERM
-/// (the core removing its socket).
+/// calling it there, each with its own metrics address from one environment. A paid return
+/// redirects to the success URL, and both exit zero on SIGTERM (the core removing its socket).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both_stop_cleanly() {
     use crate::support::child::{ServeProcess, free_port};
@@ -285,13 +285,16 @@ async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both
     assert!(socket.exists(), "the core made its socket");
 
     let gateway_addr = format!("127.0.0.1:{}", free_port());
+    let gateway_admin_addr = format!("127.0.0.1:{}", free_port());
     let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_paybridge"))
         .arg("gateway")
         .env_clear()
         .env("PAYBRIDGE_GATEWAY_ADDR", &gateway_addr)
         .env("PAYBRIDGE_CORE_URL", format!("unix://{}", socket.display()))
         .env("PAYBRIDGE_GATEWAY_TOKEN", GATEWAY_TOKEN)
-        .env("PAYBRIDGE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("PAYBRIDGE_GATEWAY_ADMIN_ADDR", &gateway_admin_addr)
+        // As in one environment file for both processes: serve's, which the gateway ignores.
+        .env("PAYBRIDGE_ADMIN_ADDR", serve.admin_addr.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -314,6 +317,13 @@ async fn the_gateway_binary_reaches_the_serve_binary_through_its_socket_and_both
     })
     .await
     .expect("the gateway is ready within 30 s");
+
+    let metrics = http
+        .get(format!("http://{gateway_admin_addr}/metrics"))
+        .send()
+        .await
+        .expect("the gateway's metrics on PAYBRIDGE_GATEWAY_ADMIN_ADDR");
+    assert_eq!(metrics.status(), 200);
 
     let created = serve
         .client()

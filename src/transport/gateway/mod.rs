@@ -33,6 +33,7 @@ use tower::load_shed::LoadShedLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::config::GatewayConfig;
+use crate::lifecycle::{AdminListener, serve_until_stopped};
 
 pub use self::core::{BearerToken, CoreClient};
 pub use self::return_route::{Refusal as ReturnRefusal, parse_return_query};
@@ -51,7 +52,7 @@ struct GatewayState {
 #[derive(Debug)]
 pub struct GatewayApp {
     listener: TcpListener,
-    admin_listener: Option<TcpListener>,
+    admin: AdminListener,
     addr: SocketAddr,
     state: Arc<GatewayState>,
     router: Router,
@@ -71,14 +72,14 @@ impl GatewayApp {
             read_timeout: config.read_timeout,
         });
         let router = router(&config, state.clone());
-        let admin_listener = crate::metrics::bind_admin(config.admin_addr).await?;
+        let admin = AdminListener::bind("PAYBRIDGE_GATEWAY_ADMIN_ADDR", config.admin_addr).await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("PAYBRIDGE_GATEWAY_ADDR: binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         Ok(GatewayApp {
             listener,
-            admin_listener,
+            admin,
             addr,
             state,
             router,
@@ -89,9 +90,7 @@ impl GatewayApp {
 
     /// The address metrics are served on, if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+        self.admin.local_addr()
     }
 
     /// The address the gateway is bound to.
@@ -105,38 +104,22 @@ impl GatewayApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = self.admin_listener.map(|listener| {
-            tokio::spawn(crate::metrics::serve_admin(listener, async {
-                let _ = admin_stopped.await;
-            }))
-        });
-        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            self.listener,
-            self.router,
-            self.read_timeout,
-            stopped,
-        ));
         tracing::info!(gateway_addr = %self.addr, "paybridge gateway serving");
-
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
-        self.state.draining.store(true, Ordering::SeqCst);
-        let _ = stop_accepting.send(());
-        match tokio::time::timeout(self.shutdown_grace, server).await {
-            Ok(joined) => joined.context("gateway task")?,
-            Err(_) => tracing::warn!(
-                grace = ?self.shutdown_grace,
-                "requests still running after the grace period; exiting anyway"
-            ),
-        }
-        let _ = stop_admin.send(());
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
+        let served = serve_until_stopped(
+            self.admin,
+            |stopped| async move {
+                serve(self.listener, self.router, self.read_timeout, stopped).await;
+                Ok(())
+            },
+            shutdown,
+            async {
+                self.state.draining.store(true, Ordering::SeqCst);
+            },
+            self.shutdown_grace,
+        )
+        .await;
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 
