@@ -72,6 +72,18 @@ async fn a_signed_event_is_forwarded_and_acknowledged(db: Db) {
     // A redelivery is acknowledged too.
     let again = post_webhook(&test, payload, Some(&signature)).await;
     assert_eq!(again.status().as_u16(), 200);
+    // The gateway logs the core's answers by name, as the core does.
+    let logs = captured_logs();
+    let recorded: Vec<_> = logs
+        .lines()
+        .filter(|line| line.contains("webhook recorded"))
+        .collect();
+    for result in [r#"result="applied""#, r#"result="duplicate""#] {
+        assert!(
+            recorded.iter().any(|line| line.contains(result)),
+            "{result} in {recorded:#?}"
+        );
+    }
     test.finish().await;
 }
 

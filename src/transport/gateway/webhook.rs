@@ -25,6 +25,16 @@ fn answer(status: StatusCode, text: &'static str) -> Response {
         .into_response()
 }
 
+/// The core's answer as a word for the log, as the core logs its own outcomes.
+fn result_name(result: pb::StripeEventResult) -> &'static str {
+    match result {
+        pb::StripeEventResult::Unspecified => "unspecified",
+        pb::StripeEventResult::Applied => "applied",
+        pb::StripeEventResult::Duplicate => "duplicate",
+        pb::StripeEventResult::Ignored => "ignored",
+    }
+}
+
 pub(super) async fn stripe_webhook(
     State(state): State<Arc<GatewayState>>,
     headers: HeaderMap,
@@ -82,7 +92,9 @@ pub(super) async fn stripe_webhook(
         .await;
     match result {
         Ok(handled) => {
-            tracing::info!(event_id = %handled.event_id, result = handled.result, "webhook recorded");
+            let result =
+                pb::StripeEventResult::try_from(handled.result).map_or("unknown", result_name);
+            tracing::info!(event_id = %handled.event_id, result, "webhook recorded");
             answer(StatusCode::OK, "ok\n")
         }
         Err(status) => {
