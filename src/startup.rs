@@ -139,11 +139,16 @@ impl Application {
             health_reporter.clone(),
             self.health_interval,
         ));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection()
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .build_v1()
             .context("building the reflection service")?;
+        let reflection_v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service (v1alpha)")?;
         let reconciler = (!self.reconcile.interval.is_zero())
             .then(|| tokio::spawn(run_reconciler(Arc::clone(&self.payments), self.reconcile)));
         let payment_service = pb::payment_service_server::PaymentServiceServer::new(
@@ -161,7 +166,8 @@ impl Application {
             // Calls by method and code, with latency.
             .layer(crate::transport::grpc::RpcMetricsLayer)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(payment_service);
         let incoming = incoming(self.listener, self.socket);
         tracing::info!(grpc_addr = %self.grpc_addr, grpc_socket = ?socket_path, "paybridge serving");
@@ -189,6 +195,15 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Server reflection, in the two versions clients speak: `grpc.reflection.v1` and the older
+/// `v1alpha` (Python's grpcio-reflection, older grpcurl and grpcui). Each version's builder adds
+/// its own service; the caller adds the other one's, so that both list every service served.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Sweeps every interval until aborted at shutdown (a payment mid-sweep keeps its lease and is

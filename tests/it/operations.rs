@@ -35,39 +35,54 @@ async fn health_is_serving_once_the_database_is_migrated(db: Db) {
     app.stop().await.expect("stops cleanly");
 }
 
-async fn reflection_lists_the_payment_service(db: Db) {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// The service names reflection lists over one of its versions (`v1` or `v1alpha`).
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
 
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect(concat!("reflection ", stringify!($version)))
+            .into_inner();
+        let answer = answers
+            .message()
+            .await
+            .expect("stream")
+            .expect("one answer");
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected reflection answer {answer:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+    }};
+}
+
+/// Both reflection versions answer (clients such as Python's grpcio-reflection speak only
+/// `v1alpha`), and each lists every service.
+async fn reflection_lists_the_services_over_v1_and_v1alpha(db: Db) {
     let app = TestApp::spawn(db).await;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let answer = answers
-        .message()
-        .await
-        .expect("stream")
-        .expect("one answer");
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("unexpected reflection answer {answer:?}");
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"paybridge.v1.PaymentService".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_owned()),
-        "{names:?}"
-    );
+    let v1 = reflected_services!(v1, app.channel.clone());
+    let v1alpha = reflected_services!(v1alpha, app.channel.clone());
+    for names in [v1, v1alpha] {
+        for service in [
+            "paybridge.v1.PaymentService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                names.iter().any(|name| name == service),
+                "{service} in {names:?}"
+            );
+        }
+    }
 }
 
 async fn metrics_count_calls_stripe_requests_and_transitions_without_ids_or_secrets(db: Db) {
@@ -111,7 +126,7 @@ async fn metrics_count_calls_stripe_requests_and_transitions_without_ids_or_secr
 on_both_databases!(
     metrics_count_calls_stripe_requests_and_transitions_without_ids_or_secrets,
     health_is_serving_once_the_database_is_migrated,
-    reflection_lists_the_payment_service,
+    reflection_lists_the_services_over_v1_and_v1alpha,
 );
 
 // The binary itself, as an operator runs it (SQLite: no cluster needed).
