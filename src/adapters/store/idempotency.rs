@@ -65,6 +65,7 @@ impl IdempotencyKeys for Store {
         now: i64,
     ) -> Result<(), StoreError> {
         // A key taken concurrently breaks the primary key: `Conflict`.
+        let _writer = self.hold_writer().await;
         sqlx::query(
             "insert into idempotency_key \
              (tenant, idempotency_key, request_fingerprint, payment_id, created_at) \

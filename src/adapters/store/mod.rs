@@ -156,6 +156,7 @@ impl Store {
 
     /// Applies the migrations of this engine.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let _writer = self.hold_writer().await;
         self.migrator()
             .run(&self.write)
             .await
@@ -190,10 +191,21 @@ impl Store {
         self.read.close().await;
     }
 
+    /// On SQLite, waits for its one writer (see [`sqlite_create_writes`]); every SQLite write
+    /// holds it.
+    async fn hold_writer(&self) -> Option<sqlite_create_writes::SqliteWriter<'_>> {
+        match &self.sqlite_create_writes {
+            Some(writes) => Some(writes.hold().await),
+            None => None,
+        }
+    }
+
     /// Begins a write transaction.
     async fn begin(&self) -> Result<WriteTx<'_>, StoreError> {
+        let writer = self.hold_writer().await;
         Ok(WriteTx {
             tx: self.write.begin().await?,
+            _writer: writer,
             store: self,
             changes: Vec::new(),
         })
@@ -303,9 +315,8 @@ impl Store {
                 query.fetch_all(&self.write).await?
             }
             Some(writes) => {
-                // Held while the batch runs, so that SQLite keeps one writer at a time.
-                let _one_writer = self.write.acquire().await?;
-                writes.run(&write.sqlite, &values)?
+                let writer = writes.hold().await;
+                sqlite_create_writes::SqliteCreateWrites::run(&writer, &write.sqlite, &values)?
             }
         };
         if !rows.is_empty() {
@@ -334,6 +345,8 @@ impl Store {
 /// A write transaction. Dropped without [`WriteTx::commit`], it is rolled back.
 struct WriteTx<'s> {
     tx: sqlx::Transaction<'static, Any>,
+    /// SQLite's one writer, held until the transaction ends (dropped after `tx`).
+    _writer: Option<sqlite_create_writes::SqliteWriter<'s>>,
     store: &'s Store,
     /// The changes appended so far, counted and announced once committed.
     changes: Vec<Change>,

@@ -35,6 +35,7 @@ impl ReconcileClaims for Store {
             Backend::Sqlite => &SQLITE,
             Backend::Postgres => &POSTGRES,
         };
+        let _writer = self.hold_writer().await;
         let rows: Vec<PaymentRow> = sqlx::query_as(sql.as_str())
             .bind(lease_until)
             .bind(changed_before)
@@ -46,6 +47,7 @@ impl ReconcileClaims for Store {
     }
 
     async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
+        let _writer = self.hold_writer().await;
         sqlx::query("update payment set reconcile_lease_until = $1 where payment_id = $2")
             .bind(until)
             .bind(payment_id)

@@ -8,11 +8,12 @@
 //! 395–442 µs of serve's CPU each, short of the 2,000/s target; here, alternated on the same
 //! machine, see the bench notes (bench/README.md, "Changed for speed").
 //!
-//! The caller holds sqlx's one write connection while a batch runs, so SQLite keeps one writer
-//! at a time. A batch is synchronous: it cannot be cut short by a caller that goes away, and one
-//! that fails part way is rolled back whole.
+//! SQLite takes one writer at a time, so every SQLite write, on sqlx or here, first holds
+//! [`SqliteCreateWrites::hold`]: writers queue in order instead of colliding on the database lock.
+//! A batch is synchronous: it cannot be cut short by a caller that goes away, and one that fails
+//! part way is rolled back whole.
 
-use std::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
@@ -21,11 +22,15 @@ use super::SqlValue;
 use super::payments::PaymentRow;
 use crate::app::ports::StoreError;
 
-/// The rusqlite connection the create's batches run on.
+/// SQLite's writer: the rusqlite connection the create's batches run on, behind the lock every
+/// SQLite write holds.
 #[derive(Debug)]
 pub(super) struct SqliteCreateWrites {
     conn: Mutex<Connection>,
 }
+
+/// SQLite's one writer, held; on its connection the create's batches run.
+pub(super) type SqliteWriter<'a> = MutexGuard<'a, Connection>;
 
 impl SqliteCreateWrites {
     /// Opens the database file of `url` (which sqlx created) with `pragmas`.
@@ -43,19 +48,20 @@ impl SqliteCreateWrites {
         })
     }
 
+    /// Waits for SQLite's one writer.
+    pub(super) async fn hold(&self) -> SqliteWriter<'_> {
+        self.conn.lock().await
+    }
+
     /// Runs `batch` (statements separated by `;`, `$n` parameters into `values`) in one
     /// transaction; answers the payment rows its statements return.
     pub(super) fn run(
-        &self,
+        conn: &SqliteWriter<'_>,
         batch: &str,
         values: &[SqlValue],
     ) -> Result<Vec<PaymentRow>, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         conn.execute_batch("begin immediate").map_err(unavailable)?;
-        match run_statements(&conn, batch, values).and_then(|rows| {
+        match run_statements(conn, batch, values).and_then(|rows| {
             conn.execute_batch("commit")?;
             Ok(rows)
         }) {
