@@ -1,17 +1,20 @@
-//! SQLite's two create writes ([`OneTrip`](super::OneTrip)) on rusqlite, in the calling thread.
-//! Everything else, on both engines, runs on sqlx.
-//!
-//! Kept alone, beside sqlx, for the figure it makes: sqlx-sqlite hands every statement to a
-//! thread per connection and streams each statement's result back, so a create's two batches
-//! cost the parking and waking of that thread and of the waiting task several times over.
-//! With the batches on sqlx-sqlite, SQLite creates at 64 callers ran at 1,244–1,582/s with
-//! 395–442 µs of serve's CPU each, short of the 2,000/s target; here, alternated on the same
-//! machine, see the bench notes (bench/README.md, "Changed for speed").
+//! SQLite's two create writes ([`OneTrip`](super::OneTrip)) on rusqlite, in the calling thread,
+//! and SQLite's one writer lock. Everything else, on both engines, runs on sqlx.
 //!
 //! SQLite takes one writer at a time, so every SQLite write, on sqlx or here, first holds
-//! [`SqliteCreateWrites::hold`]: writers queue in order instead of colliding on the database lock.
-//! A batch is synchronous: it cannot be cut short by a caller that goes away, and one that fails
-//! part way is rolled back whole.
+//! [`SqliteCreateWrites::hold`]: writers queue in order on a lock instead of colliding on the
+//! database's. A batch is synchronous: a caller that goes away cannot cut it short, and one that
+//! fails part way is rolled back whole.
+//!
+//! Kept alone, beside sqlx, for its figure (SQLite creates at 64 callers, 2 cores, alternated
+//! with the binary before the store's rewrite at 5,627–5,769/s and 164–167 µs of serve's CPU):
+//! - the batches on sqlx-sqlite (each statement handed to the connection's thread, its result
+//!   streamed back), sqlx's one-connection write pool as the lock: 1,244–1,582/s, 395–442 µs;
+//! - the batches here, the pool still the lock (each write waits for the pool's hand-off and
+//!   its ping of the connection): 1,569–1,593/s, 358–382 µs;
+//! - the batches here, behind this lock: 3,109–3,206/s, 288 µs (the target is 2,000/s).
+//!
+//! A sqlx-sqlite batch behind this lock on a connection it keeps was not measured.
 
 use tokio::sync::{Mutex, MutexGuard};
 
