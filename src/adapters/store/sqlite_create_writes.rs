@@ -12,9 +12,10 @@
 //!   streamed back), sqlx's one-connection write pool as the lock: 1,244–1,582/s, 395–442 µs;
 //! - the batches here, the pool still the lock (each write waits for the pool's hand-off and
 //!   its ping of the connection): 1,569–1,593/s, 358–382 µs;
-//! - the batches here, behind this lock: 3,109–3,206/s, 288 µs (the target is 2,000/s).
-//!
-//! A sqlx-sqlite batch behind this lock on a connection it keeps was not measured.
+//! - the batches here, behind this lock: 3,109–3,206/s, 288 µs (the target is 2,000/s);
+//! - the same batches on sqlx-sqlite, behind this lock, on a sqlx connection kept for them
+//!   (alternated with the line above at 3,096–3,176/s, 293–301 µs): 2,032–2,060/s, p99 40–42 ms,
+//!   446–458 µs.
 
 use tokio::sync::{Mutex, MutexGuard};
 
