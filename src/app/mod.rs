@@ -28,7 +28,7 @@ pub use error::AppError;
 pub use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
-pub use verify_return::{ReturnCaller, ReturnQuery, VerifiedReturn};
+pub use verify_return::{ReturnCaller, VerifiedReturn};
 pub use webhook::{EventOutcome, IgnoredBecause};
 
 /// Settings the use cases hand to callers.

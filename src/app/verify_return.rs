@@ -2,31 +2,13 @@
 //! trusted.
 
 use super::{AppError, Payments};
-use crate::domain::{EventSource, Payment, ReturnOutcome};
+use crate::domain::{EventSource, Payment, ReturnOutcome, ReturnQuery};
 
 /// Who asks: the return gateway may verify any payment, a tenant only its own.
 #[derive(Debug, Clone, Copy)]
 pub enum ReturnCaller<'a> {
     Gateway,
     Tenant(&'a str),
-}
-
-/// The query Stripe appended to `return_url`, as received.
-#[derive(Clone)]
-pub struct ReturnQuery {
-    pub payment_intent: String,
-    pub client_secret: String,
-    /// Stripe's hint; logged for diagnosis, never trusted.
-    pub redirect_status: String,
-}
-
-impl std::fmt::Debug for ReturnQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReturnQuery")
-            .field("payment_intent", &self.payment_intent)
-            .field("redirect_status", &self.redirect_status)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The verified answer.
@@ -54,7 +36,7 @@ impl Payments {
     /// client secret compared in constant time (a mismatch is rejected without a Stripe call),
     /// the intent read from Stripe unless the row is already terminal (coalesced with concurrent
     /// reads), checked against the row, and the change recorded.
-    #[tracing::instrument(skip_all, fields(payment_intent = %query.payment_intent, hint = %query.redirect_status))]
+    #[tracing::instrument(skip_all, fields(payment_intent = %query.payment_intent(), hint = %query.redirect_status()))]
     pub async fn verify_return(
         &self,
         caller: ReturnCaller<'_>,
@@ -66,11 +48,11 @@ impl Payments {
         };
         let payment = self
             .store
-            .find_payment_by_intent(tenant, &query.payment_intent)
+            .find_payment_by_intent(tenant, query.payment_intent())
             .await?
             .ok_or(AppError::NotFound)?;
         let secret_matches = payment.client_secret.as_deref().is_some_and(|secret| {
-            constant_time_eq::constant_time_eq(secret.as_bytes(), query.client_secret.as_bytes())
+            constant_time_eq::constant_time_eq(secret.as_bytes(), query.client_secret().as_bytes())
         });
         if !secret_matches {
             tracing::warn!(payment_id = %payment.id, "return rejected: client secret does not match");
@@ -105,15 +87,12 @@ mod tests {
     use crate::domain::PaymentStatus;
 
     fn query(created: &CreatedPayment, client_secret: &str) -> ReturnQuery {
-        ReturnQuery {
-            payment_intent: created
-                .payment
-                .stripe_payment_intent_id
-                .clone()
-                .expect("intent"),
-            client_secret: client_secret.to_owned(),
-            redirect_status: "succeeded".to_owned(),
-        }
+        let intent = created
+            .payment
+            .stripe_payment_intent_id
+            .as_deref()
+            .expect("intent");
+        ReturnQuery::parse(intent, client_secret, "succeeded").expect("a return query")
     }
 
     fn retrieves(harness: &Harness) -> usize {
@@ -132,7 +111,7 @@ mod tests {
         let query = query(&created, &created.client_secret);
         harness
             .provider
-            .update_intent(&query.payment_intent, |intent| {
+            .update_intent(query.payment_intent(), |intent| {
                 intent.status = PaymentStatus::Succeeded;
             });
         let verified = harness
@@ -187,10 +166,8 @@ mod tests {
             .await
             .expect_err("not the tenant's");
         assert!(matches!(error, AppError::NotFound), "{error:?}");
-        let unknown = ReturnQuery {
-            payment_intent: "pi_unknown".to_owned(),
-            ..query
-        };
+        let unknown = ReturnQuery::parse("pi_unknown", "pi_unknown_secret_x", "succeeded")
+            .expect("a return query");
         let error = harness
             .payments
             .verify_return(ReturnCaller::Gateway, &unknown)
@@ -206,7 +183,7 @@ mod tests {
         let query = query(&created, &created.client_secret);
         harness
             .provider
-            .update_intent(&query.payment_intent, |intent| {
+            .update_intent(query.payment_intent(), |intent| {
                 intent.status = PaymentStatus::Succeeded;
                 intent.amount = 1;
             });

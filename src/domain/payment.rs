@@ -103,12 +103,17 @@ impl EventSource {
             EventSource::Refresh => "refresh",
         }
     }
+}
 
-    /// The source named by [`EventSource::as_str`].
-    pub fn from_name(name: &str) -> Option<EventSource> {
+impl std::str::FromStr for EventSource {
+    type Err = ();
+
+    /// Parses the stored name.
+    fn from_str(s: &str) -> Result<EventSource, ()> {
         EventSource::ALL
             .into_iter()
-            .find(|source| source.as_str() == name)
+            .find(|source| source.as_str() == s)
+            .ok_or(())
     }
 }
 

@@ -15,7 +15,6 @@ use tokio::sync::broadcast;
 
 use super::{Backend, Store, parse_status};
 use crate::app::ports::{ChangeFeed, StatusEvent, StoreError};
-use crate::domain::EventSource;
 
 /// The PostgreSQL channel payment changes are announced on (named in the migration that
 /// creates the trigger).
@@ -91,8 +90,9 @@ impl ChangeFeed for Store {
             .map(|(payment_event_id, source, from, to, created_at)| {
                 Ok(StatusEvent {
                     payment_event_id,
-                    source: EventSource::from_name(&source)
-                        .ok_or_else(|| StoreError::Corrupt(format!("event source {source:?}")))?,
+                    source: source
+                        .parse()
+                        .map_err(|()| StoreError::Corrupt(format!("event source {source:?}")))?,
                     from: from.as_deref().map(parse_status).transpose()?,
                     to: parse_status(&to)?,
                     created_at,

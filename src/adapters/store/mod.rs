@@ -249,15 +249,6 @@ struct OneTrip {
     postgres: String,
 }
 
-impl OneTrip {
-    fn new(sqlite: &str, postgres: String) -> OneTrip {
-        OneTrip {
-            sqlite: sqlite.to_owned(),
-            postgres,
-        }
-    }
-}
-
 /// A value bound to a [`OneTrip`] write's parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SqlValue {
@@ -320,14 +311,14 @@ impl Store {
             }
         };
         if !rows.is_empty() {
-            self.committed(vec![change]);
+            self.committed([change]);
         }
         Ok(rows)
     }
 
     /// After a commit: counts each change in the transitions metric and announces it (see
     /// [`change_feed`]).
-    fn committed(&self, changes: Vec<Change>) {
+    fn committed(&self, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
             crate::metrics::METRICS
                 .transitions

@@ -90,15 +90,15 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
     );
     let key_columns = "insert into idempotency_key \
          (tenant, idempotency_key, request_fingerprint, payment_id, created_at)";
-    OneTrip::new(
-        &format!(
+    OneTrip {
+        sqlite: format!(
             "{insert}; \
              {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
              where changes() = 1; \
              {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created} \
              where changes() = 1"
         ),
-        format!(
+        postgres: format!(
             "with new_payment as ({insert}), \
              new_key as ({key_columns} \
                  select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
@@ -106,7 +106,7 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
                  select payment_id, 'create', null, status, null, created_at from new_payment) \
              select * from new_payment"
         ),
-    )
+    }
 });
 
 /// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
@@ -116,18 +116,18 @@ static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
          updated_at = $6 \
          where payment_id = $7 and status = 'creating' \
          returning *";
-    OneTrip::new(
-        &format!(
+    OneTrip {
+        sqlite: format!(
             "{update}; \
              {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
         ),
-        format!(
+        postgres: format!(
             "with attached as ({update}), \
              event as ({EVENT_INSERT} \
                  select payment_id, 'create', 'creating', status, null, updated_at from attached) \
              select * from attached"
         ),
-    )
+    }
 });
 
 impl TryFrom<&Payment> for PaymentRow {

@@ -6,7 +6,9 @@
 mod provider;
 mod store;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::app::{AppError, CreatePaymentCommand, CreatedPayment, PaymentSettings, Payments};
 
 pub(crate) use provider::{FakeProvider, FakeWebhooks, payment_id_of};
 pub(crate) use store::FakeStore;
@@ -19,21 +21,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The use cases over fresh fakes, for the tenant [`tenant`].
 pub(crate) struct Harness {
-    pub(crate) payments: std::sync::Arc<crate::app::Payments>,
-    pub(crate) store: std::sync::Arc<FakeStore>,
-    pub(crate) provider: std::sync::Arc<FakeProvider>,
-    pub(crate) webhooks: std::sync::Arc<FakeWebhooks>,
+    pub(crate) payments: Arc<Payments>,
+    pub(crate) store: Arc<FakeStore>,
+    pub(crate) provider: Arc<FakeProvider>,
+    pub(crate) webhooks: Arc<FakeWebhooks>,
 }
 
 impl Harness {
     pub(crate) fn new() -> Harness {
-        let store = std::sync::Arc::new(FakeStore::default());
-        let provider = std::sync::Arc::new(FakeProvider::default());
-        let webhooks = std::sync::Arc::new(FakeWebhooks::default());
-        let payments = std::sync::Arc::new(crate::app::Payments::new(
+        let store = Arc::new(FakeStore::default());
+        let provider = Arc::new(FakeProvider::default());
+        let webhooks = Arc::new(FakeWebhooks::default());
+        let payments = Arc::new(Payments::new(
             store.clone(),
             provider.clone(),
-            crate::app::PaymentSettings {
+            PaymentSettings {
                 publishable_key: "pk_test_fake".to_owned(),
                 return_url: "https://pay.example.com/payment/return".to_owned(),
                 webhook_verifier: Some(webhooks.clone()),
@@ -46,21 +48,19 @@ impl Harness {
             webhooks,
         }
     }
-}
 
-impl Harness {
     /// Sends a create as the tenant [`tenant`].
     pub(crate) async fn submit(
         &self,
-        command: crate::app::CreatePaymentCommand,
-    ) -> Result<crate::app::CreatedPayment, crate::app::AppError> {
+        command: CreatePaymentCommand,
+    ) -> Result<CreatedPayment, AppError> {
         self.payments
             .create_invoice_payment(&tenant(), command)
             .await
     }
 
     /// Creates a payment of 42.00 USD for `invoice` as the tenant [`tenant`].
-    pub(crate) async fn create(&self, key: &str, invoice: &str) -> crate::app::CreatedPayment {
+    pub(crate) async fn create(&self, key: &str, invoice: &str) -> CreatedPayment {
         self.submit(command(key, invoice, 4200))
             .await
             .expect("created")
@@ -68,9 +68,9 @@ impl Harness {
 }
 
 /// A CreateInvoicePayment request in USD with one metadata entry.
-pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> crate::app::CreatePaymentCommand {
+pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> CreatePaymentCommand {
     use crate::domain::{IdempotencyKey, InvoiceId, Metadata, Money};
-    crate::app::CreatePaymentCommand {
+    CreatePaymentCommand {
         idempotency_key: IdempotencyKey::parse(key).expect("key"),
         invoice_id: InvoiceId::parse(invoice).expect("invoice"),
         money: Money::parse(amount, "usd").expect("money"),

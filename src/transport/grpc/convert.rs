@@ -4,13 +4,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::app::ports::ListCursor;
-use crate::app::{
-    CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, ReturnQuery, VerifiedReturn,
-};
+use crate::app::{CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, VerifiedReturn};
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
-    self, Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
-    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome,
+    Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
+    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery,
     ReturnQueryField, StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
@@ -255,12 +253,12 @@ pub(super) fn created_to_proto(created: CreatedPayment) -> pb::CreateInvoicePaym
     }
 }
 
-/// Checks the shape of a return query (the rules of [`domain::ReturnQuery`]); anything else is
+/// Checks the shape of a return query (the rules of [`ReturnQuery`]); anything else is
 /// INVALID_ARGUMENT before any lookup.
 pub(super) fn return_query(
     request: pb::VerifyReturnRequest,
 ) -> Result<ReturnQuery, ValidationError> {
-    let query = domain::ReturnQuery::parse(
+    ReturnQuery::parse(
         &request.payment_intent,
         &request.payment_intent_client_secret,
         &request.redirect_status,
@@ -270,11 +268,6 @@ pub(super) fn return_query(
             .into_iter()
             .map(ReturnQueryField::violation)
             .collect(),
-    })?;
-    Ok(ReturnQuery {
-        payment_intent: query.payment_intent().to_owned(),
-        client_secret: query.client_secret().to_owned(),
-        redirect_status: query.redirect_status().to_owned(),
     })
 }
 
