@@ -262,6 +262,121 @@ async fn stripe_retries_inside_one_call_reuse_the_idempotency_key(db: Db) {
     assert_eq!(app.stripe.count(CREATE_INTENT).await, 3);
 }
 
+/// The create's two writes from concurrent calls, which the store may send together (one
+/// statement for many on PostgreSQL, one transaction on SQLite), are each answered as their own
+/// would be: of the writes that share an invoice or a key one is written, the others write
+/// nothing; an attach the database refuses fails alone; every other attach answers its own row.
+async fn concurrent_create_writes_are_each_answered_as_alone(db: Db) {
+    use paybridge::adapters::store::Store;
+    use paybridge::app::ports::{PaymentRecords, StoreError};
+    use paybridge::domain::{PaymentStatus, StatusChange};
+    use sqlx::Connection;
+
+    let app = TestApp::spawn(db).await;
+    let store = Store::connect(&app.database_url, 4).await.expect("store");
+    let mut writes = Vec::new();
+    for i in 0..16 {
+        writes.push((
+            support::creating_payment(&format!("inv-own-{i}")),
+            format!("k-own-{i}"),
+        ));
+        writes.push((
+            support::creating_payment("inv-shared"),
+            format!("k-shared-{i}"),
+        ));
+        writes.push((
+            support::creating_payment(&format!("inv-key-{i}")),
+            "k-shared".to_owned(),
+        ));
+    }
+    let answers = futures::future::join_all(
+        writes
+            .iter()
+            .map(|(payment, key)| store.insert_payment(payment, key, "fp")),
+    )
+    .await;
+    let mut written = Vec::new();
+    let (mut shared_invoice, mut shared_key) = (0, 0);
+    for ((payment, key), answer) in writes.iter().zip(answers) {
+        match answer {
+            Ok(true) => written.push(payment.clone()),
+            Ok(false) | Err(StoreError::Conflict) => {}
+            Err(other) => panic!("{key}: {other}"),
+        }
+        let wrote = written.last().is_some_and(|last| last.id == payment.id);
+        if key.starts_with("k-own-") {
+            assert!(wrote, "{key} shares nothing and is written");
+        }
+        shared_invoice += usize::from(wrote && payment.invoice_id == "inv-shared");
+        shared_key += usize::from(wrote && key == "k-shared");
+    }
+    assert_eq!((written.len(), shared_invoice, shared_key), (18, 1, 1));
+    for payment in &written {
+        assert_eq!(
+            store
+                .get_payment(None, &payment.id)
+                .await
+                .expect("read")
+                .as_ref(),
+            Some(payment),
+            "written as asked"
+        );
+    }
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let mut counts = Vec::new();
+    for table in ["payment", "idempotency_key", "payment_event"] {
+        let (count,): (i64,) = sqlx::query_as(&format!("select count(*) from {table}"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        counts.push(count);
+    }
+    assert_eq!(counts, [18, 18, 18], "payments, keys and first events");
+
+    // Every payment attached at once; the last one with the first one's intent, which the
+    // unique index refuses to one of the two.
+    let change = StatusChange {
+        from: PaymentStatus::Creating,
+        to: PaymentStatus::RequiresPaymentMethod,
+        last_payment_error: None,
+    };
+    let intents: Vec<String> = written
+        .iter()
+        .enumerate()
+        .map(|(i, payment)| {
+            let owner = if i + 1 == written.len() {
+                &written[0]
+            } else {
+                payment
+            };
+            format!("pi_{}", owner.id)
+        })
+        .collect();
+    let attached =
+        futures::future::join_all(written.iter().zip(&intents).map(|(payment, intent)| {
+            store.attach_intent(&payment.id, intent, Some("secret"), &change, 2)
+        }))
+        .await;
+    let mut refused = 0;
+    for ((payment, intent), answer) in written.iter().zip(&intents).zip(attached) {
+        match answer {
+            Ok(row) => {
+                assert_eq!(row.id, payment.id, "its own row");
+                assert_eq!(
+                    row.stripe_payment_intent_id.as_deref(),
+                    Some(intent.as_str())
+                );
+                assert_eq!(row.status, PaymentStatus::RequiresPaymentMethod);
+            }
+            Err(StoreError::Conflict) => refused += 1,
+            Err(other) => panic!("{}: {other}", payment.id),
+        }
+    }
+    assert_eq!(refused, 1, "one of the two attaches with one intent");
+}
+
 on_both_databases!(
     create_returns_a_client_secret_and_the_intent_exists_at_stripe_with_metadata,
     a_replay_with_the_same_key_returns_the_first_answer_without_calling_stripe,
@@ -275,6 +390,7 @@ on_both_databases!(
     stripe_unavailable_answers_unavailable_and_a_retry_makes_one_intent,
     a_lost_stripe_answer_is_recovered_with_the_same_intent,
     stripe_retries_inside_one_call_reuse_the_idempotency_key,
+    concurrent_create_writes_are_each_answered_as_alone,
 );
 
 async fn every_status_change_is_appended_to_the_event_log(db: Db) {

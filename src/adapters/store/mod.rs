@@ -21,6 +21,7 @@ mod change_feed;
 mod customers;
 mod idempotency;
 mod payments;
+mod postgres_grouped_creates;
 mod reconcile_claims;
 mod sqlite_create_writes;
 mod webhook_events;
@@ -108,6 +109,8 @@ pub struct Store {
     backend: Backend,
     /// On SQLite, where the create's two writes run (see [`sqlite_create_writes`]).
     sqlite_create_writes: Option<std::sync::Arc<sqlite_create_writes::SqliteCreateWrites>>,
+    /// On PostgreSQL, the queues of the create's two writes (see [`postgres_grouped_creates`]).
+    grouped_creates: [std::sync::Arc<postgres_grouped_creates::GroupedWrite>; 2],
     /// Ids of payments as their changes commit (see [`change_feed`]).
     changes: tokio::sync::broadcast::Sender<String>,
 }
@@ -143,6 +146,7 @@ impl Store {
             read,
             backend,
             sqlite_create_writes,
+            grouped_creates: Default::default(),
             changes,
         })
     }
@@ -247,10 +251,19 @@ struct Change {
 struct OneTrip {
     sqlite: String,
     postgres: String,
+    /// On PostgreSQL, the same write for many calls at once (see [`postgres_grouped_creates`]):
+    /// `$1` is a JSON array with one object per call, holding its values under `fields` (the
+    /// names of `$1`, `$2`, … in order). Answers the rows the calls' own statements would.
+    postgres_many: String,
+    fields: Vec<&'static str>,
+    /// Which value (0-based) is the payment id: a returned row answers the call with that id.
+    key: usize,
+    /// Which of the store's `grouped_creates` queues the write waits in.
+    queue: usize,
 }
 
 /// A value bound to a [`OneTrip`] write's parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SqlValue {
     Text(Option<String>),
     Int(Option<i64>),
@@ -290,25 +303,16 @@ impl Store {
     /// Runs a [`OneTrip`] write; when it wrote a row, counts and announces `change`.
     async fn write_in_one_trip(
         &self,
-        write: &OneTrip,
+        write: &'static OneTrip,
         values: Vec<SqlValue>,
         change: Change,
     ) -> Result<Vec<payments::PaymentRow>, StoreError> {
         let rows = match &self.sqlite_create_writes {
             None => {
-                let mut query = sqlx::query_as(&write.postgres);
-                for value in values {
-                    query = match value {
-                        SqlValue::Text(text) => query.bind(text),
-                        SqlValue::Int(int) => query.bind(int),
-                    };
-                }
-                query.fetch_all(&self.write).await?
+                let queue = &self.grouped_creates[write.queue];
+                queue.run(&self.write, write, values).await?
             }
-            Some(writes) => {
-                let writer = writes.hold().await;
-                sqlite_create_writes::SqliteCreateWrites::run(&writer, &write.sqlite, &values)?
-            }
+            Some(writes) => writes.run(&write.sqlite, values).await?,
         };
         if !rows.is_empty() {
             self.committed([change]);

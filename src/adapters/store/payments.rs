@@ -23,6 +23,8 @@ macro_rules! payment_row {
 
         impl PaymentRow {
             const COLUMNS: &'static [&'static str] = &[$(stringify!($column)),*];
+            /// Each column's PostgreSQL type, in [`PaymentRow::COLUMNS`] order.
+            const POSTGRES_TYPES: &'static [&'static str] = &[$(<$type as PostgresType>::NAME),*];
 
             /// The row's values in [`PaymentRow::COLUMNS`] order.
             fn values(self) -> Vec<SqlValue> {
@@ -35,6 +37,23 @@ macro_rules! payment_row {
             }
         }
     };
+}
+
+/// The PostgreSQL type of a row field's Rust type (for the grouped writes' `json_to_recordset`).
+trait PostgresType {
+    const NAME: &'static str;
+}
+
+impl PostgresType for String {
+    const NAME: &'static str = "text";
+}
+
+impl PostgresType for i64 {
+    const NAME: &'static str = "bigint";
+}
+
+impl<T: PostgresType> PostgresType for Option<T> {
+    const NAME: &'static str = T::NAME;
 }
 
 payment_row! {
@@ -56,6 +75,13 @@ payment_row! {
     created_at: i64,
     updated_at: i64,
     last_event_created: Option<i64>,
+}
+
+impl PaymentRow {
+    /// True when this is the row of the payment whose id is `id`.
+    pub(super) fn is_payment(&self, id: &SqlValue) -> bool {
+        matches!(id, SqlValue::Text(Some(id)) if *id == self.payment_id)
+    }
 }
 
 /// The number of a payment column's parameter in [`INSERT_PAYMENT`] (`$1` is the first column).
@@ -80,6 +106,13 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
     let [id, tenant, invoice, status, created] =
         ["payment_id", "tenant", "invoice_id", "status", "created_at"].map(column_parameter);
     let (key, fingerprint) = (format!("${}", count + 1), format!("${}", count + 2));
+    let types = PaymentRow::POSTGRES_TYPES.iter().chain(&["text", "text"]);
+    let call_columns: Vec<String> = INSERT_FIELDS
+        .iter()
+        .zip(types)
+        .map(|(field, kind)| format!("{field} {kind}"))
+        .collect();
+    let call_columns = call_columns.join(", ");
     let insert = format!(
         "insert into payment ({columns}) select {values} \
          where not exists (select 1 from idempotency_key \
@@ -106,7 +139,35 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
                  select payment_id, 'create', null, status, null, created_at from new_payment) \
              select * from new_payment"
         ),
+        postgres_many: format!(
+            "with call as (select * from json_to_recordset($1::json) as call({call_columns})), \
+             new_payment as (insert into payment ({columns}) select {columns} from call \
+                 where not exists (select 1 from idempotency_key k \
+                                   where k.tenant = call.tenant \
+                                     and k.idempotency_key = call.idempotency_key) \
+                   and not exists (select 1 from payment p \
+                                   where p.tenant = call.tenant and p.invoice_id = call.invoice_id \
+                                     and p.status <> 'canceled') \
+                 returning *), \
+             new_key as ({key_columns} \
+                 select p.tenant, call.idempotency_key, call.request_fingerprint, p.payment_id, \
+                        p.created_at \
+                 from new_payment p join call on call.payment_id = p.payment_id), \
+             new_event as ({EVENT_INSERT} \
+                 select payment_id, 'create', null, status, null, created_at from new_payment) \
+             select * from new_payment"
+        ),
+        fields: INSERT_FIELDS.clone(),
+        key: 0,
+        queue: 0,
     }
+});
+
+/// The names of [`INSERT_PAYMENT`]'s values, `$1`, `$2`, … in order.
+static INSERT_FIELDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut fields = PaymentRow::COLUMNS.to_vec();
+    fields.extend(["idempotency_key", "request_fingerprint"]);
+    fields
 });
 
 /// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
@@ -127,6 +188,32 @@ static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
                  select payment_id, 'create', 'creating', status, null, updated_at from attached) \
              select * from attached"
         ),
+        postgres_many: format!(
+            "with call as (select * from json_to_recordset($1::json) as call(\
+                 intent_id text, client_secret text, status text, error_code text, \
+                 error_message text, now bigint, payment_id text)), \
+             attached as (update payment set stripe_payment_intent_id = call.intent_id, \
+                 client_secret = call.client_secret, status = call.status, \
+                 last_payment_error_code = call.error_code, \
+                 last_payment_error_message = call.error_message, updated_at = call.now \
+                 from call \
+                 where payment.payment_id = call.payment_id and payment.status = 'creating' \
+                 returning payment.*), \
+             event as ({EVENT_INSERT} \
+                 select payment_id, 'create', 'creating', status, null, updated_at from attached) \
+             select * from attached"
+        ),
+        fields: vec![
+            "intent_id",
+            "client_secret",
+            "status",
+            "error_code",
+            "error_message",
+            "now",
+            "payment_id",
+        ],
+        key: 6,
+        queue: 1,
     }
 });
 

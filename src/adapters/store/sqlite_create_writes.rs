@@ -17,7 +17,7 @@
 //!   (alternated with the line above at 3,096–3,176/s, 293–301 µs): 2,032–2,060/s, p99 40–42 ms,
 //!   446–458 µs.
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, oneshot};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
@@ -31,6 +31,45 @@ use crate::app::ports::StoreError;
 #[derive(Debug)]
 pub(super) struct SqliteCreateWrites {
     conn: Mutex<Connection>,
+    /// Create batches waiting for the writer; whoever holds it next runs them all.
+    waiting: std::sync::Mutex<Waiting>,
+}
+
+/// Create batches waiting for the writer, in arrival order.
+#[derive(Debug, Default)]
+struct Waiting {
+    next_id: u64,
+    batches: Vec<Batch>,
+}
+
+type Answer = Result<Vec<PaymentRow>, StoreError>;
+
+#[derive(Debug)]
+struct Batch {
+    id: u64,
+    sql: &'static str,
+    values: Vec<SqlValue>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Takes a caller's batch out of the queue if it goes away before the batch ran.
+struct Unqueue<'a> {
+    waiting: &'a std::sync::Mutex<Waiting>,
+    id: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        lock(self.waiting)
+            .batches
+            .retain(|batch| batch.id != self.id);
+    }
+}
+
+fn lock(waiting: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// SQLite's one writer, held; on its connection the create's batches run.
@@ -49,6 +88,7 @@ impl SqliteCreateWrites {
         .map_err(unavailable)?;
         Ok(SqliteCreateWrites {
             conn: Mutex::new(conn),
+            waiting: std::sync::Mutex::default(),
         })
     }
 
@@ -57,22 +97,79 @@ impl SqliteCreateWrites {
         self.conn.lock().await
     }
 
-    /// Runs `batch` (statements separated by `;`, `$n` parameters into `values`) in one
-    /// transaction; answers the payment rows its statements return.
-    pub(super) fn run(
-        conn: &SqliteWriter<'_>,
-        batch: &str,
-        values: &[SqlValue],
-    ) -> Result<Vec<PaymentRow>, StoreError> {
-        conn.execute_batch("begin immediate").map_err(unavailable)?;
-        match run_statements(conn, batch, values).and_then(|rows| {
-            conn.execute_batch("commit")?;
-            Ok(rows)
-        }) {
-            Ok(rows) => Ok(rows),
-            Err(error) => {
-                let _ = conn.execute_batch("rollback");
-                Err(refused(error))
+    /// Runs `batch` (statements separated by `;`, `$n` parameters into `values`) in a
+    /// transaction; answers the payment rows its statements return. Batches that queued while
+    /// the writer was busy share one transaction (group commit): a savepoint each, so a failing
+    /// one is rolled back alone, and every caller is answered after the commit.
+    pub(super) async fn run(&self, sql: &'static str, values: Vec<SqlValue>) -> Answer {
+        let (reply, mut answer) = oneshot::channel();
+        let id = {
+            let mut waiting = lock(&self.waiting);
+            let id = waiting.next_id;
+            waiting.next_id += 1;
+            waiting.batches.push(Batch {
+                id,
+                sql,
+                values,
+                reply,
+            });
+            id
+        };
+        let unqueue = Unqueue {
+            waiting: &self.waiting,
+            id,
+        };
+        let writer = self.hold().await;
+        // The writer's last holder may have run this batch with its own.
+        if let Ok(done) = answer.try_recv() {
+            return done;
+        }
+        let batches = std::mem::take(&mut lock(&self.waiting).batches);
+        drop(unqueue);
+        run_together(&writer, batches);
+        drop(writer);
+        answer.try_recv().unwrap_or_else(|_| {
+            Err(StoreError::Database(
+                "the create's batch was not run".into(),
+            ))
+        })
+    }
+}
+
+/// Runs `batches` in one transaction, each in a savepoint, and answers each once committed.
+fn run_together(conn: &Connection, batches: Vec<Batch>) {
+    if let Err(error) = conn.execute_batch("begin immediate") {
+        let message = error.to_string();
+        for batch in batches {
+            let _ = batch
+                .reply
+                .send(Err(StoreError::Unavailable(message.clone().into())));
+        }
+        return;
+    }
+    let mut answers = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let answer = conn
+            .execute_batch("savepoint batch")
+            .and_then(|()| run_statements(conn, batch.sql, &batch.values))
+            .and_then(|rows| conn.execute_batch("release batch").map(|()| rows))
+            .map_err(|error| {
+                let _ = conn.execute_batch("rollback to batch; release batch");
+                refused(error)
+            });
+        answers.push((batch.reply, answer));
+    }
+    match conn.execute_batch("commit") {
+        Ok(()) => {
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
+            }
+        }
+        Err(error) => {
+            let _ = conn.execute_batch("rollback");
+            let message = error.to_string();
+            for (reply, _) in answers {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone().into())));
             }
         }
     }
