@@ -15,7 +15,9 @@
 //! [`webhook_events`], [`reconcile_claims`], [`customers`] and [`change_feed`] (the event log and
 //! the announcements). A status change is written with its event in one transaction, and counted
 //! and announced once committed: through a [`WriteTx`], or, for the create's two writes, as a
-//! [`OneTrip`] (one round trip each).
+//! [`OneTrip`] (one round trip each), which concurrent creates share: one statement for many on
+//! PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
+//! ([`sqlite_create_writes`]).
 
 mod change_feed;
 mod customers;
