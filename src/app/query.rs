@@ -67,7 +67,7 @@ impl Payments {
             .flatten()
             .map(|last| ListCursor {
                 created_at: last.created_at,
-                payment_id: last.id.clone(),
+                id: last.id.clone(),
             });
         Ok(ListPage { payments, next })
     }

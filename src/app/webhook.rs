@@ -1,7 +1,7 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
-use super::ports::{EventRecorded, WebhookEventRecord, WebhookRefused};
+use super::ports::{EventRecorded, WebhookChange, WebhookEventRecord, WebhookRefused};
 use super::{AppError, Payments, now_millis};
 use crate::domain::{EventVerdict, FieldViolation, Observation, ValidationError};
 
@@ -144,7 +144,11 @@ impl Payments {
             };
             match self
                 .store
-                .record_webhook_event(&record, change.as_ref(), now_millis())
+                .record_webhook_event(
+                    &record,
+                    change.as_ref().map(WebhookChange::Payment),
+                    now_millis(),
+                )
                 .await?
             {
                 EventRecorded::Duplicate => {
@@ -199,6 +203,8 @@ mod tests {
             event_type: "payment_intent.succeeded".to_owned(),
             created,
             intent: Some(intent),
+            refund: None,
+            refunded_intent: None,
             type_label: "payment_intent.succeeded",
         })
     }
@@ -308,6 +314,8 @@ mod tests {
             event_type: "payment_intent.succeeded".to_owned(),
             created: 1,
             intent: Some(someone_elses),
+            refund: None,
+            refunded_intent: None,
             type_label: "payment_intent.succeeded",
         });
         let mut other = harness.webhooks.deliver(ProviderEvent {
@@ -315,6 +323,8 @@ mod tests {
             event_type: "customer.created".to_owned(),
             created: 1,
             intent: None,
+            refund: None,
+            refunded_intent: None,
             type_label: "other",
         });
         for (payload, because) in [

@@ -12,6 +12,7 @@ mod metadata;
 mod money;
 mod payment;
 mod redirect;
+mod refund;
 mod return_outcome;
 mod return_query;
 mod status;
@@ -19,7 +20,7 @@ mod validation;
 
 pub use customer::{Customer, CustomerName, Email, StripeCustomerId};
 pub use description::Description;
-pub use ids::{IdempotencyKey, InvoiceId, PaymentId, TenantId};
+pub use ids::{IdempotencyKey, InvoiceId, PaymentId, RefundId, TenantId};
 pub use metadata::Metadata;
 pub use money::{Amount, Currency, Money};
 pub use payment::{
@@ -27,6 +28,10 @@ pub use payment::{
     PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
 pub use redirect::{RedirectOrigin, RedirectUrl};
+pub use refund::{
+    REFUND_ID_METADATA_KEY, Refund, RefundAmounts, RefundBucket, RefundChange, RefundObservation,
+    RefundReason, RefundSource, RefundStatus, RefundVerdict,
+};
 pub use return_outcome::ReturnOutcome;
 pub use return_query::{ReturnQuery, ReturnQueryField};
 pub use status::PaymentStatus;

@@ -56,6 +56,9 @@ payment_row! {
     created_at: i64,
     updated_at: i64,
     last_event_created: Option<i64>,
+    amount_received: i64,
+    amount_refunded: i64,
+    amount_refund_pending: i64,
 }
 
 /// The number of a payment column's parameter in [`INSERT_PAYMENT`] (`$1` is the first column).
@@ -155,6 +158,9 @@ impl TryFrom<&Payment> for PaymentRow {
             created_at: payment.created_at,
             updated_at: payment.updated_at,
             last_event_created: payment.last_event_created,
+            amount_received: payment.amount_received,
+            amount_refunded: payment.amount_refunded,
+            amount_refund_pending: payment.amount_refund_pending,
         })
     }
 }
@@ -189,6 +195,9 @@ impl TryFrom<PaymentRow> for Payment {
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_event_created: row.last_event_created,
+            amount_received: row.amount_received,
+            amount_refunded: row.amount_refunded,
+            amount_refund_pending: row.amount_refund_pending,
         })
     }
 }
@@ -260,7 +269,7 @@ impl PaymentRecords for Store {
 
     async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
         let (after_created, after_id) = match &query.after {
-            Some(cursor) => (Some(cursor.created_at), Some(cursor.payment_id.as_str())),
+            Some(cursor) => (Some(cursor.created_at), Some(cursor.id.as_str())),
             None => (None, None),
         };
         let rows: Vec<PaymentRow> = sqlx::query_as(
@@ -408,6 +417,9 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             last_event_created: None,
+            amount_received: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
         }
     }
 

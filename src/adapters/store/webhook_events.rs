@@ -4,15 +4,17 @@
 use async_trait::async_trait;
 
 use super::{AppendedEvent, Store};
-use crate::app::ports::{EventRecorded, StoreError, WebhookEventLog, WebhookEventRecord};
-use crate::domain::{EventSource, StatusChange};
+use crate::app::ports::{
+    EventRecorded, StoreError, WebhookChange, WebhookEventLog, WebhookEventRecord,
+};
+use crate::domain::EventSource;
 
 #[async_trait]
 impl WebhookEventLog for Store {
     async fn record_webhook_event(
         &self,
         event: &WebhookEventRecord<'_>,
-        change: Option<&StatusChange>,
+        change: Option<WebhookChange<'_>>,
         now: i64,
     ) -> Result<EventRecorded, StoreError> {
         let mut tx = self.begin().await?;
@@ -33,7 +35,8 @@ impl WebhookEventLog for Store {
         if inserted == 0 {
             return Ok(EventRecorded::Duplicate);
         }
-        if let (Some(change), Some(payment_id)) = (change, event.payment_id) {
+        if let (Some(WebhookChange::Payment(change)), Some(payment_id)) = (change, event.payment_id)
+        {
             if !tx
                 .set_status(payment_id, change, now, Some(event.event_created))
                 .await?
@@ -53,5 +56,75 @@ impl WebhookEventLog for Store {
         }
         tx.commit().await?;
         Ok(EventRecorded::Recorded)
+    }
+}
+
+#[async_trait]
+impl crate::app::ports::RefundRecords for Store {
+    async fn insert_refund(
+        &self,
+        _refund: &crate::domain::Refund,
+        _idempotency_key: &str,
+        _request_fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn insert_external_refund(
+        &self,
+        _refund: &crate::domain::Refund,
+        _source: crate::domain::EventSource,
+        _now: i64,
+    ) -> Result<bool, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn get_refund(
+        &self,
+        _tenant: Option<&str>,
+        _refund_id: &str,
+    ) -> Result<Option<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn find_refund_by_key(
+        &self,
+        _tenant: &str,
+        _idempotency_key: &str,
+    ) -> Result<Option<(String, crate::domain::Refund)>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn find_refund_by_stripe_id(
+        &self,
+        _stripe_refund_id: &str,
+    ) -> Result<Option<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn list_refunds(
+        &self,
+        _query: crate::app::ports::RefundListQuery<'_>,
+    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn apply_refund_change(
+        &self,
+        _update: crate::app::ports::RefundUpdate<'_>,
+        _source: crate::domain::EventSource,
+        _now: i64,
+    ) -> Result<(crate::domain::Refund, bool), StoreError> {
+        todo!("refunds: store")
+    }
+    async fn claim_refunds_for_reconcile(
+        &self,
+        _now: i64,
+        _changed_before: i64,
+        _lease_until: i64,
+        _limit: u32,
+    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn defer_refund_reconcile(
+        &self,
+        _refund_id: &str,
+        _until: i64,
+    ) -> Result<(), StoreError> {
+        todo!("refunds: store")
     }
 }

@@ -318,4 +318,30 @@ impl PaymentProvider for StripeProvider {
         self.send_intent(&CancelPaymentIntent::new(id), strategy)
             .await
     }
+
+    async fn create_refund(
+        &self,
+        _refund: crate::app::ports::NewRefund,
+    ) -> Result<crate::app::ports::ProviderRefund, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn retrieve_refund(
+        &self,
+        _id: &str,
+    ) -> Result<crate::app::ports::ProviderRefund, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn list_refunds(
+        &self,
+        _payment_intent: &str,
+    ) -> Result<Vec<crate::app::ports::ProviderRefund>, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn list_recent_refunds(
+        &self,
+        _created_since: i64,
+        _limit: u32,
+    ) -> Result<Vec<crate::app::ports::ProviderRefund>, ProviderError> {
+        todo!("refunds: provider")
+    }
 }

@@ -178,6 +178,8 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
         event_type: envelope.event_type,
         created: envelope.created,
         intent,
+        refund: None,
+        refunded_intent: None,
         type_label: applied_type.unwrap_or("other"),
     })
 }

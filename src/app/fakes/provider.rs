@@ -117,6 +117,32 @@ impl PaymentProvider for FakeProvider {
         intent.status = PaymentStatus::Canceled;
         Ok(intent.clone())
     }
+
+    async fn create_refund(
+        &self,
+        _refund: crate::app::ports::NewRefund,
+    ) -> Result<crate::app::ports::ProviderRefund, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn retrieve_refund(
+        &self,
+        _id: &str,
+    ) -> Result<crate::app::ports::ProviderRefund, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn list_refunds(
+        &self,
+        _payment_intent: &str,
+    ) -> Result<Vec<crate::app::ports::ProviderRefund>, ProviderError> {
+        todo!("refunds: provider")
+    }
+    async fn list_recent_refunds(
+        &self,
+        _created_since: i64,
+        _limit: u32,
+    ) -> Result<Vec<crate::app::ports::ProviderRefund>, ProviderError> {
+        todo!("refunds: provider")
+    }
 }
 
 /// Webhook deliveries, in memory: a payload is the key of an event handed to

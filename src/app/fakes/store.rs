@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::app::ports::{
     ChangeFeed, CreateLookup, CustomerRecords, EventRecorded, IdempotencyKeys, IdempotencyRecord,
-    ListQuery, PaymentRecords, ReconcileClaims, StatusEvent, StoreError, WebhookEventLog,
-    WebhookEventRecord,
+    ListQuery, PaymentRecords, ReconcileClaims, StatusEvent, StoreError, WebhookChange,
+    WebhookEventLog, WebhookEventRecord,
 };
 use crate::domain::{EventSource, Payment, PaymentStatus, StatusChange};
 
@@ -172,20 +172,20 @@ impl PaymentRecords for FakeStore {
     }
 
     async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
-        let mut found: Vec<Payment> = self
-            .state()?
-            .payments
-            .values()
-            .filter(|p| p.tenant == query.tenant)
-            .filter(|p| query.invoice_id.is_none_or(|i| p.invoice_id == i))
-            .filter(|p| query.status.is_none_or(|s| p.status == s))
-            .filter(|p| {
-                query.after.as_ref().is_none_or(|c| {
-                    (p.created_at, p.id.as_str()) < (c.created_at, c.payment_id.as_str())
+        let mut found: Vec<Payment> =
+            self.state()?
+                .payments
+                .values()
+                .filter(|p| p.tenant == query.tenant)
+                .filter(|p| query.invoice_id.is_none_or(|i| p.invoice_id == i))
+                .filter(|p| query.status.is_none_or(|s| p.status == s))
+                .filter(|p| {
+                    query.after.as_ref().is_none_or(|c| {
+                        (p.created_at, p.id.as_str()) < (c.created_at, c.id.as_str())
+                    })
                 })
-            })
-            .cloned()
-            .collect();
+                .cloned()
+                .collect();
         found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         found.truncate(query.limit as usize);
         Ok(found)
@@ -303,14 +303,15 @@ impl WebhookEventLog for FakeStore {
     async fn record_webhook_event(
         &self,
         event: &WebhookEventRecord<'_>,
-        change: Option<&StatusChange>,
+        change: Option<WebhookChange<'_>>,
         now: i64,
     ) -> Result<EventRecorded, StoreError> {
         let mut state = self.state()?;
         if state.stripe_events.contains(event.stripe_event_id) {
             return Ok(EventRecorded::Duplicate);
         }
-        if let (Some(change), Some(payment_id)) = (change, event.payment_id) {
+        if let (Some(WebhookChange::Payment(change)), Some(payment_id)) = (change, event.payment_id)
+        {
             if !state.set_status(payment_id, change, now) {
                 return Ok(EventRecorded::Conflict);
             }
@@ -404,5 +405,75 @@ impl ChangeFeed for FakeStore {
             .filter(|(id, event)| id == payment_id && event.payment_event_id > after)
             .map(|(_, event)| event.clone())
             .collect())
+    }
+}
+
+#[async_trait]
+impl crate::app::ports::RefundRecords for FakeStore {
+    async fn insert_refund(
+        &self,
+        _refund: &crate::domain::Refund,
+        _idempotency_key: &str,
+        _request_fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn insert_external_refund(
+        &self,
+        _refund: &crate::domain::Refund,
+        _source: crate::domain::EventSource,
+        _now: i64,
+    ) -> Result<bool, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn get_refund(
+        &self,
+        _tenant: Option<&str>,
+        _refund_id: &str,
+    ) -> Result<Option<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn find_refund_by_key(
+        &self,
+        _tenant: &str,
+        _idempotency_key: &str,
+    ) -> Result<Option<(String, crate::domain::Refund)>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn find_refund_by_stripe_id(
+        &self,
+        _stripe_refund_id: &str,
+    ) -> Result<Option<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn list_refunds(
+        &self,
+        _query: crate::app::ports::RefundListQuery<'_>,
+    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn apply_refund_change(
+        &self,
+        _update: crate::app::ports::RefundUpdate<'_>,
+        _source: crate::domain::EventSource,
+        _now: i64,
+    ) -> Result<(crate::domain::Refund, bool), StoreError> {
+        todo!("refunds: store")
+    }
+    async fn claim_refunds_for_reconcile(
+        &self,
+        _now: i64,
+        _changed_before: i64,
+        _lease_until: i64,
+        _limit: u32,
+    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
+        todo!("refunds: store")
+    }
+    async fn defer_refund_reconcile(
+        &self,
+        _refund_id: &str,
+        _until: i64,
+    ) -> Result<(), StoreError> {
+        todo!("refunds: store")
     }
 }

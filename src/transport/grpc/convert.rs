@@ -166,7 +166,7 @@ const PAGE_TOKEN_PREFIX: &str = "v1:";
 pub(super) fn encode_page_token(cursor: &ListCursor) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{PAGE_TOKEN_PREFIX}{}:{}",
-        cursor.created_at, cursor.payment_id
+        cursor.created_at, cursor.id
     ))
 }
 
@@ -183,7 +183,7 @@ fn decode_page_token(token: &str) -> Result<Option<ListCursor>, FieldViolation> 
     let payment_id = PaymentId::parse(payment_id).map_err(|_| invalid())?;
     Ok(Some(ListCursor {
         created_at,
-        payment_id: payment_id.as_str().to_owned(),
+        id: payment_id.as_str().to_owned(),
     }))
 }
 
@@ -240,6 +240,9 @@ pub(super) fn payment_to_proto(payment: Payment) -> pb::Payment {
         stripe_payment_intent_id: payment.stripe_payment_intent_id.unwrap_or_default(),
         stripe_customer_id: payment.stripe_customer_id.unwrap_or_default(),
         description: payment.description.unwrap_or_default(),
+        amount_received: payment.amount_received,
+        amount_refunded: payment.amount_refunded,
+        amount_refund_pending: payment.amount_refund_pending,
     }
 }
 

@@ -158,4 +158,25 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn refund_payment(
+        &self,
+        _request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        Err(Status::unimplemented("refunds: transport"))
+    }
+
+    async fn get_refund(
+        &self,
+        _request: Request<pb::GetRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        Err(Status::unimplemented("refunds: transport"))
+    }
+
+    async fn list_refunds(
+        &self,
+        _request: Request<pb::ListRefundsRequest>,
+    ) -> Result<Response<pb::ListRefundsResponse>, Status> {
+        Err(Status::unimplemented("refunds: transport"))
+    }
 }

@@ -517,5 +517,8 @@ pub fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
         created_at: now,
         updated_at: now,
         last_event_created: None,
+        amount_received: 0,
+        amount_refunded: 0,
+        amount_refund_pending: 0,
     }
 }
