@@ -38,7 +38,11 @@ impl Payments {
     ) -> Result<Payment, AppError> {
         let payment = self.load(Some(tenant), payment_id).await?;
         if refresh {
-            return self.sync_with_provider(payment, EventSource::Refresh).await;
+            let payment = self
+                .sync_with_provider(payment, EventSource::Refresh)
+                .await?;
+            // A succeeded payment's refunds, made here or at Stripe directly.
+            return self.sync_refunds(payment, EventSource::Refresh).await;
         }
         Ok(payment)
     }

@@ -21,7 +21,7 @@ mod validation;
 pub use customer::{Customer, CustomerName, Email, StripeCustomerId};
 pub use description::Description;
 pub use ids::{IdempotencyKey, InvoiceId, PaymentId, RefundId, TenantId};
-pub use metadata::Metadata;
+pub use metadata::{Metadata, refund_stripe_metadata};
 pub use money::{Amount, Currency, Money};
 pub use payment::{
     EventSource, EventVerdict, IntentMismatch, LastPaymentError, Observation,
