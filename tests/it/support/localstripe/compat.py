@@ -17,7 +17,11 @@ What this changes in stock localstripe 1.15.10 (see README.md for the why):
     payment_method / payment_method_data, cancellation_reason, ...);
   * Stripe-shaped errors (card_error with payment_intent, resource_missing, ...);
   * Idempotency-Key honoured (stored first answer replayed, mismatch -> 400);
-  * /_test/requests (request counting) and /_test/faults (fault injection).
+  * refunds like current Stripe: reason, amount_too_large /
+    charge_already_refunded refusals, pending / requires_action / failed /
+    canceled refunds, list filters, refund.* and charge.refunded events;
+  * /_test/requests (request counting), /_test/faults (fault injection) and
+    /_test/refunds/* (refund start status, later status changes).
 """
 
 import argparse
