@@ -6,10 +6,11 @@
 Starts compat.py (twice, to check isolation), drives the flows paybridge uses
 over plain HTTP, and checks:
   * every top-level key of resources.{payment_intent,charge,customer,
-    payment_method,event,refund} in Stripe's fixtures3.json is present in every such
-    object the layer returned, with the same JSON type (null only where the
-    fixture has null, or where the key is listed in NULLABLE below because no
-    value makes sense here); nested objects are checked the same way;
+    payment_method,event,refund} in Stripe's fixtures3.json is present in
+    every such object the layer returned, with the same JSON type (null only
+    where the fixture has null, or where the key is listed in NULLABLE below
+    because no value makes sense here); nested objects are checked the same
+    way;
   * card outcomes, 3-D Secure, cancel, capture, webhooks (signature + shape);
   * Idempotency-Key replay / mismatch / concurrency;
   * refunds: create/retrieve/list/update/cancel, over-refund refusals,
@@ -720,8 +721,8 @@ def refund_checks(c, s, sink, pm):
             ('amount', str(amount)), ('currency', 'eur'),
             ('payment_method', pm['id']), ('confirm', 'true')] +
             list(extra.items()))
-        assert st == 200 and p['status'] in ('succeeded', 'requires_capture'), \
-            (st, p)
+        assert st == 200 and \
+            p['status'] in ('succeeded', 'requires_capture'), (st, p)
         return p
 
     def err(res):
