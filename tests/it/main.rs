@@ -16,6 +16,8 @@ mod gateway_webhook;
 mod operations;
 mod properties;
 mod reconciler;
+mod refunds;
+mod refunds_crash;
 mod resilience_crash;
 mod resilience_database;
 mod resilience_gateway;
