@@ -233,14 +233,14 @@ enum Transition {
 }
 
 impl Transition {
-    fn from_name(self) -> Option<&'static str> {
+    fn old_name(self) -> Option<&'static str> {
         match self {
             Transition::Payment { from, .. } => from.map(PaymentStatus::as_str),
             Transition::Refund { from, .. } => from.map(RefundStatus::as_str),
         }
     }
 
-    fn to_name(self) -> &'static str {
+    fn new_name(self) -> &'static str {
         match self {
             Transition::Payment { to, .. } => to.as_str(),
             Transition::Refund { to, .. } => to.as_str(),
@@ -359,8 +359,8 @@ impl Store {
             };
             family
                 .get_or_create(&crate::metrics::TransitionLabels {
-                    from: change.transition.from_name().unwrap_or("none"),
-                    to: change.transition.to_name(),
+                    from: change.transition.old_name().unwrap_or("none"),
+                    to: change.transition.new_name(),
                     source: change.source.as_str(),
                 })
                 .inc();
@@ -397,8 +397,8 @@ impl WriteTx<'_> {
         sqlx::query(&SQL)
             .bind(event.payment_id)
             .bind(event.source.as_str())
-            .bind(event.transition.from_name())
-            .bind(event.transition.to_name())
+            .bind(event.transition.old_name())
+            .bind(event.transition.new_name())
             .bind(event.stripe_event_id)
             .bind(event.now)
             .bind(event.refund_id)
