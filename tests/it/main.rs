@@ -16,6 +16,7 @@ mod gateway_webhook;
 mod operations;
 mod properties;
 mod reconciler;
+mod refund_store;
 mod resilience_crash;
 mod resilience_database;
 mod resilience_gateway;
