@@ -83,6 +83,7 @@ pub struct Metrics {
     pub stripe_duration: Family<MethodLabels, Histogram>,
     pub webhook_events: Family<WebhookLabels, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
+    pub refund_transitions: Family<TransitionLabels, Counter>,
     pub reconciler_sweeps: Family<SweepLabels, Counter>,
     pub reconciled_payments: Family<ReconciledLabels, Counter>,
     pub refund_requests: Family<OutcomeLabels, Counter>,
@@ -139,6 +140,12 @@ impl Metrics {
             "Payment status changes by from, to and source",
             transitions.clone(),
         );
+        let refund_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "refund_transitions",
+            "Refund status changes by from, to and source",
+            refund_transitions.clone(),
+        );
         let reconciler_sweeps = Family::<SweepLabels, Counter>::default();
         registry.register(
             "reconciler_sweeps",
@@ -189,6 +196,7 @@ impl Metrics {
             stripe_duration,
             webhook_events,
             transitions,
+            refund_transitions,
             reconciler_sweeps,
             reconciled_payments,
             refund_requests,

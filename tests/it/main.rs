@@ -16,6 +16,7 @@ mod gateway_webhook;
 mod operations;
 mod properties;
 mod reconciler;
+mod refund_store;
 mod refunds;
 mod refunds_crash;
 mod resilience_crash;

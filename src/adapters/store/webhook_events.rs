@@ -1,13 +1,13 @@
 //! The `stripe_event` table: every verified webhook event, recorded once, with the change it
-//! makes in the same transaction.
+//! makes (to a payment, or to one of its refunds) in the same transaction.
 
 use async_trait::async_trait;
 
-use super::{AppendedEvent, Store};
+use super::{AppendedEvent, Store, Transition};
 use crate::app::ports::{
     EventRecorded, StoreError, WebhookChange, WebhookEventLog, WebhookEventRecord,
 };
-use crate::domain::EventSource;
+use crate::domain::{EventSource, Refund};
 
 #[async_trait]
 impl WebhookEventLog for Store {
@@ -35,96 +35,58 @@ impl WebhookEventLog for Store {
         if inserted == 0 {
             return Ok(EventRecorded::Duplicate);
         }
-        if let (Some(WebhookChange::Payment(change)), Some(payment_id)) = (change, event.payment_id)
-        {
-            if !tx
-                .set_status(payment_id, change, now, Some(event.event_created))
-                .await?
-            {
-                // The payment moved on since the caller read it: nothing recorded.
-                return Ok(EventRecorded::Conflict);
+        let applied = match (change, event.payment_id) {
+            (Some(WebhookChange::Payment(change)), Some(payment_id)) => {
+                let changed = tx
+                    .set_status(payment_id, change, now, Some(event.event_created))
+                    .await?;
+                if changed {
+                    tx.append_event(AppendedEvent {
+                        payment_id,
+                        refund_id: None,
+                        source: EventSource::Webhook,
+                        transition: Transition::Payment {
+                            from: Some(change.from),
+                            to: change.to,
+                        },
+                        stripe_event_id: Some(event.stripe_event_id),
+                        now,
+                    })
+                    .await?;
+                }
+                changed
             }
-            tx.append_event(AppendedEvent {
-                payment_id,
-                source: EventSource::Webhook,
-                from: Some(change.from),
-                to: change.to,
-                stripe_event_id: Some(event.stripe_event_id),
-                now,
-            })
-            .await?;
+            (Some(WebhookChange::Refund(update)), _) => {
+                tx.change_refund(
+                    update,
+                    EventSource::Webhook,
+                    Some(event.stripe_event_id),
+                    Some(event.event_created),
+                    now,
+                )
+                .await?
+            }
+            (Some(WebhookChange::ExternalRefund(refund)), _) => {
+                let refund = Refund {
+                    last_event_created: Some(event.event_created),
+                    ..refund.clone()
+                };
+                tx.insert_external_refund(
+                    &refund,
+                    EventSource::Webhook,
+                    Some(event.stripe_event_id),
+                    now,
+                )
+                .await?
+            }
+            (Some(WebhookChange::Payment(_)), None) | (None, _) => true,
+        };
+        if !applied {
+            // The payment or the refund moved on since the caller read it, or (an external
+            // refund) its Stripe id was recorded meanwhile: nothing recorded.
+            return Ok(EventRecorded::Conflict);
         }
         tx.commit().await?;
         Ok(EventRecorded::Recorded)
-    }
-}
-
-#[async_trait]
-impl crate::app::ports::RefundRecords for Store {
-    async fn insert_refund(
-        &self,
-        _refund: &crate::domain::Refund,
-        _idempotency_key: &str,
-        _request_fingerprint: &str,
-    ) -> Result<bool, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn insert_external_refund(
-        &self,
-        _refund: &crate::domain::Refund,
-        _source: crate::domain::EventSource,
-        _now: i64,
-    ) -> Result<bool, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn get_refund(
-        &self,
-        _tenant: Option<&str>,
-        _refund_id: &str,
-    ) -> Result<Option<crate::domain::Refund>, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn find_refund_by_key(
-        &self,
-        _tenant: &str,
-        _idempotency_key: &str,
-    ) -> Result<Option<(String, crate::domain::Refund)>, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn find_refund_by_stripe_id(
-        &self,
-        _stripe_refund_id: &str,
-    ) -> Result<Option<crate::domain::Refund>, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn list_refunds(
-        &self,
-        _query: crate::app::ports::RefundListQuery<'_>,
-    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn apply_refund_change(
-        &self,
-        _update: crate::app::ports::RefundUpdate<'_>,
-        _source: crate::domain::EventSource,
-        _now: i64,
-    ) -> Result<(crate::domain::Refund, bool), StoreError> {
-        todo!("refunds: store")
-    }
-    async fn claim_refunds_for_reconcile(
-        &self,
-        _now: i64,
-        _changed_before: i64,
-        _lease_until: i64,
-        _limit: u32,
-    ) -> Result<Vec<crate::domain::Refund>, StoreError> {
-        todo!("refunds: store")
-    }
-    async fn defer_refund_reconcile(
-        &self,
-        _refund_id: &str,
-        _until: i64,
-    ) -> Result<(), StoreError> {
-        todo!("refunds: store")
     }
 }
