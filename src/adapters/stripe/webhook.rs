@@ -415,6 +415,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_awaiting_the_customer_parses_with_its_next_action() {
+        let mut refund = fixture(REFUND);
+        refund["status"] = "requires_action".into();
+        refund["payment_intent"] = "pi_3Konbini".into();
+        refund["instructions_email"] = "customer@example.com".into();
+        refund["destination_details"] = serde_json::json!({
+            "type": "card",
+            "card": {"reference": null, "reference_status": "pending",
+                     "reference_type": "acquirer_reference_number", "type": "refund"},
+        });
+        refund["next_action"] = serde_json::json!({
+            "type": "display_details",
+            "display_details": {
+                "email_sent": {"email_sent_at": 1_764_000_000,
+                               "email_sent_to": "customer@example.com"},
+                "expires_at": 1_764_604_800,
+            },
+        });
+        let event = parse_event(&payload("refund.created", refund)).expect("parses");
+        let refund = event.refund.expect("a refund");
+        assert_eq!(refund.status, crate::domain::RefundStatus::RequiresAction);
+        assert_eq!(refund.payment_intent.as_deref(), Some("pi_3Konbini"));
+    }
+
+    #[test]
     fn every_refund_status_and_reason_maps_and_unknown_ones_do_not() {
         use crate::domain::{RefundReason, RefundStatus};
         for status in [

@@ -24,10 +24,10 @@ struct ProviderState {
     failing: Option<ProviderError>,
     /// Every refund, oldest first; `re_<n>` is `refunds[n - 1]`.
     refunds: Vec<ProviderRefund>,
-    /// Idempotency key → the first create's parameters and answer (the refund as it was then, or
-    /// a refusal), which a repeated key replays as Stripe does: the first answer, not the
-    /// refund's state now.
-    refunds_by_key: HashMap<String, (RefundParameters, Result<ProviderRefund, ProviderError>)>,
+    /// Idempotency key → the first create's parameters and answer (the refund as it was then),
+    /// which a repeated key replays as Stripe does: the first answer, not the refund's state
+    /// now. A refusal is not remembered (as the local Stripe does): the same key may try again.
+    refunds_by_key: HashMap<String, (RefundParameters, ProviderRefund)>,
     /// What happens to the next `create_refund`, when set.
     next_refund_create: Option<NextRefundCreate>,
     /// The status new refunds start in (`None`: `Succeeded`, as card refunds usually do).
@@ -242,14 +242,12 @@ impl PaymentProvider for FakeProvider {
                      they were first used with.",
                 ));
             }
-            Some((_, answer)) => answer.clone(),
-            None => {
-                let answer = state.make_refund(&parameters);
+            Some((_, first)) => Ok(first.clone()),
+            None => state.make_refund(&parameters).inspect(|made| {
                 state
                     .refunds_by_key
-                    .insert(refund.idempotency_key, (parameters, answer.clone()));
-                answer
-            }
+                    .insert(refund.idempotency_key, (parameters, made.clone()));
+            }),
         };
         match lost_answer {
             Some(error) => Err(error),
@@ -310,6 +308,16 @@ impl ProviderState {
                 &format!("No such payment_intent: '{}'", asked.payment_intent),
             ));
         };
+        if intent.status != PaymentStatus::Succeeded {
+            return Err(ProviderError::Rejected {
+                status: 400,
+                code: None,
+                message: format!(
+                    "This PaymentIntent ({}) does not have a successful charge to refund.",
+                    intent.id
+                ),
+            });
+        }
         if asked.amount <= 0 {
             return Err(rejected(
                 "parameter_invalid_integer",
@@ -497,18 +505,21 @@ mod tests {
             .await
             .expect_err("too much");
         assert_eq!(code(&err), Some("amount_too_large"));
-        // The refusal is the key's first answer.
+        // A failed refund's amount is refundable again, and a refusal is not remembered by key.
         provider.set_refund_status("re_1", RefundStatus::Failed, Some("declined"));
-        let replayed = provider
+        provider
             .create_refund(new_refund(&pi, 300, "d"))
             .await
-            .expect_err("replayed refusal");
-        assert_eq!(code(&replayed), Some("amount_too_large"));
-        // A failed refund's amount is refundable again.
-        provider
-            .create_refund(new_refund(&pi, 400, "e"))
+            .expect("fits now");
+        let err = provider
+            .create_refund(new_refund(&pi, 101, "e"))
             .await
-            .expect("fits again");
+            .expect_err("100 left");
+        assert_eq!(code(&err), Some("amount_too_large"));
+        provider
+            .create_refund(new_refund(&pi, 100, "e"))
+            .await
+            .expect("all that is left");
         let err = provider
             .create_refund(new_refund(&pi, 1, "f"))
             .await
@@ -582,6 +593,15 @@ mod tests {
             .await
             .expect("intent")
             .id;
+        let err = provider
+            .create_refund(new_refund(&other, 100, "unpaid"))
+            .await
+            .expect_err("nothing was paid");
+        assert!(
+            matches!(&err, ProviderError::Rejected { message, .. } if message.contains("successful charge")),
+            "{err:?}"
+        );
+        provider.update_intent(&other, |intent| intent.status = PaymentStatus::Succeeded);
         provider.start_refunds_in(RefundStatus::Pending);
         let ours = provider
             .create_refund(new_refund(&pi, 100, "k"))
