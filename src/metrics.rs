@@ -40,6 +40,8 @@ pub struct WebhookLabels {
     pub result: &'static str,
 }
 
+/// A status change of a payment, or of a refund: its statuses (`none` for a first event) and its
+/// source.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub from: &'static str,
