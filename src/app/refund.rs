@@ -510,3 +510,111 @@ pub(crate) fn check_provider_refund(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::Harness;
+
+    /// A payment of 4200 that succeeded (its intent paid and the change recorded).
+    async fn succeeded(harness: &Harness, key: &str) -> Payment {
+        let created = harness.create(key, &format!("inv-{key}")).await;
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .clone()
+            .expect("intent");
+        harness.provider.update_intent(&intent_id, |intent| {
+            intent.status = PaymentStatus::Succeeded
+        });
+        harness
+            .payments
+            .get_payment("billing", &created.payment.id, true)
+            .await
+            .expect("refreshed")
+    }
+
+    fn command(key: &str, payment: &Payment, amount: i64) -> RefundCommand {
+        RefundCommand {
+            idempotency_key: IdempotencyKey::parse(key).expect("key"),
+            payment_id: PaymentId::parse(&payment.id).expect("id"),
+            amount: (amount > 0).then(|| Amount::parse(amount).expect("amount")),
+            reason: None,
+            metadata: Metadata::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_finished_by_the_retry_with_the_same_stripe_key() {
+        let harness = Harness::new();
+        let payment = succeeded(&harness, "k-1").await;
+        harness
+            .provider
+            .lose_next_refund_answer(ProviderError::Unavailable("timed out".to_owned()));
+        let lost = harness
+            .payments
+            .refund_payment("billing", command("r-1", &payment, 1000))
+            .await
+            .expect_err("the answer is lost");
+        assert!(matches!(lost, AppError::ProviderUnavailable(_)), "{lost:?}");
+        let retried = harness
+            .payments
+            .refund_payment("billing", command("r-1", &payment, 1000))
+            .await
+            .expect("finished");
+        assert!(!retried.created);
+        assert_eq!(retried.refund.status, RefundStatus::Succeeded);
+        assert_eq!(harness.provider.refunds().len(), 1, "one Stripe refund");
+        let payment = harness.store.payments().pop().expect("payment");
+        assert_eq!(
+            (payment.amount_refunded, payment.amount_refund_pending),
+            (1000, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refund_stripe_refuses_is_failed_and_frees_its_amount() {
+        let harness = Harness::new();
+        let payment = succeeded(&harness, "k-1").await;
+        harness
+            .provider
+            .fail_next_refund_create(ProviderError::Rejected {
+                status: 400,
+                code: Some("charge_disputed".to_owned()),
+                message: "Charge has been disputed".to_owned(),
+            });
+        let refused = harness
+            .payments
+            .refund_payment("billing", command("r-1", &payment, 0))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(refused, AppError::RefundRejected { .. }),
+            "{refused:?}"
+        );
+        let payment = harness.store.payments().pop().expect("payment");
+        assert_eq!(payment.refund_amounts().refundable(), 4200);
+        let again = harness
+            .payments
+            .refund_payment("billing", command("r-2", &payment, 0))
+            .await
+            .expect("refunded");
+        assert_eq!(again.refund.amount, 4200);
+    }
+
+    #[tokio::test]
+    async fn only_a_succeeded_payment_is_refundable() {
+        let harness = Harness::new();
+        let open = harness.create("k-1", "inv-1").await.payment;
+        let refused = harness
+            .payments
+            .refund_payment("billing", command("r-1", &open, 100))
+            .await
+            .expect_err("open");
+        assert!(
+            matches!(refused, AppError::NotRefundable { .. }),
+            "{refused:?}"
+        );
+        assert!(harness.provider.refunds().is_empty());
+    }
+}

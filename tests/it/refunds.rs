@@ -80,8 +80,18 @@ impl TestApp {
         self.stripe
             .pay_succeeding(&payment.stripe_payment_intent_id, &answer.client_secret)
             .await;
-        let payment = self.get(&payment.id, true).await.expect("refreshed");
-        assert_eq!(payment.status(), pb::PaymentStatus::Succeeded);
+        // Read at Stripe (a reconciler running in the test may have read the intent just
+        // before it was paid: reads of one intent are shared for a second).
+        let payment = eventually(Duration::from_secs(5), || async {
+            let payment = self.get(&payment.id, true).await.expect("refreshed");
+            if payment.status() == pb::PaymentStatus::Succeeded {
+                Ok(payment)
+            } else {
+                Err(payment.status())
+            }
+        })
+        .await
+        .expect("settled by a refresh");
         assert_eq!(payment.amount_received, amount);
         payment
     }

@@ -71,9 +71,10 @@ impl WebhookEventLog for Store {
                     last_event_created: Some(event.event_created),
                     ..refund.clone()
                 };
+                // Its first event says where it came from; the webhook's id is kept with it.
                 tx.insert_external_refund(
                     &refund,
-                    EventSource::Webhook,
+                    EventSource::External,
                     Some(event.stripe_event_id),
                     now,
                 )

@@ -374,7 +374,7 @@ impl WebhookEventLog for FakeStore {
                     last_event_created: Some(event.event_created),
                     ..refund.clone()
                 };
-                if !state.insert_external_refund(&refund, EventSource::Webhook, now) {
+                if !state.insert_external_refund(&refund, EventSource::External, now) {
                     return Ok(EventRecorded::Conflict);
                 }
                 Some(refund.payment_id)
