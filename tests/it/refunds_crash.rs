@@ -6,23 +6,11 @@ use std::time::Duration;
 
 use crate::support;
 use crate::support::child::ServeProcess;
-use crate::support::{BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request, eventually};
+use crate::support::{
+    BILLING_TOKEN, Db, LocalStripe, as_tenant, count_rows, create_request, eventually,
+};
 use paybridge::pb::v1 as pb;
 use serde_json::json;
-use sqlx::Connection;
-
-async fn count_rows(database_url: &str, sql: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(database_url)
-        .await
-        .expect("database");
-    let (count,): (i64,) = sqlx::query_as(sql)
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
-    conn.close().await.ok();
-    count
-}
 
 async fn kill_9_between_the_refund_row_and_stripes_answer_leaves_one_stripe_refund(db: Db) {
     let dir = tempfile::tempdir().expect("dir");

@@ -13,7 +13,15 @@ use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
-use super::{AppendedEvent, Backend, Store, Transition, WriteTx};
+use super::reconcile_claims::Claimable;
+use super::{AppendedEvent, Store, Transition, WriteTx};
+
+/// The reconciler re-reads refunds not final at Stripe yet.
+const REFUNDS: Claimable = Claimable {
+    table: "refund",
+    id_column: "refund_id",
+    open: "status in ('creating', 'pending', 'requires_action')",
+};
 use crate::app::ports::{RefundListQuery, RefundRecords, RefundUpdate, StoreError};
 use crate::domain::{EventSource, Refund, RefundBucket, RefundSource, RefundStatus};
 
@@ -439,42 +447,13 @@ impl RefundRecords for Store {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Refund>, StoreError> {
-        // As the payments' claim (`reconcile_claims.rs`): `skip locked` lets PostgreSQL replicas
-        // claim side by side without taking the same refund; SQLite has one writer.
-        const CLAIM: &str = "update refund set reconcile_lease_until = $1 \
-             where refund_id in ( \
-                 select refund_id from refund \
-                 where status in ('creating', 'pending', 'requires_action') \
-                   and updated_at < $2 \
-                   and (reconcile_lease_until is null or reconcile_lease_until < $3) \
-                 order by updated_at \
-                 limit $4 LOCK) \
-             returning *";
-        static SQLITE: LazyLock<String> = LazyLock::new(|| CLAIM.replace("LOCK", ""));
-        static POSTGRES: LazyLock<String> =
-            LazyLock::new(|| CLAIM.replace("LOCK", "for update skip locked"));
-        let sql = match self.backend {
-            Backend::Sqlite => &SQLITE,
-            Backend::Postgres => &POSTGRES,
-        };
-        let _writer = self.hold_writer().await;
-        let rows: Vec<RefundRow> = sqlx::query_as(sql.as_str())
-            .bind(lease_until)
-            .bind(changed_before)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.write)
+        let rows: Vec<RefundRow> = self
+            .claim_rows(&REFUNDS, now, changed_before, lease_until, limit)
             .await?;
         rows.into_iter().map(Refund::try_from).collect()
     }
 
     async fn defer_refund_reconcile(&self, refund_id: &str, until: i64) -> Result<(), StoreError> {
-        let _writer = self.hold_writer().await;
-        sqlx::query("update refund set reconcile_lease_until = $1 where refund_id = $2")
-            .bind(until)
-            .bind(refund_id)
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        self.defer_row(&REFUNDS, refund_id, until).await
     }
 }
