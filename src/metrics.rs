@@ -40,6 +40,8 @@ pub struct WebhookLabels {
     pub result: &'static str,
 }
 
+/// A status change of a payment, or of a refund: its statuses (`none` for a first event) and its
+/// source.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub from: &'static str,
@@ -54,6 +56,11 @@ pub struct SweepLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconciledLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
@@ -78,8 +85,11 @@ pub struct Metrics {
     pub stripe_duration: Family<MethodLabels, Histogram>,
     pub webhook_events: Family<WebhookLabels, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
+    pub refund_transitions: Family<TransitionLabels, Counter>,
     pub reconciler_sweeps: Family<SweepLabels, Counter>,
     pub reconciled_payments: Family<ReconciledLabels, Counter>,
+    pub refund_requests: Family<OutcomeLabels, Counter>,
+    pub reconciled_refunds: Family<ReconciledLabels, Counter>,
     pub gateway_requests: Family<GatewayLabels, Counter>,
     pub gateway_duration: Family<RouteLabels, Histogram>,
 }
@@ -132,6 +142,12 @@ impl Metrics {
             "Payment status changes by from, to and source",
             transitions.clone(),
         );
+        let refund_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "refund_transitions",
+            "Refund status changes by from, to and source",
+            refund_transitions.clone(),
+        );
         let reconciler_sweeps = Family::<SweepLabels, Counter>::default();
         registry.register(
             "reconciler_sweeps",
@@ -143,6 +159,20 @@ impl Metrics {
             "reconciler_payments",
             "Payments the reconciler checked, changed or failed to check",
             reconciled_payments.clone(),
+        );
+        let refund_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "refund_requests",
+            "RefundPayment calls by outcome (created, replayed, not_refundable, exceeds_remaining, \
+             key_reused, stripe_refused, stripe_unavailable, not_found, error)",
+            refund_requests.clone(),
+        );
+        let reconciled_refunds = Family::<ReconciledLabels, Counter>::default();
+        registry.register(
+            "reconciler_refunds",
+            "Refunds the reconciler checked, changed, found made at Stripe directly, or failed to \
+             check",
+            reconciled_refunds.clone(),
         );
         let gateway_requests = Family::<GatewayLabels, Counter>::default();
         registry.register(
@@ -168,8 +198,11 @@ impl Metrics {
             stripe_duration,
             webhook_events,
             transitions,
+            refund_transitions,
             reconciler_sweeps,
             reconciled_payments,
+            refund_requests,
+            reconciled_refunds,
         }
     }
 
@@ -187,7 +220,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The label for a gRPC path: one of ours, or `unknown` (paths come from clients).
 pub fn rpc_method_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 14] = [
         "/paybridge.v1.PaymentService/CreateInvoicePayment",
         "/paybridge.v1.PaymentService/GetPayment",
         "/paybridge.v1.PaymentService/ListPayments",
@@ -195,6 +228,10 @@ pub fn rpc_method_label(path: &str) -> &'static str {
         "/paybridge.v1.PaymentService/VerifyReturn",
         "/paybridge.v1.PaymentService/HandleStripeEvent",
         "/paybridge.v1.PaymentService/WatchPayment",
+        "/paybridge.v1.PaymentService/RefundPayment",
+        "/paybridge.v1.PaymentService/GetRefund",
+        "/paybridge.v1.PaymentService/ListRefunds",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

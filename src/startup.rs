@@ -221,6 +221,16 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reconciler sweep failed"),
         }
+        match payments
+            .reconcile_refunds_once(settings.after, settings.batch, settings.lease)
+            .await
+        {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(?report, "reconciler refund sweep");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "reconciler refund sweep failed"),
+        }
     }
 }
 

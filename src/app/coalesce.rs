@@ -153,7 +153,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::app::ports::{NewCustomer, NewPaymentIntent};
+    use crate::app::ports::{NewCustomer, NewPaymentIntent, NewRefund, ProviderRefund};
     use crate::domain::PaymentStatus;
 
     /// Counts the reads; nothing else is called.
@@ -183,6 +183,22 @@ mod tests {
             })
         }
         async fn cancel_payment_intent(&self, _: &str, _: &str) -> Answer {
+            unreachable!("not used by IntentReads")
+        }
+        async fn create_refund(&self, _: NewRefund) -> Result<ProviderRefund, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn retrieve_refund(&self, _: &str) -> Result<ProviderRefund, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn list_refunds(&self, _: &str) -> Result<Vec<ProviderRefund>, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn list_recent_refunds(
+            &self,
+            _: i64,
+            _: u32,
+        ) -> Result<Vec<ProviderRefund>, ProviderError> {
             unreachable!("not used by IntentReads")
         }
     }

@@ -410,6 +410,9 @@ fn new_payment(
         created_at: now,
         updated_at: now,
         last_event_created: None,
+        amount_received: 0,
+        amount_refunded: 0,
+        amount_refund_pending: 0,
     }
 }
 

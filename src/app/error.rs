@@ -13,6 +13,22 @@ pub enum AppError {
     /// → `NOT_FOUND`.
     #[error("payment not found")]
     NotFound,
+    /// No such refund for this caller (also when it exists but is another tenant's).
+    /// → `NOT_FOUND`.
+    #[error("refund not found")]
+    RefundNotFound,
+    /// Only a succeeded payment can be refunded. → `FAILED_PRECONDITION` `NOT_REFUNDABLE`.
+    #[error("payment is {status} and cannot be refunded; only a succeeded payment can")]
+    NotRefundable { status: PaymentStatus },
+    /// The refund asks for more than remains refundable (what the payment received less its
+    /// refunds that succeeded or are not final yet). → `FAILED_PRECONDITION`
+    /// `REFUND_EXCEEDS_REMAINING`.
+    #[error("refund of {requested} exceeds what remains refundable ({refundable})")]
+    RefundExceedsRemaining { requested: i64, refundable: i64 },
+    /// Stripe refused the refund; it is recorded as failed and its amount is refundable again.
+    /// → `FAILED_PRECONDITION` `STRIPE_REFUSED`.
+    #[error("Stripe refused the refund: {message}")]
+    RefundRejected { message: String },
     /// The idempotency key was used before with a different request. → `FAILED_PRECONDITION`.
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,

@@ -11,6 +11,8 @@ mod locks;
 pub mod ports;
 mod query;
 mod reconcile;
+mod reconcile_refunds;
+mod refund;
 mod sync;
 mod verify_return;
 mod watch;
@@ -28,6 +30,8 @@ pub use error::AppError;
 pub use error::error_chain;
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
+pub use reconcile_refunds::RefundSweepReport;
+pub use refund::{ListRefundsQuery, RefundAnswer, RefundCommand, RefundPage};
 pub use verify_return::{ReturnCaller, VerifiedReturn};
 pub use webhook::{EventOutcome, IgnoredBecause};
 
@@ -50,6 +54,7 @@ pub struct Payments {
     settings: PaymentSettings,
     locks: PaymentLocks,
     intent_reads: IntentReads,
+    refund_scan: reconcile_refunds::RefundScan,
 }
 
 impl Payments {
@@ -64,6 +69,7 @@ impl Payments {
             settings,
             locks: PaymentLocks::default(),
             intent_reads: IntentReads::default(),
+            refund_scan: Default::default(),
         }
     }
 

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub use crate::domain::LastPaymentError;
-use crate::domain::{EventSource, Payment, PaymentStatus, StatusChange};
+use crate::domain::{
+    EventSource, Payment, PaymentStatus, Refund, RefundChange, RefundReason, RefundStatus,
+    StatusChange,
+};
 
 /// A customer to create at the provider.
 #[derive(Debug, Clone)]
@@ -66,6 +69,39 @@ impl std::fmt::Debug for ProviderIntent {
     }
 }
 
+/// A refund to create at the provider.
+#[derive(Debug, Clone)]
+pub struct NewRefund {
+    /// The refunded PaymentIntent, `pi_…`.
+    pub payment_intent: String,
+    /// Minor units, > 0 (always sent: the provider's "all that remains" is never relied on).
+    pub amount: i64,
+    pub reason: Option<RefundReason>,
+    /// The caller's metadata plus `paybridge_refund_id`, `paybridge_payment_id` and `tenant`.
+    pub metadata: BTreeMap<String, String>,
+    /// Sent as Stripe's `Idempotency-Key`; derived from the refund id so that a retry after a
+    /// crash or a lost answer can never make a second refund.
+    pub idempotency_key: String,
+}
+
+/// The provider's view of a Refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRefund {
+    /// `re_…`
+    pub id: String,
+    /// The refunded PaymentIntent, `pi_…` (none for refunds of charges made without one).
+    pub payment_intent: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    /// Never `Creating`.
+    pub status: RefundStatus,
+    pub reason: Option<RefundReason>,
+    pub failure_reason: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created: i64,
+}
+
 /// What can go wrong when talking to the provider.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
@@ -107,6 +143,23 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         id: &str,
         idempotency_key: &str,
     ) -> Result<ProviderIntent, ProviderError>;
+    /// Creates a refund of a PaymentIntent's charge. The same idempotency key returns the same
+    /// refund.
+    async fn create_refund(&self, refund: NewRefund) -> Result<ProviderRefund, ProviderError>;
+    /// Reads a refund.
+    async fn retrieve_refund(&self, id: &str) -> Result<ProviderRefund, ProviderError>;
+    /// Every refund of a PaymentIntent, newest first (all pages).
+    async fn list_refunds(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderRefund>, ProviderError>;
+    /// Refunds of the whole account created at or after `created_since` (unix seconds), newest
+    /// first, at most `limit`: how the reconciler finds refunds made at Stripe directly.
+    async fn list_recent_refunds(
+        &self,
+        created_since: i64,
+        limit: u32,
+    ) -> Result<Vec<ProviderRefund>, ProviderError>;
 }
 
 // --- Webhooks ------------------------------------------------------------------------------------
@@ -120,8 +173,13 @@ pub struct ProviderEvent {
     pub event_type: String,
     /// The provider's `created`, unix seconds.
     pub created: i64,
-    /// The PaymentIntent the event carries, for the event types paybridge applies.
+    /// The PaymentIntent the event carries, for the `payment_intent.*` types paybridge applies.
     pub intent: Option<ProviderIntent>,
+    /// The Refund the event carries, for `refund.*` and `charge.refund.updated`.
+    pub refund: Option<ProviderRefund>,
+    /// The PaymentIntent of the charge a `charge.refunded` event carries: its refunds are read
+    /// from the provider (the event's charge does not list them).
+    pub refunded_intent: Option<String>,
     /// `event_type` when it is one paybridge applies, else `other`: a bounded metric label.
     pub type_label: &'static str,
 }
@@ -186,11 +244,13 @@ pub struct CreateLookup {
     pub live: Option<Payment>,
 }
 
-/// A position in the newest-first listing: the last row of the previous page.
+/// A position in a newest-first listing (of payments or refunds): the last row of the previous
+/// page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListCursor {
     pub created_at: i64,
-    pub payment_id: String,
+    /// The row's id (`pay_…` or `ref_…`).
+    pub id: String,
 }
 
 /// Filter and page of [`PaymentRecords::list_payments`].
@@ -212,6 +272,17 @@ pub struct WebhookEventRecord<'a> {
     pub payment_id: Option<&'a str>,
     /// What became of it: applied, other_type, not_ours, stale, no_change, mismatch.
     pub result: &'a str,
+}
+
+/// What a webhook event changes, written in one transaction with the event's record.
+#[derive(Debug, Clone, Copy)]
+pub enum WebhookChange<'a> {
+    /// A payment's status (compare-and-set on `from`).
+    Payment(&'a StatusChange),
+    /// A recorded refund (compare-and-set on `change.from`).
+    Refund(RefundUpdate<'a>),
+    /// A refund made at Stripe directly, first heard of in this event.
+    ExternalRefund(&'a Refund),
 }
 
 /// What [`WebhookEventLog::record_webhook_event`] did.
@@ -321,12 +392,113 @@ pub trait IdempotencyKeys: Send + Sync + std::fmt::Debug + 'static {
 pub trait WebhookEventLog: Send + Sync + std::fmt::Debug + 'static {
     /// Records the event once and, with it, the change it makes (compare-and-set on
     /// `change.from`), in one transaction: when this returns `Recorded`, both are durable.
+    /// A payment's change also records `event.event_created` as its `last_event_created`, and
+    /// so does a refund's. `Conflict` when the compare-and-set failed or (for an external
+    /// refund) its Stripe id was recorded meanwhile.
     async fn record_webhook_event(
         &self,
         event: &WebhookEventRecord<'_>,
-        change: Option<&StatusChange>,
+        change: Option<WebhookChange<'_>>,
         now: i64,
     ) -> Result<EventRecorded, StoreError>;
+}
+
+/// A change of a recorded refund (see [`RefundRecords::apply_refund_change`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RefundUpdate<'a> {
+    pub refund_id: &'a str,
+    pub change: &'a RefundChange,
+    /// Stripe's id to attach to a refund still without one (the answer to its create, or its
+    /// webhook echo arriving first).
+    pub stripe_refund_id: Option<&'a str>,
+}
+
+/// Filter and page of [`RefundRecords::list_refunds`].
+#[derive(Debug, Clone)]
+pub struct RefundListQuery<'a> {
+    pub tenant: &'a str,
+    pub payment_id: Option<&'a str>,
+    pub after: Option<ListCursor>,
+    pub limit: u32,
+}
+
+/// Refunds as recorded. Every refund change is written in one transaction with its entry in its
+/// payment's event log (naming the refund) and with the payment's refund amounts
+/// (`amount_refunded`, `amount_refund_pending`), and announced to [`ChangeFeed`] subscribers as a
+/// change of its payment once committed.
+#[async_trait]
+pub trait RefundRecords: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes a new refund made through paybridge (in `Creating`) with its idempotency key and
+    /// its first event, reserving its amount in the payment's `amount_refund_pending`, in one
+    /// transaction, only if the payment is `Succeeded` and what remains refundable
+    /// (`amount_received − amount_refunded − amount_refund_pending`) covers the amount. The
+    /// check and the reservation are one statement on the payment's row, so concurrent refunds
+    /// (on any replica) never reserve more than was received. False when it did not fit (nothing
+    /// written); `Conflict` when the tenant's key was taken concurrently.
+    async fn insert_refund(
+        &self,
+        refund: &Refund,
+        idempotency_key: &str,
+        request_fingerprint: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a refund made at Stripe directly (`source` external, with its Stripe id and
+    /// status), adding its amount to its payment's amounts without the refundable check (Stripe
+    /// made it). False when its Stripe id is recorded already (nothing written).
+    async fn insert_external_refund(
+        &self,
+        refund: &Refund,
+        source: EventSource,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// One refund by id, only if it belongs to `tenant` (when given).
+    async fn get_refund(
+        &self,
+        tenant: Option<&str>,
+        refund_id: &str,
+    ) -> Result<Option<Refund>, StoreError>;
+
+    /// The refund a tenant's idempotency key named, with the fingerprint of the request that
+    /// named it.
+    async fn find_refund_by_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<(String, Refund)>, StoreError>;
+
+    /// The refund recorded for a Stripe refund id.
+    async fn find_refund_by_stripe_id(
+        &self,
+        stripe_refund_id: &str,
+    ) -> Result<Option<Refund>, StoreError>;
+
+    /// A tenant's refunds (of one payment, when given), newest first.
+    async fn list_refunds(&self, query: RefundListQuery<'_>) -> Result<Vec<Refund>, StoreError>;
+
+    /// Applies a refund change if the refund is still in `update.change.from` (compare-and-set),
+    /// with its event and its payment's amounts. Returns the refund as stored afterwards and
+    /// whether this call changed it.
+    async fn apply_refund_change(
+        &self,
+        update: RefundUpdate<'_>,
+        source: EventSource,
+        now: i64,
+    ) -> Result<(Refund, bool), StoreError>;
+
+    /// Claims up to `limit` refunds the reconciler should look at (`Creating`, `Pending` or
+    /// `RequiresAction`, unchanged since `changed_before`) that no replica holds a lease on, and
+    /// leases them until `lease_until`.
+    async fn claim_refunds_for_reconcile(
+        &self,
+        now: i64,
+        changed_before: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Refund>, StoreError>;
+
+    /// Leaves a refund alone until `until` (unix ms).
+    async fn defer_refund_reconcile(&self, refund_id: &str, until: i64) -> Result<(), StoreError>;
 }
 
 /// The reconciler's claims on open payments, shared by every replica.
@@ -373,7 +545,7 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug + 'static {
     fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<String>;
 
     /// The status changes of a payment recorded after `after` (an event id; 0 for all), oldest
-    /// first.
+    /// first; its refunds' changes, which share its event log, are left out.
     async fn status_events_after(
         &self,
         payment_id: &str,
@@ -383,7 +555,13 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug + 'static {
 
 /// The whole store the use cases need, one trait object.
 pub trait PaymentStore:
-    PaymentRecords + IdempotencyKeys + WebhookEventLog + ReconcileClaims + CustomerRecords + ChangeFeed
+    PaymentRecords
+    + IdempotencyKeys
+    + WebhookEventLog
+    + ReconcileClaims
+    + CustomerRecords
+    + ChangeFeed
+    + RefundRecords
 {
 }
 
@@ -394,5 +572,6 @@ impl<T> PaymentStore for T where
         + ReconcileClaims
         + CustomerRecords
         + ChangeFeed
+        + RefundRecords
 {
 }

@@ -38,7 +38,11 @@ impl Payments {
     ) -> Result<Payment, AppError> {
         let payment = self.load(Some(tenant), payment_id).await?;
         if refresh {
-            return self.sync_with_provider(payment, EventSource::Refresh).await;
+            let payment = self
+                .sync_with_provider(payment, EventSource::Refresh)
+                .await?;
+            // A succeeded payment's refunds, made here or at Stripe directly.
+            return self.sync_refunds(payment, EventSource::Refresh).await;
         }
         Ok(payment)
     }
@@ -67,7 +71,7 @@ impl Payments {
             .flatten()
             .map(|last| ListCursor {
                 created_at: last.created_at,
-                payment_id: last.id.clone(),
+                id: last.id.clone(),
             });
         Ok(ListPage { payments, next })
     }

@@ -1,9 +1,16 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
-use super::ports::{EventRecorded, WebhookEventRecord, WebhookRefused};
+use super::ports::{
+    EventRecorded, ProviderEvent, ProviderIntent, ProviderRefund, RefundUpdate, WebhookChange,
+    WebhookEventRecord, WebhookRefused,
+};
+use super::refund::{check_provider_refund, external_refund, observation_of_refund};
 use super::{AppError, Payments, now_millis};
-use crate::domain::{EventVerdict, FieldViolation, Observation, ValidationError};
+use crate::domain::{
+    EventSource, EventVerdict, FieldViolation, Observation, Refund, RefundChange, RefundVerdict,
+    StatusChange, ValidationError,
+};
 
 /// What became of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,58 +100,48 @@ impl Payments {
         let type_label = event.type_label;
         tracing::Span::current().record("event_id", event.id.as_str());
 
+        // `charge.refunded` names the charge's intent, not the refund: read the intent's refunds
+        // at Stripe and record what is new (before the event, so that a failure here is answered
+        // with an error and Stripe delivers the event again).
+        let mut refunds_synced = None;
+        if let Some(intent_id) = &event.refunded_intent
+            && let Some(payment) = self.store.find_payment_by_intent(None, intent_id).await?
+        {
+            let before = payment.refund_amounts();
+            let synced = self.sync_refunds(payment, EventSource::Webhook).await?;
+            refunds_synced = Some((synced.id.clone(), synced.refund_amounts() != before));
+        }
+
         for _ in 0..MAX_CONFLICTS {
-            let (payment, change, outcome) = match &event.intent {
-                None => (None, None, EventOutcome::Ignored(IgnoredBecause::OtherType)),
-                Some(intent) => match self.store.find_payment_by_intent(None, &intent.id).await? {
-                    None => (None, None, EventOutcome::Ignored(IgnoredBecause::NotOurs)),
-                    Some(payment) => {
-                        if let Err(mismatch) = payment.check_intent(
-                            &intent.id,
-                            intent.amount,
-                            &intent.currency,
-                            &intent.metadata,
-                        ) {
-                            tracing::error!(payment_id = %payment.id, event_id = %event.id, %mismatch, "webhook event does not match its payment; not applied");
-                            (
-                                Some(payment),
-                                None,
-                                EventOutcome::Ignored(IgnoredBecause::Mismatch),
-                            )
-                        } else {
-                            let observation = Observation {
-                                status: intent.status,
-                                last_payment_error: intent.last_payment_error.clone(),
-                            };
-                            match payment.observe_event(&observation, event.created) {
-                                EventVerdict::Apply(change) => {
-                                    (Some(payment), Some(change), EventOutcome::Applied)
-                                }
-                                EventVerdict::NoChange => (
-                                    Some(payment),
-                                    None,
-                                    EventOutcome::Ignored(IgnoredBecause::NoChange),
-                                ),
-                                EventVerdict::Stale => (
-                                    Some(payment),
-                                    None,
-                                    EventOutcome::Ignored(IgnoredBecause::Stale),
-                                ),
-                            }
-                        }
+            let decision = if let Some(intent) = &event.intent {
+                self.decide_intent_event(&event, intent).await?
+            } else if let Some(refund) = &event.refund {
+                self.decide_refund_event(&event, refund).await?
+            } else if event.refunded_intent.is_some() {
+                match &refunds_synced {
+                    None => Decision::ignored(None, IgnoredBecause::NotOurs),
+                    Some((payment_id, true)) => Decision {
+                        payment_id: Some(payment_id.clone()),
+                        effect: Effect::None,
+                        outcome: EventOutcome::Applied,
+                    },
+                    Some((payment_id, false)) => {
+                        Decision::ignored(Some(payment_id.clone()), IgnoredBecause::NoChange)
                     }
-                },
+                }
+            } else {
+                Decision::ignored(None, IgnoredBecause::OtherType)
             };
             let record = WebhookEventRecord {
                 stripe_event_id: &event.id,
                 event_type: &event.event_type,
                 event_created: event.created,
-                payment_id: payment.as_ref().map(|p| p.id.as_str()),
-                result: outcome.as_str(),
+                payment_id: decision.payment_id.as_deref(),
+                result: decision.outcome.as_str(),
             };
             match self
                 .store
-                .record_webhook_event(&record, change.as_ref(), now_millis())
+                .record_webhook_event(&record, decision.change(), now_millis())
                 .await?
             {
                 EventRecorded::Duplicate => {
@@ -156,17 +153,161 @@ impl Payments {
                     tracing::info!(
                         event_id = %event.id,
                         event_type = %event.event_type,
-                        payment_id = payment.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
-                        result = outcome.as_str(),
+                        payment_id = decision.payment_id.as_deref().unwrap_or("-"),
+                        result = decision.outcome.as_str(),
                         "webhook event recorded"
                     );
-                    return Ok((event.id, outcome, type_label));
+                    return Ok((event.id, decision.outcome, type_label));
                 }
             }
         }
         Err(AppError::Internal(
             "webhook event kept conflicting with concurrent changes".to_owned(),
         ))
+    }
+}
+
+/// What a webhook event does, decided from what is stored before it is recorded.
+#[derive(Debug)]
+struct Decision {
+    /// The payment the event is about (for a refund: the refunded payment), if ours.
+    payment_id: Option<String>,
+    effect: Effect,
+    outcome: EventOutcome,
+}
+
+/// The change recorded with the event.
+#[derive(Debug)]
+enum Effect {
+    None,
+    Payment(StatusChange),
+    Refund {
+        refund_id: String,
+        change: RefundChange,
+        /// Stripe's id, for a refund whose create answer has not been recorded yet.
+        attach: Option<String>,
+    },
+    ExternalRefund(Box<Refund>),
+}
+
+impl Decision {
+    fn ignored(payment_id: Option<String>, because: IgnoredBecause) -> Decision {
+        Decision {
+            payment_id,
+            effect: Effect::None,
+            outcome: EventOutcome::Ignored(because),
+        }
+    }
+
+    fn change(&self) -> Option<WebhookChange<'_>> {
+        match &self.effect {
+            Effect::None => None,
+            Effect::Payment(change) => Some(WebhookChange::Payment(change)),
+            Effect::Refund {
+                refund_id,
+                change,
+                attach,
+            } => Some(WebhookChange::Refund(RefundUpdate {
+                refund_id,
+                change,
+                stripe_refund_id: attach.as_deref(),
+            })),
+            Effect::ExternalRefund(refund) => Some(WebhookChange::ExternalRefund(refund)),
+        }
+    }
+}
+
+impl Payments {
+    /// A `payment_intent.*` event: the change it makes to its payment, if ours.
+    async fn decide_intent_event(
+        &self,
+        event: &ProviderEvent,
+        intent: &ProviderIntent,
+    ) -> Result<Decision, AppError> {
+        let Some(payment) = self.store.find_payment_by_intent(None, &intent.id).await? else {
+            return Ok(Decision::ignored(None, IgnoredBecause::NotOurs));
+        };
+        if let Err(mismatch) = payment.check_intent(
+            &intent.id,
+            intent.amount,
+            &intent.currency,
+            &intent.metadata,
+        ) {
+            tracing::error!(payment_id = %payment.id, event_id = %event.id, %mismatch, "webhook event does not match its payment; not applied");
+            return Ok(Decision::ignored(
+                Some(payment.id),
+                IgnoredBecause::Mismatch,
+            ));
+        }
+        let observation = Observation {
+            status: intent.status,
+            last_payment_error: intent.last_payment_error.clone(),
+        };
+        Ok(match payment.observe_event(&observation, event.created) {
+            EventVerdict::Apply(change) => Decision {
+                payment_id: Some(payment.id),
+                effect: Effect::Payment(change),
+                outcome: EventOutcome::Applied,
+            },
+            EventVerdict::NoChange => Decision::ignored(Some(payment.id), IgnoredBecause::NoChange),
+            EventVerdict::Stale => Decision::ignored(Some(payment.id), IgnoredBecause::Stale),
+        })
+    }
+
+    /// A `refund.*` event: the change it makes to a refund paybridge knows (found by Stripe id,
+    /// or by the refund id in its metadata when the echo arrives before the create's answer), or
+    /// a refund of one of our payments made at Stripe directly.
+    async fn decide_refund_event(
+        &self,
+        event: &ProviderEvent,
+        observed: &ProviderRefund,
+    ) -> Result<Decision, AppError> {
+        if let Some(known) = self.find_known_refund(observed).await? {
+            if check_provider_refund(&known, observed).is_err() {
+                return Ok(Decision::ignored(
+                    Some(known.payment_id),
+                    IgnoredBecause::Mismatch,
+                ));
+            }
+            let attach = known
+                .stripe_refund_id
+                .is_none()
+                .then(|| observed.id.clone());
+            return Ok(
+                match known.observe(&observation_of_refund(observed), Some(event.created)) {
+                    RefundVerdict::Apply(change) => Decision {
+                        payment_id: Some(known.payment_id),
+                        effect: Effect::Refund {
+                            refund_id: known.id,
+                            change,
+                            attach,
+                        },
+                        outcome: EventOutcome::Applied,
+                    },
+                    RefundVerdict::NoChange => {
+                        Decision::ignored(Some(known.payment_id), IgnoredBecause::NoChange)
+                    }
+                    RefundVerdict::Stale => {
+                        Decision::ignored(Some(known.payment_id), IgnoredBecause::Stale)
+                    }
+                },
+            );
+        }
+        let payment = match observed.payment_intent.as_deref() {
+            Some(intent_id) => self.store.find_payment_by_intent(None, intent_id).await?,
+            None => None,
+        };
+        let Some(payment) = payment else {
+            return Ok(Decision::ignored(None, IgnoredBecause::NotOurs));
+        };
+        let mut refund = external_refund(&payment, observed);
+        refund.last_event_created = Some(event.created);
+        tracing::info!(refund_id = %refund.id, stripe_refund_id = %observed.id, payment_id = %payment.id, "refund made at Stripe directly");
+        Ok(Decision {
+            payment_id: Some(payment.id),
+            effect: Effect::ExternalRefund(Box::new(refund)),
+            outcome: EventOutcome::Applied,
+        })
     }
 }
 
@@ -199,6 +340,8 @@ mod tests {
             event_type: "payment_intent.succeeded".to_owned(),
             created,
             intent: Some(intent),
+            refund: None,
+            refunded_intent: None,
             type_label: "payment_intent.succeeded",
         })
     }
@@ -308,6 +451,8 @@ mod tests {
             event_type: "payment_intent.succeeded".to_owned(),
             created: 1,
             intent: Some(someone_elses),
+            refund: None,
+            refunded_intent: None,
             type_label: "payment_intent.succeeded",
         });
         let mut other = harness.webhooks.deliver(ProviderEvent {
@@ -315,6 +460,8 @@ mod tests {
             event_type: "customer.created".to_owned(),
             created: 1,
             intent: None,
+            refund: None,
+            refunded_intent: None,
             type_label: "other",
         });
         for (payload, because) in [

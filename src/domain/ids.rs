@@ -1,4 +1,5 @@
-//! Identifiers: the caller's idempotency key and invoice id, our payment id, the tenant id.
+//! Identifiers: the caller's idempotency key and invoice id, our payment and refund ids, the
+//! tenant id.
 
 use rand::Rng;
 
@@ -56,48 +57,73 @@ impl InvoiceId {
     }
 }
 
-checked_string! {
-    /// paybridge's id for a payment: `pay_` followed by 26 characters of lowercase base32
-    /// (RFC 4648 alphabet `a–z2–7`), i.e. 130 random bits — unguessable, so knowing one
-    /// payment's id tells nothing about another's.
-    PaymentId
+/// Declares one of paybridge's own ids: a prefix followed by 26 characters of lowercase base32
+/// (RFC 4648 alphabet `a–z2–7`), i.e. 130 random bits — unguessable, so knowing one id tells
+/// nothing about another's.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident { prefix: $prefix:literal, noun: $noun:literal }) => {
+        checked_string!($(#[$doc])* $name);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id from the thread-local CSPRNG (`rand::rng()`, OS-seeded ChaCha).
+            pub fn generate() -> $name {
+                $name(random_id(Self::PREFIX))
+            }
+
+            /// Parses an id arriving in a request's `id` field.
+            pub fn parse(raw: &str) -> Result<$name, FieldViolation> {
+                Self::parse_field(raw, "id")
+            }
+
+            /// Parses an id arriving in the request field `field`.
+            pub fn parse_field(raw: &str, field: &str) -> Result<$name, FieldViolation> {
+                check_random_id(raw, field, Self::PREFIX, $noun).map(|()| $name(raw.to_owned()))
+            }
+        }
+    };
 }
 
-impl PaymentId {
-    pub const PREFIX: &'static str = "pay_";
-    const RANDOM_LEN: usize = 26;
-    const ALPHABET: &'static [u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    const FIELD: &'static str = "id";
+const RANDOM_ID_LEN: usize = 26;
+const RANDOM_ID_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-    /// A fresh id from the thread-local CSPRNG (`rand::rng()`, OS-seeded ChaCha).
-    pub fn generate() -> PaymentId {
-        let mut rng = rand::rng();
-        let mut id = String::with_capacity(Self::PREFIX.len() + Self::RANDOM_LEN);
-        id.push_str(Self::PREFIX);
-        for _ in 0..Self::RANDOM_LEN {
-            id.push(char::from(
-                Self::ALPHABET[rng.random_range(0..Self::ALPHABET.len())],
-            ));
-        }
-        PaymentId(id)
+fn random_id(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + RANDOM_ID_LEN);
+    id.push_str(prefix);
+    for _ in 0..RANDOM_ID_LEN {
+        id.push(char::from(
+            RANDOM_ID_ALPHABET[rng.random_range(0..RANDOM_ID_ALPHABET.len())],
+        ));
     }
+    id
+}
 
-    /// Parses an id arriving in a request (`GetPaymentRequest.id` and the like).
-    pub fn parse(raw: &str) -> Result<PaymentId, FieldViolation> {
-        if raw.is_empty() {
-            return Err(FieldViolation::new(Self::FIELD, "is required"));
-        }
-        let well_formed = raw.strip_prefix(Self::PREFIX).is_some_and(|rest| {
-            rest.len() == Self::RANDOM_LEN && rest.bytes().all(|b| Self::ALPHABET.contains(&b))
-        });
-        if !well_formed {
-            return Err(FieldViolation::new(
-                Self::FIELD,
-                "must be a payment id: \"pay_\" followed by 26 characters of a-z and 2-7",
-            ));
-        }
-        Ok(PaymentId(raw.to_owned()))
+fn check_random_id(raw: &str, field: &str, prefix: &str, noun: &str) -> Result<(), FieldViolation> {
+    if raw.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
     }
+    let well_formed = raw.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == RANDOM_ID_LEN && rest.bytes().all(|b| RANDOM_ID_ALPHABET.contains(&b))
+    });
+    if !well_formed {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be a {noun} id: {prefix:?} followed by 26 characters of a-z and 2-7"),
+        ));
+    }
+    Ok(())
+}
+
+random_id! {
+    /// paybridge's id for a payment: `pay_` and 130 random bits.
+    PaymentId { prefix: "pay_", noun: "payment" }
+}
+
+random_id! {
+    /// paybridge's id for a refund: `ref_` and 130 random bits.
+    RefundId { prefix: "ref_", noun: "refund" }
 }
 
 checked_string! {

@@ -165,6 +165,24 @@ impl Metadata {
     }
 }
 
+/// The metadata of a Stripe Refund: the caller's entries (checked as a payment's are) plus
+/// `paybridge_refund_id`, `paybridge_payment_id` and `tenant`, which tie it to its refund.
+pub fn refund_stripe_metadata(
+    caller: &BTreeMap<String, String>,
+    refund_id: &str,
+    payment_id: &str,
+    tenant: &str,
+) -> BTreeMap<String, String> {
+    let mut map = caller.clone();
+    map.insert(
+        super::REFUND_ID_METADATA_KEY.to_owned(),
+        refund_id.to_owned(),
+    );
+    map.insert(Metadata::PAYMENT_ID_KEY.to_owned(), payment_id.to_owned());
+    map.insert(Metadata::TENANT_KEY.to_owned(), tenant.to_owned());
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

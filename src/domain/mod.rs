@@ -12,6 +12,7 @@ mod metadata;
 mod money;
 mod payment;
 mod redirect;
+mod refund;
 mod return_outcome;
 mod return_query;
 mod status;
@@ -19,14 +20,18 @@ mod validation;
 
 pub use customer::{Customer, CustomerName, Email, StripeCustomerId};
 pub use description::Description;
-pub use ids::{IdempotencyKey, InvoiceId, PaymentId, TenantId};
-pub use metadata::Metadata;
+pub use ids::{IdempotencyKey, InvoiceId, PaymentId, RefundId, TenantId};
+pub use metadata::{Metadata, refund_stripe_metadata};
 pub use money::{Amount, Currency, Money};
 pub use payment::{
     EventSource, EventVerdict, IntentMismatch, LastPaymentError, Observation,
     PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
 pub use redirect::{RedirectOrigin, RedirectUrl};
+pub use refund::{
+    REFUND_ID_METADATA_KEY, Refund, RefundAmounts, RefundBucket, RefundChange, RefundObservation,
+    RefundReason, RefundSource, RefundStatus, RefundVerdict,
+};
 pub use return_outcome::ReturnOutcome;
 pub use return_query::{ReturnQuery, ReturnQueryField};
 pub use status::PaymentStatus;

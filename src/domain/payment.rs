@@ -43,6 +43,13 @@ pub struct Payment {
     /// Stripe's `created` (unix seconds) of the newest webhook event applied; older events that
     /// arrive late are not applied.
     pub last_event_created: Option<i64>,
+    /// What Stripe collected (minor units): the amount once succeeded, 0 before.
+    pub amount_received: i64,
+    /// The sum of the payment's refunds that succeeded.
+    pub amount_refunded: i64,
+    /// The sum of the payment's refunds that are not final yet (creating, pending,
+    /// requires_action): reserved, so that concurrent refunds never exceed what was received.
+    pub amount_refund_pending: i64,
 }
 
 impl std::fmt::Debug for Payment {
@@ -60,6 +67,9 @@ impl std::fmt::Debug for Payment {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("last_payment_error", &self.last_payment_error)
+            .field("amount_received", &self.amount_received)
+            .field("amount_refunded", &self.amount_refunded)
+            .field("amount_refund_pending", &self.amount_refund_pending)
             .finish_non_exhaustive()
     }
 }
@@ -80,16 +90,22 @@ pub enum EventSource {
     Reconcile,
     Cancel,
     Refresh,
+    /// RefundPayment: a refund made through paybridge.
+    Refund,
+    /// A refund made at Stripe directly, recorded when paybridge first learned of it.
+    External,
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 6] = [
+    pub const ALL: [EventSource; 8] = [
         EventSource::Create,
         EventSource::Return,
         EventSource::Webhook,
         EventSource::Reconcile,
         EventSource::Cancel,
         EventSource::Refresh,
+        EventSource::Refund,
+        EventSource::External,
     ];
 
     /// The name stored and used as a metric label.
@@ -101,6 +117,8 @@ impl EventSource {
             EventSource::Reconcile => "reconcile",
             EventSource::Cancel => "cancel",
             EventSource::Refresh => "refresh",
+            EventSource::Refund => "refund",
+            EventSource::External => "external",
         }
     }
 }
@@ -167,6 +185,15 @@ pub enum IntentMismatch {
 pub const PAYMENT_ID_METADATA_KEY: &str = "paybridge_payment_id";
 
 impl Payment {
+    /// What the payment received and what of it its refunds hold.
+    pub fn refund_amounts(&self) -> crate::domain::RefundAmounts {
+        crate::domain::RefundAmounts {
+            received: self.amount_received,
+            refunded: self.amount_refunded,
+            pending: self.amount_refund_pending,
+        }
+    }
+
     /// The change an observation makes, if any. Terminal statuses never change; an observation
     /// of the same status and error changes nothing; the provider never reports `Creating`.
     pub fn observe(&self, observation: &Observation) -> Option<StatusChange> {
@@ -266,6 +293,9 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             last_event_created: None,
+            amount_received: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
         }
     }
 

@@ -100,6 +100,9 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             last_event_created: None,
+            amount_received: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
         }
     }
 

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::child::ServeProcess;
 use crate::support::{
-    BILLING_TOKEN, Db, LocalStripe, as_tenant, create_request, eventually, test_seed,
+    BILLING_TOKEN, Db, LocalStripe, as_tenant, count_rows, create_request, eventually, test_seed,
 };
 use paybridge::pb::v1 as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sqlx::Connection;
 use tonic::Code;
 
 const KILLS: usize = 5;
@@ -84,19 +83,6 @@ async fn run_client(
         }
     }
     report
-}
-
-async fn count_rows(database_url: &str, sql: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(database_url)
-        .await
-        .expect("database");
-    let (count,): (i64,) = sqlx::query_as(sql)
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
-    conn.close().await.ok();
-    count
 }
 
 /// The count `sql` gives once it is `want`, or the last one after `within`.

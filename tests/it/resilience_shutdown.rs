@@ -70,9 +70,15 @@ async fn sigterm_under_load_completes_or_refuses_every_call_and_exits_zero(db: D
                     // A call queued on a connection the server closed was never sent; tonic
                     // reports it CANCELLED ("connection closed"). As safe to retry as a refusal,
                     // and checked for side effects the same way.
+                    // Or the server's GOAWAY (NO_ERROR) reached the client as it sent the call:
+                    // tonic reports INTERNAL "h2 protocol error" for a stream the server never
+                    // processed. Checked for side effects the same way.
                     Err(status)
-                        if status.code() == Code::Cancelled
-                            && format!("{status:?}").contains("connection closed") =>
+                        if (status.code() == Code::Cancelled
+                            && format!("{status:?}").contains("connection closed"))
+                            || (status.code() == Code::Internal
+                                && format!("{status:?}").contains("GoAway")
+                                && format!("{status:?}").contains("NO_ERROR")) =>
                     {
                         refused.push(key);
                         break;

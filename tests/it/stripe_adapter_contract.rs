@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use paybridge::adapters::stripe::{StripeConfig, StripeConfigError, StripeProvider};
 use paybridge::app::ports::{
-    LastPaymentError, NewCustomer, NewPaymentIntent, PaymentProvider, ProviderError,
+    LastPaymentError, NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderError,
+    ProviderRefund,
 };
-use paybridge::domain::PaymentStatus;
+use paybridge::domain::{PaymentStatus, RefundReason, RefundStatus};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const KEY: &str = "sk_test_51PaybridgeContractKey0000000000";
@@ -37,6 +38,21 @@ fn intent_body(id: &str, amount: i64, status: &str) -> Value {
     pi["status"] = json!(status);
     pi["client_secret"] = json!(format!("{id}_secret_abc123"));
     pi
+}
+
+/// Stripe's example Refund of `pi` with id, amount and status adjusted.
+fn refund_body(id: &str, pi: &str, amount: i64, status: &str) -> Value {
+    let mut re = fixture("refund");
+    re["id"] = json!(id);
+    re["payment_intent"] = json!(pi);
+    re["amount"] = json!(amount);
+    re["status"] = json!(status);
+    re
+}
+
+/// A page of a Stripe list.
+fn list_body(data: Vec<Value>, has_more: bool) -> Value {
+    json!({"object": "list", "data": data, "has_more": has_more, "url": "/v1/refunds"})
 }
 
 fn config(base: &str, max_retries: u32, timeout: Duration) -> StripeConfig {
@@ -107,6 +123,33 @@ fn new_intent() -> NewPaymentIntent {
         ]),
         idempotency_key: "paybridge-create-pay_01J9Z".to_owned(),
     }
+}
+
+fn new_refund() -> NewRefund {
+    NewRefund {
+        payment_intent: "pi_3Refunded".to_owned(),
+        amount: 300,
+        reason: Some(RefundReason::RequestedByCustomer),
+        metadata: map(&[
+            ("paybridge_refund_id", "ref_01J9Z"),
+            ("paybridge_payment_id", "pay_01J9Z"),
+            ("tenant", "billing"),
+            ("order", "o-7"),
+        ]),
+        idempotency_key: "paybridge-refund-ref_01J9Z".to_owned(),
+    }
+}
+
+/// A request's query, decoded (`created[gte]`, not `created%5Bgte%5D`).
+fn query(req: &Request) -> BTreeMap<String, String> {
+    let pairs: Vec<(String, String)> = req.url.query_pairs().into_owned().collect();
+    let map: BTreeMap<String, String> = pairs.iter().cloned().collect();
+    assert_eq!(
+        map.len(),
+        pairs.len(),
+        "duplicate query parameters: {pairs:?}"
+    );
+    map
 }
 
 async fn received(server: &MockServer) -> Vec<Request> {
@@ -831,4 +874,486 @@ async fn sequential_requests_reuse_one_tcp_connection() {
     let stats = provider.stats();
     assert_eq!(stats.requests_sent, 6);
     assert_eq!(stats.connections_opened, 1);
+}
+
+// --- Refunds ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unmodified_refund_fixture_parses() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds/re_1Pgc72B7WZ01zgkWqPvrRrPE"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fixture("refund")))
+        .mount(&server)
+        .await;
+    let refund = provider(&server)
+        .retrieve_refund("re_1Pgc72B7WZ01zgkWqPvrRrPE")
+        .await
+        .expect("Stripe's own example parses");
+    assert_eq!(
+        refund,
+        ProviderRefund {
+            id: "re_1Pgc72B7WZ01zgkWqPvrRrPE".to_owned(),
+            payment_intent: None,
+            amount: 100,
+            currency: "usd".to_owned(),
+            status: RefundStatus::Succeeded,
+            reason: None,
+            failure_reason: None,
+            metadata: BTreeMap::new(),
+            created: 1234567890,
+        }
+    );
+}
+
+#[tokio::test]
+async fn create_refund_sends_exact_form_and_headers() {
+    let server = MockServer::start().await;
+    let mut body = refund_body("re_3Create", "pi_3Refunded", 300, "pending");
+    body["currency"] = json!("eur");
+    body["reason"] = json!("requested_by_customer");
+    body["metadata"] = json!({
+        "paybridge_refund_id": "ref_01J9Z", "paybridge_payment_id": "pay_01J9Z",
+        "tenant": "billing", "order": "o-7",
+    });
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let refund = provider(&server)
+        .create_refund(new_refund())
+        .await
+        .expect("created");
+
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "POST");
+    assert_eq!(req.url.path(), "/v1/refunds");
+    assert_eq!(req.url.query(), None);
+    assert_common_headers(req);
+    assert_eq!(
+        header(req, "idempotency-key"),
+        Some("paybridge-refund-ref_01J9Z")
+    );
+    assert_eq!(
+        header(req, "content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        form(req),
+        map(&[
+            ("payment_intent", "pi_3Refunded"),
+            ("amount", "300"),
+            ("reason", "requested_by_customer"),
+            ("metadata[paybridge_refund_id]", "ref_01J9Z"),
+            ("metadata[paybridge_payment_id]", "pay_01J9Z"),
+            ("metadata[tenant]", "billing"),
+            ("metadata[order]", "o-7"),
+        ])
+    );
+
+    assert_eq!(
+        refund,
+        ProviderRefund {
+            id: "re_3Create".to_owned(),
+            payment_intent: Some("pi_3Refunded".to_owned()),
+            amount: 300,
+            currency: "eur".to_owned(),
+            status: RefundStatus::Pending,
+            reason: Some(RefundReason::RequestedByCustomer),
+            failure_reason: None,
+            metadata: new_refund().metadata,
+            created: 1234567890,
+        }
+    );
+}
+
+#[tokio::test]
+async fn create_refund_without_reason_sends_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(refund_body(
+            "re_3NoReason",
+            "pi_3Refunded",
+            300,
+            "succeeded",
+        )))
+        .mount(&server)
+        .await;
+    let mut request = new_refund();
+    request.reason = None;
+    request.metadata = map(&[("paybridge_refund_id", "ref_2")]);
+    provider(&server)
+        .create_refund(request)
+        .await
+        .expect("created");
+    let reqs = received(&server).await;
+    assert_eq!(
+        form(&reqs[0]),
+        map(&[
+            ("payment_intent", "pi_3Refunded"),
+            ("amount", "300"),
+            ("metadata[paybridge_refund_id]", "ref_2"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn every_reason_is_sent_in_stripes_spelling() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(refund_body(
+            "re_3Reason",
+            "pi_3Refunded",
+            300,
+            "succeeded",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    for (i, reason) in RefundReason::ALL.into_iter().enumerate() {
+        let mut request = new_refund();
+        request.reason = Some(reason);
+        request.idempotency_key = format!("k{i}");
+        provider.create_refund(request).await.expect("created");
+    }
+    let sent: Vec<String> = received(&server)
+        .await
+        .iter()
+        .map(|req| form(req)["reason"].clone())
+        .collect();
+    assert_eq!(sent, ["requested_by_customer", "duplicate", "fraudulent"]);
+}
+
+#[tokio::test]
+async fn refund_above_what_remains_is_rejected_with_stripes_code() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(stripe_error(
+            "amount_too_large",
+            "Refund amount ($3.00) is greater than unrefunded amount on charge ($2.00)",
+            "amount",
+        )))
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .create_refund(new_refund())
+        .await
+        .expect_err("400");
+    match err {
+        ProviderError::Rejected {
+            status,
+            code,
+            message,
+        } => {
+            assert_eq!(status, 400);
+            assert_eq!(code.as_deref(), Some("amount_too_large"));
+            assert_eq!(
+                message,
+                "Refund amount ($3.00) is greater than unrefunded amount on charge ($2.00)"
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 1, "400 is not retried");
+}
+
+#[tokio::test]
+async fn refund_create_after_a_server_error_is_retried_with_the_same_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({
+            "error": {"type": "api_error", "message": "Something went wrong on Stripe's end."}
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(refund_body(
+            "re_3Retry",
+            "pi_3Refunded",
+            300,
+            "succeeded",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    let refund = provider
+        .create_refund(new_refund())
+        .await
+        .expect("second attempt succeeds");
+    assert_eq!(refund.id, "re_3Retry");
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(
+            header(req, "idempotency-key"),
+            Some("paybridge-refund-ref_01J9Z")
+        );
+        assert_eq!(form(req), form(&reqs[0]));
+    }
+    assert_eq!(provider.stats().requests_sent, 2);
+}
+
+#[tokio::test]
+async fn retrieve_refund_sends_a_plain_get_and_a_404_is_not_found() {
+    let server = MockServer::start().await;
+    let mut body = refund_body("re_3Failed", "pi_3Refunded", 300, "failed");
+    body["failure_reason"] = json!("expired_or_canceled_card");
+    body["reason"] = json!("expired_uncaptured_charge");
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds/re_3Failed"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds/re_3Missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(stripe_error(
+            "resource_missing",
+            "No such refund: 're_3Missing'",
+            "id",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    let refund = provider
+        .retrieve_refund("re_3Failed")
+        .await
+        .expect("retrieved");
+    assert_eq!(refund.status, RefundStatus::Failed);
+    assert_eq!(
+        refund.failure_reason.as_deref(),
+        Some("expired_or_canceled_card")
+    );
+    assert_eq!(refund.reason, None, "Stripe's own reason is none of ours");
+    let err = provider
+        .retrieve_refund("re_3Missing")
+        .await
+        .expect_err("404");
+    assert!(matches!(err, ProviderError::NotFound), "{err:?}");
+
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2, "404 is not retried");
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "GET");
+    assert_eq!(req.url.path(), "/v1/refunds/re_3Failed");
+    assert_eq!(req.url.query(), None);
+    assert!(req.body.is_empty());
+    assert_common_headers(req);
+    assert_eq!(header(req, "idempotency-key"), None);
+}
+
+#[tokio::test]
+async fn every_refund_status_maps_and_an_unknown_one_is_unexpected() {
+    let server = MockServer::start().await;
+    let cases = [
+        ("pending", RefundStatus::Pending),
+        ("requires_action", RefundStatus::RequiresAction),
+        ("succeeded", RefundStatus::Succeeded),
+        ("failed", RefundStatus::Failed),
+        ("canceled", RefundStatus::Canceled),
+    ];
+    for (i, (stripe_status, _)) in cases.iter().enumerate() {
+        let id = format!("re_3Status{i}");
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/refunds/{id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(refund_body(
+                &id,
+                "pi_3Refunded",
+                100,
+                stripe_status,
+            )))
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds/re_3Odd"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(refund_body(
+            "re_3Odd",
+            "pi_3Refunded",
+            100,
+            "creating",
+        )))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    for (i, (stripe_status, expected)) in cases.iter().enumerate() {
+        let refund = provider
+            .retrieve_refund(&format!("re_3Status{i}"))
+            .await
+            .expect("retrieved");
+        assert_eq!(refund.status, *expected, "{stripe_status}");
+        assert_eq!(refund.status.as_str(), *stripe_status);
+    }
+    let err = provider
+        .retrieve_refund("re_3Odd")
+        .await
+        .expect_err("not Stripe's");
+    assert!(
+        matches!(&err, ProviderError::Unexpected(m) if m.contains("`creating`")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn list_refunds_reads_every_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .and(query_param_is_missing("starting_after"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![
+                refund_body("re_3Fourth", "pi_3Refunded", 40, "pending"),
+                refund_body("re_3Third", "pi_3Refunded", 30, "succeeded"),
+            ],
+            true,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .and(query_param("starting_after", "re_3Third"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![
+                refund_body("re_3Second", "pi_3Refunded", 20, "failed"),
+                refund_body("re_3First", "pi_3Refunded", 10, "succeeded"),
+            ],
+            false,
+        )))
+        .mount(&server)
+        .await;
+    let refunds = provider(&server)
+        .list_refunds("pi_3Refunded")
+        .await
+        .expect("listed");
+    let ids: Vec<&str> = refunds.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["re_3Fourth", "re_3Third", "re_3Second", "re_3First"]);
+    assert_eq!(refunds[2].status, RefundStatus::Failed);
+    assert_eq!(refunds[3].amount, 10);
+
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(req.method.as_str(), "GET");
+        assert_eq!(req.url.path(), "/v1/refunds");
+        assert!(req.body.is_empty());
+        assert_common_headers(req);
+        assert_eq!(header(req, "idempotency-key"), None);
+    }
+    assert_eq!(
+        query(&reqs[0]),
+        map(&[("payment_intent", "pi_3Refunded"), ("limit", "100")])
+    );
+    assert_eq!(
+        query(&reqs[1]),
+        map(&[
+            ("payment_intent", "pi_3Refunded"),
+            ("limit", "100"),
+            ("starting_after", "re_3Third"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn list_recent_refunds_asks_for_what_is_left_of_the_limit() {
+    let server = MockServer::start().await;
+    let page = |first: usize, count: usize| {
+        (first..first + count)
+            .map(|i| refund_body(&format!("re_3Recent{i}"), "pi_3Refunded", 1, "succeeded"))
+            .collect::<Vec<_>>()
+    };
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .and(query_param_is_missing("starting_after"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(page(0, 100), true)))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .and(query_param("starting_after", "re_3Recent99"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(page(100, 50), true)))
+        .mount(&server)
+        .await;
+    let provider = provider(&server);
+    let refunds = provider
+        .list_recent_refunds(1_764_000_000, 150)
+        .await
+        .expect("listed");
+    assert_eq!(
+        refunds.len(),
+        150,
+        "stops at the limit though Stripe has more"
+    );
+    assert_eq!(refunds[149].id, "re_3Recent149");
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        query(&reqs[0]),
+        map(&[("created[gte]", "1764000000"), ("limit", "100")])
+    );
+    assert_eq!(
+        query(&reqs[1]),
+        map(&[
+            ("created[gte]", "1764000000"),
+            ("limit", "50"),
+            ("starting_after", "re_3Recent99"),
+        ])
+    );
+
+    // A small limit is one page, however much Stripe has; none is no request.
+    let refunds = provider
+        .list_recent_refunds(1_764_000_000, 0)
+        .await
+        .expect("nothing asked");
+    assert!(refunds.is_empty());
+    assert_eq!(received(&server).await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_unparseable_refund_in_a_list_is_named_by_its_index() {
+    let server = MockServer::start().await;
+    let mut broken = refund_body("re_3Broken", "pi_3Refunded", 1, "succeeded");
+    broken.as_object_mut().expect("object").remove("currency");
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![
+                refund_body("re_3Fine", "pi_3Refunded", 1, "succeeded"),
+                broken,
+            ],
+            false,
+        )))
+        .mount(&server)
+        .await;
+    let err = provider(&server)
+        .list_refunds("pi_3Refunded")
+        .await
+        .expect_err("missing field");
+    assert!(
+        matches!(&err, ProviderError::Unexpected(m) if m.contains("`data[1].currency` is missing")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn refund_ids_that_are_not_stripe_ids_never_reach_stripe() {
+    let server = MockServer::start().await;
+    let provider = provider(&server);
+    for id in ["", "re_1/../../customers", "re_1?expand[]=charge", "re 1"] {
+        let err = provider.retrieve_refund(id).await.expect_err("bad id");
+        assert!(matches!(err, ProviderError::NotFound), "{id}: {err:?}");
+        let err = provider.list_refunds(id).await.expect_err("bad id");
+        assert!(matches!(err, ProviderError::NotFound), "{id}: {err:?}");
+    }
+    assert!(received(&server).await.is_empty());
 }

@@ -80,7 +80,8 @@ impl ChangeFeed for Store {
         let rows: Vec<(i64, String, Option<String>, String, i64)> = sqlx::query_as(
             "select payment_event_id, source, from_status, to_status, created_at \
              from payment_event \
-             where payment_id = $1 and payment_event_id > $2 order by payment_event_id",
+             where payment_id = $1 and payment_event_id > $2 and refund_id is null \
+             order by payment_event_id",
         )
         .bind(payment_id)
         .bind(after)

@@ -11,12 +11,13 @@
 //! - **PostgreSQL**: one pool for reads and writes. A trigger on `payment_event` sends `NOTIFY`
 //!   at commit (migration `…_announce_changes`); each replica's listener forwards it.
 //!
-//! One file per concern: [`payments`] (the `payment` table and its row type), [`idempotency`],
+//! One file per concern: [`payments`] (the `payment` table and its row type), [`refunds`] (the
+//! `refund` table, its row type, and the payment's refund amounts), [`idempotency`],
 //! [`webhook_events`], [`reconcile_claims`], [`customers`] and [`change_feed`] (the event log and
-//! the announcements). A status change is written with its event in one transaction, and counted
-//! and announced once committed: through a [`WriteTx`], or, for the create's two writes, as a
-//! [`OneTrip`] (one round trip each), which concurrent creates share: one statement for many on
-//! PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
+//! the announcements). A status change (of a payment or of a refund) is written with its event in
+//! one transaction, and counted and announced once committed: through a [`WriteTx`], or, for the
+//! create's two writes, as a [`OneTrip`] (one round trip each), which concurrent creates share:
+//! one statement for many on PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
 //! ([`sqlite_create_writes`]).
 
 mod change_feed;
@@ -25,6 +26,7 @@ mod idempotency;
 mod payments;
 mod postgres_grouped_creates;
 mod reconcile_claims;
+mod refunds;
 mod sqlite_create_writes;
 mod webhook_events;
 
@@ -35,7 +37,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 
 use crate::app::ports::StoreError;
-use crate::domain::{EventSource, PaymentStatus};
+use crate::domain::{EventSource, PaymentStatus, RefundStatus};
 
 /// Which database engine a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,27 +222,57 @@ impl Store {
 
 /// The event log's insert, up to its values: the one place that names its columns.
 const EVENT_INSERT: &str = "insert into payment_event \
-     (payment_id, source, from_status, to_status, stripe_event_id, created_at)";
+     (payment_id, source, from_status, to_status, stripe_event_id, created_at, refund_id)";
 
-/// One status change appended to a payment's event log.
+/// What an event of a payment's log records: a change of the payment's status, or of one of its
+/// refunds' (whose id the event then names).
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    Payment {
+        from: Option<PaymentStatus>,
+        to: PaymentStatus,
+    },
+    Refund {
+        from: Option<RefundStatus>,
+        to: RefundStatus,
+    },
+}
+
+impl Transition {
+    fn old_name(self) -> Option<&'static str> {
+        match self {
+            Transition::Payment { from, .. } => from.map(PaymentStatus::as_str),
+            Transition::Refund { from, .. } => from.map(RefundStatus::as_str),
+        }
+    }
+
+    fn new_name(self) -> &'static str {
+        match self {
+            Transition::Payment { to, .. } => to.as_str(),
+            Transition::Refund { to, .. } => to.as_str(),
+        }
+    }
+}
+
+/// One change appended to a payment's event log.
 #[derive(Debug)]
 struct AppendedEvent<'a> {
     payment_id: &'a str,
+    /// The refund that changed, for a [`Transition::Refund`].
+    refund_id: Option<&'a str>,
     source: EventSource,
-    from: Option<PaymentStatus>,
-    to: PaymentStatus,
+    transition: Transition,
     /// The webhook event that made the change, where one did.
     stripe_event_id: Option<&'a str>,
     now: i64,
 }
 
-/// A committed status change, to count and announce.
+/// A committed change, to count and announce (as a change of its payment).
 #[derive(Debug)]
 struct Change {
     payment_id: String,
     source: EventSource,
-    from: Option<PaymentStatus>,
-    to: PaymentStatus,
+    transition: Transition,
 }
 
 /// One of the create's two writes (a payment and its first event; its intent and that event),
@@ -322,15 +354,19 @@ impl Store {
         Ok(rows)
     }
 
-    /// After a commit: counts each change in the transitions metric and announces it (see
-    /// [`change_feed`]).
+    /// After a commit: counts each change in its transitions metric (the payments' or the
+    /// refunds') and announces it as a change of its payment (see [`change_feed`]).
     fn committed(&self, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
-            crate::metrics::METRICS
-                .transitions
+            let metrics = &crate::metrics::METRICS;
+            let family = match change.transition {
+                Transition::Payment { .. } => &metrics.transitions,
+                Transition::Refund { .. } => &metrics.refund_transitions,
+            };
+            family
                 .get_or_create(&crate::metrics::TransitionLabels {
-                    from: change.from.map_or("none", PaymentStatus::as_str),
-                    to: change.to.as_str(),
+                    from: change.transition.old_name().unwrap_or("none"),
+                    to: change.transition.new_name(),
                     source: change.source.as_str(),
                 })
                 .inc();
@@ -354,24 +390,30 @@ impl WriteTx<'_> {
         &mut self.tx
     }
 
-    /// Appends a status change to its payment's event log.
+    /// Appends a change of a payment or of one of its refunds to the payment's event log.
     async fn append_event(&mut self, event: AppendedEvent<'_>) -> Result<(), StoreError> {
-        static SQL: std::sync::LazyLock<String> =
-            std::sync::LazyLock::new(|| format!("{EVENT_INSERT} values ($1, $2, $3, $4, $5, $6)"));
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("{EVENT_INSERT} values ($1, $2, $3, $4, $5, $6, $7)")
+        });
+        debug_assert_eq!(
+            event.refund_id.is_some(),
+            matches!(event.transition, Transition::Refund { .. }),
+            "a refund's event names its refund, a payment's none"
+        );
         sqlx::query(&SQL)
             .bind(event.payment_id)
             .bind(event.source.as_str())
-            .bind(event.from.map(PaymentStatus::as_str))
-            .bind(event.to.as_str())
+            .bind(event.transition.old_name())
+            .bind(event.transition.new_name())
             .bind(event.stripe_event_id)
             .bind(event.now)
+            .bind(event.refund_id)
             .execute(self.conn())
             .await?;
         self.changes.push(Change {
             payment_id: event.payment_id.to_owned(),
             source: event.source,
-            from: event.from,
-            to: event.to,
+            transition: event.transition,
         });
         Ok(())
     }

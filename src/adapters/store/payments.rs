@@ -6,7 +6,9 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 
-use super::{AppendedEvent, Change, EVENT_INSERT, OneTrip, SqlValue, Store, parse_status};
+use super::{
+    AppendedEvent, Change, EVENT_INSERT, OneTrip, SqlValue, Store, Transition, parse_status,
+};
 use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
 use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
 
@@ -75,6 +77,9 @@ payment_row! {
     created_at: i64,
     updated_at: i64,
     last_event_created: Option<i64>,
+    amount_received: i64,
+    amount_refunded: i64,
+    amount_refund_pending: i64,
 }
 
 impl PaymentRow {
@@ -128,7 +133,7 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
             "{insert}; \
              {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
              where changes() = 1; \
-             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created} \
+             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created}, null \
              where changes() = 1"
         ),
         postgres: format!(
@@ -136,7 +141,7 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
              new_key as ({key_columns} \
                  select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
              new_event as ({EVENT_INSERT} \
-                 select payment_id, 'create', null, status, null, created_at from new_payment) \
+                 select payment_id, 'create', null, status, null, created_at, null from new_payment) \
              select * from new_payment"
         ),
         postgres_many: format!(
@@ -154,7 +159,8 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
                         p.created_at \
                  from new_payment p join call on call.payment_id = p.payment_id), \
              new_event as ({EVENT_INSERT} \
-                 select payment_id, 'create', null, status, null, created_at from new_payment) \
+                 select payment_id, 'create', null, status, null, created_at, null \
+                 from new_payment) \
              select * from new_payment"
         ),
         fields: INSERT_FIELDS.clone(),
@@ -170,22 +176,35 @@ static INSERT_FIELDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     fields
 });
 
+/// The assignment that records what a payment received when `new_status` (a parameter) is
+/// `succeeded`, in the update that moves it there. Issue 17: Stripe's `amount_received` instead of
+/// the amount.
+fn set_amount_received(new_status: &str) -> String {
+    format!(
+        "amount_received = case when {new_status} = 'succeeded' then amount else amount_received end"
+    )
+}
+
 /// Records the intent of a `Creating` payment and its event; answers the row when it changed it.
 static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
-    let update = "update payment set stripe_payment_intent_id = $1, client_secret = $2, \
+    let update = format!(
+        "update payment set stripe_payment_intent_id = $1, client_secret = $2, \
          status = $3, last_payment_error_code = $4, last_payment_error_message = $5, \
-         updated_at = $6 \
+         updated_at = $6, {} \
          where payment_id = $7 and status = 'creating' \
-         returning *";
+         returning *",
+        set_amount_received("$3")
+    );
     OneTrip {
         sqlite: format!(
             "{update}; \
-             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6 where changes() = 1"
+             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6, null \
+             where changes() = 1"
         ),
         postgres: format!(
             "with attached as ({update}), \
              event as ({EVENT_INSERT} \
-                 select payment_id, 'create', 'creating', status, null, updated_at from attached) \
+                 select payment_id, 'create', 'creating', status, null, updated_at, null from attached) \
              select * from attached"
         ),
         postgres_many: format!(
@@ -195,13 +214,15 @@ static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
              attached as (update payment set stripe_payment_intent_id = call.intent_id, \
                  client_secret = call.client_secret, status = call.status, \
                  last_payment_error_code = call.error_code, \
-                 last_payment_error_message = call.error_message, updated_at = call.now \
+                 last_payment_error_message = call.error_message, updated_at = call.now, {} \
                  from call \
                  where payment.payment_id = call.payment_id and payment.status = 'creating' \
                  returning payment.*), \
              event as ({EVENT_INSERT} \
-                 select payment_id, 'create', 'creating', status, null, updated_at from attached) \
-             select * from attached"
+                 select payment_id, 'create', 'creating', status, null, updated_at, null \
+                 from attached) \
+             select * from attached",
+            set_amount_received("call.status")
         ),
         fields: vec![
             "intent_id",
@@ -242,6 +263,9 @@ impl TryFrom<&Payment> for PaymentRow {
             created_at: payment.created_at,
             updated_at: payment.updated_at,
             last_event_created: payment.last_event_created,
+            amount_received: payment.amount_received,
+            amount_refunded: payment.amount_refunded,
+            amount_refund_pending: payment.amount_refund_pending,
         })
     }
 }
@@ -276,6 +300,9 @@ impl TryFrom<PaymentRow> for Payment {
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_event_created: row.last_event_created,
+            amount_received: row.amount_received,
+            amount_refunded: row.amount_refunded,
+            amount_refund_pending: row.amount_refund_pending,
         })
     }
 }
@@ -316,8 +343,10 @@ impl PaymentRecords for Store {
                 Change {
                     payment_id: payment.id.clone(),
                     source: EventSource::Create,
-                    from: None,
-                    to: payment.status,
+                    transition: Transition::Payment {
+                        from: None,
+                        to: payment.status,
+                    },
                 },
             )
             .await?
@@ -347,7 +376,7 @@ impl PaymentRecords for Store {
 
     async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
         let (after_created, after_id) = match &query.after {
-            Some(cursor) => (Some(cursor.created_at), Some(cursor.payment_id.as_str())),
+            Some(cursor) => (Some(cursor.created_at), Some(cursor.id.as_str())),
             None => (None, None),
         };
         let rows: Vec<PaymentRow> = sqlx::query_as(
@@ -395,8 +424,10 @@ impl PaymentRecords for Store {
                 Change {
                     payment_id: payment_id.to_owned(),
                     source: EventSource::Create,
-                    from: Some(PaymentStatus::Creating),
-                    to: change.to,
+                    transition: Transition::Payment {
+                        from: Some(PaymentStatus::Creating),
+                        to: change.to,
+                    },
                 },
             )
             .await?
@@ -423,9 +454,12 @@ impl PaymentRecords for Store {
         if changed {
             tx.append_event(AppendedEvent {
                 payment_id,
+                refund_id: None,
                 source,
-                from: Some(change.from),
-                to: change.to,
+                transition: Transition::Payment {
+                    from: Some(change.from),
+                    to: change.to,
+                },
                 stripe_event_id: None,
                 now,
             })
@@ -450,23 +484,27 @@ impl super::WriteTx<'_> {
         now: i64,
         event_created: Option<i64>,
     ) -> Result<bool, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "update payment set status = $1, last_payment_error_code = $2, \
+                 last_payment_error_message = $3, updated_at = $4, \
+                 last_event_created = coalesce($5, last_event_created), {} \
+                 where payment_id = $6 and status = $7",
+                set_amount_received("$1")
+            )
+        });
         let error = change.last_payment_error.clone().unwrap_or_default();
-        let updated = sqlx::query(
-            "update payment set status = $1, last_payment_error_code = $2, \
-             last_payment_error_message = $3, updated_at = $4, \
-             last_event_created = coalesce($5, last_event_created) \
-             where payment_id = $6 and status = $7",
-        )
-        .bind(change.to.as_str())
-        .bind(error.code)
-        .bind(error.message)
-        .bind(now)
-        .bind(event_created)
-        .bind(payment_id)
-        .bind(change.from.as_str())
-        .execute(self.conn())
-        .await?
-        .rows_affected();
+        let updated = sqlx::query(&SQL)
+            .bind(change.to.as_str())
+            .bind(error.code)
+            .bind(error.message)
+            .bind(now)
+            .bind(event_created)
+            .bind(payment_id)
+            .bind(change.from.as_str())
+            .execute(self.conn())
+            .await?
+            .rows_affected();
         Ok(updated == 1)
     }
 }
@@ -495,6 +533,9 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             last_event_created: None,
+            amount_received: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
         }
     }
 

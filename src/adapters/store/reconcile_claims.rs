@@ -1,4 +1,5 @@
-//! The reconciler's leases on open payments (`payment.reconcile_lease_until`).
+//! The reconciler's leases (`reconcile_lease_until`) on open payments and on refunds not final
+//! yet: one claim and one deferral, for either table.
 
 use async_trait::async_trait;
 
@@ -6,6 +7,87 @@ use super::payments::PaymentRow;
 use super::{Backend, Store};
 use crate::app::ports::{ReconcileClaims, StoreError};
 use crate::domain::Payment;
+
+/// A table the reconciler claims rows of.
+pub(super) struct Claimable {
+    pub table: &'static str,
+    pub id_column: &'static str,
+    /// The SQL condition of a row the reconciler should look at.
+    pub open: &'static str,
+}
+
+const PAYMENTS: Claimable = Claimable {
+    table: "payment",
+    id_column: "payment_id",
+    open: "status not in ('succeeded', 'canceled')",
+};
+
+impl Store {
+    /// Claims up to `limit` open rows unchanged since `changed_before` that no replica holds a
+    /// lease on, leasing them until `lease_until`. On PostgreSQL, `skip locked` lets replicas
+    /// claim side by side without taking the same row; SQLite has one writer at a time, which
+    /// already excludes the others.
+    pub(super) async fn claim_rows<R>(
+        &self,
+        claimable: &Claimable,
+        now: i64,
+        changed_before: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        let Claimable {
+            table,
+            id_column,
+            open,
+        } = claimable;
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "for update skip locked",
+        };
+        let sql = format!(
+            "update {table} set reconcile_lease_until = $1 \
+             where {id_column} in ( \
+                 select {id_column} from {table} \
+                 where {open} \
+                   and updated_at < $2 \
+                   and (reconcile_lease_until is null or reconcile_lease_until < $3) \
+                 order by updated_at \
+                 limit $4 {lock}) \
+             returning *"
+        );
+        let _writer = self.hold_writer().await;
+        Ok(sqlx::query_as(&sql)
+            .bind(lease_until)
+            .bind(changed_before)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.write)
+            .await?)
+    }
+
+    /// Leaves a row alone until `until` (unix ms).
+    pub(super) async fn defer_row(
+        &self,
+        claimable: &Claimable,
+        id: &str,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "update {} set reconcile_lease_until = $1 where {} = $2",
+            claimable.table, claimable.id_column
+        );
+        let _writer = self.hold_writer().await;
+        sqlx::query(&sql)
+            .bind(until)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl ReconcileClaims for Store {
@@ -16,43 +98,13 @@ impl ReconcileClaims for Store {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError> {
-        // On PostgreSQL, `skip locked` lets replicas claim side by side without taking the same
-        // payment; SQLite has one writer at a time, which already excludes the others.
-        const CLAIM: &str = "update payment set reconcile_lease_until = $1 \
-             where payment_id in ( \
-                 select payment_id from payment \
-                 where status not in ('succeeded', 'canceled') \
-                   and updated_at < $2 \
-                   and (reconcile_lease_until is null or reconcile_lease_until < $3) \
-                 order by updated_at \
-                 limit $4 LOCK) \
-             returning *";
-        static SQLITE: std::sync::LazyLock<String> =
-            std::sync::LazyLock::new(|| CLAIM.replace("LOCK", ""));
-        static POSTGRES: std::sync::LazyLock<String> =
-            std::sync::LazyLock::new(|| CLAIM.replace("LOCK", "for update skip locked"));
-        let sql = match self.backend {
-            Backend::Sqlite => &SQLITE,
-            Backend::Postgres => &POSTGRES,
-        };
-        let _writer = self.hold_writer().await;
-        let rows: Vec<PaymentRow> = sqlx::query_as(sql.as_str())
-            .bind(lease_until)
-            .bind(changed_before)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.write)
+        let rows: Vec<PaymentRow> = self
+            .claim_rows(&PAYMENTS, now, changed_before, lease_until, limit)
             .await?;
         rows.into_iter().map(Payment::try_from).collect()
     }
 
     async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
-        let _writer = self.hold_writer().await;
-        sqlx::query("update payment set reconcile_lease_until = $1 where payment_id = $2")
-            .bind(until)
-            .bind(payment_id)
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        self.defer_row(&PAYMENTS, payment_id, until).await
     }
 }

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use stripe_shared::{PaymentIntent, PaymentIntentStatus};
+use stripe_shared::{PaymentIntent, PaymentIntentStatus, Refund};
 
 use super::transport::StripeHttpError;
-use crate::app::ports::{LastPaymentError, ProviderError, ProviderIntent};
-use crate::domain::PaymentStatus;
+use crate::app::ports::{LastPaymentError, ProviderError, ProviderIntent, ProviderRefund};
+use crate::domain::{PaymentStatus, RefundReason, RefundStatus};
 
 /// Stripe's PaymentIntent status onto the local status.
 ///
@@ -50,6 +50,57 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
         client_secret: pi.client_secret,
         metadata: pi.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         last_payment_error,
+    })
+}
+
+/// Stripe's Refund status onto the local status. async-stripe 1.0.0-rc.10 leaves it a string;
+/// each of Stripe's five values is named, anything else is an answer we cannot interpret (never
+/// `creating`, which is ours).
+pub(crate) fn map_refund_status(status: Option<&str>) -> Result<RefundStatus, ProviderError> {
+    match status {
+        Some("pending") => Ok(RefundStatus::Pending),
+        Some("requires_action") => Ok(RefundStatus::RequiresAction),
+        Some("succeeded") => Ok(RefundStatus::Succeeded),
+        Some("failed") => Ok(RefundStatus::Failed),
+        Some("canceled") => Ok(RefundStatus::Canceled),
+        Some(other) => Err(ProviderError::Unexpected(format!(
+            "unknown Refund status `{other}`"
+        ))),
+        None => Err(ProviderError::Unexpected(
+            "a Refund without a status".to_owned(),
+        )),
+    }
+}
+
+/// Stripe's refund reason onto ours: the three a caller can give. `expired_uncaptured_charge`
+/// (Stripe's own, for an authorisation that lapsed) and reasons Stripe may add are no reason of
+/// ours. The crate marks the enum `#[non_exhaustive]`, hence the final catch-all.
+pub(crate) fn map_refund_reason(reason: &stripe_shared::RefundReason) -> Option<RefundReason> {
+    use stripe_shared::RefundReason as Stripe;
+    match reason {
+        Stripe::RequestedByCustomer => Some(RefundReason::RequestedByCustomer),
+        Stripe::Duplicate => Some(RefundReason::Duplicate),
+        Stripe::Fraudulent => Some(RefundReason::Fraudulent),
+        Stripe::ExpiredUncapturedCharge | Stripe::Unknown(_) => None,
+        _ => None,
+    }
+}
+
+pub(crate) fn to_provider_refund(refund: Refund) -> Result<ProviderRefund, ProviderError> {
+    let status = map_refund_status(refund.status.as_deref())?;
+    Ok(ProviderRefund {
+        id: refund.id.as_str().to_owned(),
+        payment_intent: refund
+            .payment_intent
+            .as_ref()
+            .map(|intent| intent.id().as_str().to_owned()),
+        amount: refund.amount,
+        currency: refund.currency.to_string(),
+        status,
+        reason: refund.reason.as_ref().and_then(map_refund_reason),
+        failure_reason: refund.failure_reason,
+        metadata: refund.metadata.unwrap_or_default().into_iter().collect(),
+        created: refund.created,
     })
 }
 
@@ -138,6 +189,21 @@ pub(crate) const CUSTOMER_REQUIRED: &[(&str, Kind)] = &[
     ("livemode", Kind::Bool),
 ];
 
+/// The fields `stripe_shared::Refund` (1.0.0-rc.10) cannot do without.
+pub(crate) const REFUND_REQUIRED: &[(&str, Kind)] = &[
+    ("amount", Kind::Integer),
+    ("created", Kind::Integer),
+    ("currency", Kind::String),
+    ("id", Kind::String),
+];
+
+/// The fields of a list (`stripe_types::List`); its items' are [`REFUND_REQUIRED`].
+pub(crate) const LIST_REQUIRED: &[(&str, Kind)] = &[
+    ("data", Kind::Array),
+    ("has_more", Kind::Bool),
+    ("url", Kind::String),
+];
+
 /// async-stripe parses with miniserde, which only says "error deserializing request data".
 /// Re-read the body with serde_json and name what is missing or mistyped.
 pub(crate) fn explain_parse_failure(
@@ -145,29 +211,51 @@ pub(crate) fn explain_parse_failure(
     body: Option<&[u8]>,
     required: &[(&str, Kind)],
 ) -> ProviderError {
+    explain(type_name, body, |map| {
+        let mut problems = field_problems(map, required, "");
+        if let Some(err) = map.get("last_payment_error").filter(|v| !v.is_null())
+            && err.get("type").is_none_or(|t| !t.is_string())
+        {
+            problems.push("`last_payment_error.type` is missing".to_owned());
+        }
+        problems
+    })
+}
+
+/// Like [`explain_parse_failure`] for a list (`{"data": [...], "has_more": …, "url": …}`) whose
+/// items need `item_required`; an item's problem is named with its index, `data[3].amount`.
+pub(crate) fn explain_list_parse_failure(
+    type_name: &str,
+    body: Option<&[u8]>,
+    item_required: &[(&str, Kind)],
+) -> ProviderError {
+    explain(type_name, body, |map| {
+        let mut problems = field_problems(map, LIST_REQUIRED, "");
+        if let Some(serde_json::Value::Array(items)) = map.get("data") {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    serde_json::Value::Object(item) => {
+                        problems.extend(field_problems(item, item_required, &format!("data[{i}].")))
+                    }
+                    _ => problems.push(format!("`data[{i}]` is not an object")),
+                }
+            }
+        }
+        problems
+    })
+}
+
+fn explain(
+    type_name: &str,
+    body: Option<&[u8]>,
+    problems: impl FnOnce(&serde_json::Map<String, serde_json::Value>) -> Vec<String>,
+) -> ProviderError {
     let detail = match body {
         None => "the response body was not kept".to_owned(),
         Some(body) => match serde_json::from_slice::<serde_json::Value>(body) {
             Err(e) => format!("the body is not JSON ({} bytes): {e}", body.len()),
             Ok(serde_json::Value::Object(map)) => {
-                let mut problems = Vec::new();
-                for (field, kind) in required {
-                    match map.get(*field) {
-                        None => problems.push(format!("`{field}` is missing")),
-                        Some(serde_json::Value::Null) => {
-                            problems.push(format!("`{field}` is null"))
-                        }
-                        Some(v) if !kind.matches(v) => {
-                            problems.push(format!("`{field}` is not {}", kind.name()))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                if let Some(err) = map.get("last_payment_error").filter(|v| !v.is_null())
-                    && err.get("type").is_none_or(|t| !t.is_string())
-                {
-                    problems.push("`last_payment_error.type` is missing".to_owned());
-                }
+                let problems = problems(&map);
                 if problems.is_empty() {
                     "every required top-level field is present; a nested object or a field's \
                      type does not match async-stripe's definition"
@@ -182,6 +270,27 @@ pub(crate) fn explain_parse_failure(
     ProviderError::Unexpected(format!(
         "could not parse the {type_name} Stripe sent: {detail}"
     ))
+}
+
+/// What is missing, null or of the wrong kind among `required` in `map` (field names prefixed
+/// with `prefix`).
+fn field_problems(
+    map: &serde_json::Map<String, serde_json::Value>,
+    required: &[(&str, Kind)],
+    prefix: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (field, kind) in required {
+        match map.get(*field) {
+            None => problems.push(format!("`{prefix}{field}` is missing")),
+            Some(serde_json::Value::Null) => problems.push(format!("`{prefix}{field}` is null")),
+            Some(v) if !kind.matches(v) => {
+                problems.push(format!("`{prefix}{field}` is not {}", kind.name()))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

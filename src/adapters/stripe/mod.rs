@@ -9,6 +9,12 @@
 //! | `create_payment_intent` | `POST /v1/payment_intents` | `amount`, `currency`, `customer` (if any), `description` (if any), `metadata[k]` | the request's key |
 //! | `retrieve_payment_intent` | `GET /v1/payment_intents/{id}` | none | none |
 //! | `cancel_payment_intent` | `POST /v1/payment_intents/{id}/cancel` | none (empty body) | the given key |
+//! | `create_refund` | `POST /v1/refunds` | `amount`, `payment_intent`, `reason` (if any), `metadata[k]` | the request's key |
+//! | `retrieve_refund` | `GET /v1/refunds/{id}` | none | none |
+//! | `list_refunds` | `GET /v1/refunds?limit=100&payment_intent=…[&starting_after=…]` | none | none |
+//! | `list_recent_refunds` | `GET /v1/refunds?created[gte]=…&limit=…[&starting_after=…]` | none | none |
+//!
+//! Lists are read page by page (`starting_after` the last id while `has_more`).
 //!
 //! PaymentIntents are created unconfirmed (no `confirm`), without `payment_method_types` or
 //! `automatic_payment_methods`: since API version 2023-08-16 Stripe enables automatic payment
@@ -32,17 +38,20 @@ use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
 };
+use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, RetrieveRefund};
 use url::Url;
 
 use self::mapping::{
-    CUSTOMER_REQUIRED, PAYMENT_INTENT_REQUIRED, explain_parse_failure, map_http_error,
-    to_provider_intent,
+    CUSTOMER_REQUIRED, PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure,
+    explain_parse_failure, map_http_error, to_provider_intent, to_provider_refund,
 };
 pub use self::transport::{ConnectionStats, PooledStripeClient, StripeHttpError};
 use self::transport::{HttpSettings, RecordingClient, RetryPolicy};
 use crate::app::ports::{
-    NewCustomer, NewPaymentIntent, PaymentProvider, ProviderError, ProviderIntent,
+    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderError, ProviderIntent,
+    ProviderRefund,
 };
+use crate::domain::RefundReason;
 
 /// Stripe's API base.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -50,6 +59,11 @@ pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of retries after the first attempt.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Stripe's largest page of a list.
+const LIST_PAGE_LIMIT: u32 = 100;
+/// Pages read for one list at most: a guard against a server that always says `has_more` (a
+/// payment's refunds are each at least one minor unit, so real lists end far earlier).
+const MAX_LIST_PAGES: usize = 100;
 /// Default Stripe request budget: safe under test mode's 25 requests/s.
 pub const DEFAULT_MAX_REQUESTS_PER_SECOND: u32 = 20;
 /// First backoff step (doubled per retry, with jitter).
@@ -232,6 +246,95 @@ impl StripeProvider {
             Err(e) => Err(map_http_error(e)),
         }
     }
+
+    /// Sends a Refund request; on a parse failure, names what was wrong with the body.
+    async fn send_refund<R>(
+        &self,
+        request: &R,
+        strategy: RequestStrategy,
+    ) -> Result<ProviderRefund, ProviderError>
+    where
+        R: StripeRequest<Output = stripe_shared::Refund>,
+    {
+        let recorder = RecordingClient::new(&self.client);
+        match request
+            .customize()
+            .request_strategy(strategy)
+            .send(&recorder)
+            .await
+        {
+            Ok(refund) => {
+                let refund = to_provider_refund(refund)?;
+                tracing::Span::current().record("refund", refund.id.as_str());
+                tracing::Span::current().record("status", refund.status.as_str());
+                Ok(refund)
+            }
+            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
+                "Refund",
+                recorder.take_body().as_deref(),
+                REFUND_REQUIRED,
+            )),
+            Err(e) => Err(map_http_error(e)),
+        }
+    }
+
+    /// Reads refunds page by page, newest first, until Stripe has no more or `limit` are read.
+    /// `list` is the request without its page (`limit`, `starting_after`).
+    async fn list_refund_pages(
+        &self,
+        list: ListRefund,
+        limit: usize,
+    ) -> Result<Vec<ProviderRefund>, ProviderError> {
+        let mut refunds = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let wanted = (limit - refunds.len()).min(LIST_PAGE_LIMIT as usize);
+            let mut page = list.clone().limit(wanted as i64);
+            if let Some(after) = &after {
+                page = page.starting_after(after.as_str());
+            }
+            let recorder = RecordingClient::new(&self.client);
+            let answer = match page.customize().send(&recorder).await {
+                Ok(answer) => answer,
+                Err(StripeHttpError::Deserialize(_)) => {
+                    return Err(explain_list_parse_failure(
+                        "list of Refunds",
+                        recorder.take_body().as_deref(),
+                        REFUND_REQUIRED,
+                    ));
+                }
+                Err(e) => return Err(map_http_error(e)),
+            };
+            let last = answer.data.last().map(|r| r.id.as_str().to_owned());
+            for refund in answer.data {
+                refunds.push(to_provider_refund(refund)?);
+            }
+            match last {
+                Some(last) if answer.has_more && refunds.len() < limit => after = Some(last),
+                None if answer.has_more => {
+                    return Err(ProviderError::Unexpected(
+                        "Stripe sent an empty page of Refunds that has more".to_owned(),
+                    ));
+                }
+                _ => {
+                    refunds.truncate(limit);
+                    tracing::Span::current().record("refunds", refunds.len());
+                    return Ok(refunds);
+                }
+            }
+        }
+        Err(ProviderError::Unexpected(format!(
+            "Stripe's list of Refunds did not end within {MAX_LIST_PAGES} pages"
+        )))
+    }
+}
+
+fn create_refund_reason(reason: RefundReason) -> CreateRefundReason {
+    match reason {
+        RefundReason::RequestedByCustomer => CreateRefundReason::RequestedByCustomer,
+        RefundReason::Duplicate => CreateRefundReason::Duplicate,
+        RefundReason::Fraudulent => CreateRefundReason::Fraudulent,
+    }
 }
 
 #[async_trait]
@@ -317,5 +420,63 @@ impl PaymentProvider for StripeProvider {
         let strategy = idempotent(idempotency_key)?;
         self.send_intent(&CancelPaymentIntent::new(id), strategy)
             .await
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            payment_intent = %refund.payment_intent,
+            amount = refund.amount,
+            idempotency_key = %refund.idempotency_key,
+            refund,
+            status,
+        )
+    )]
+    async fn create_refund(&self, refund: NewRefund) -> Result<ProviderRefund, ProviderError> {
+        let strategy = idempotent(&refund.idempotency_key)?;
+        let mut request = CreateRefund::new()
+            .payment_intent(refund.payment_intent)
+            .amount(refund.amount);
+        if let Some(reason) = refund.reason {
+            request = request.reason(create_refund_reason(reason));
+        }
+        if !refund.metadata.is_empty() {
+            request = request.metadata(refund.metadata.into_iter().collect::<HashMap<_, _>>());
+        }
+        self.send_refund(&request, strategy).await
+    }
+
+    #[tracing::instrument(skip_all, fields(refund = %id, status))]
+    async fn retrieve_refund(&self, id: &str) -> Result<ProviderRefund, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        self.send_refund(&RetrieveRefund::new(id), RequestStrategy::Once)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(payment_intent = %payment_intent, refunds))]
+    async fn list_refunds(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderRefund>, ProviderError> {
+        if !valid_object_id(payment_intent) {
+            return Err(ProviderError::NotFound);
+        }
+        self.list_refund_pages(ListRefund::new().payment_intent(payment_intent), usize::MAX)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(created_since = created_since, limit = limit, refunds))]
+    async fn list_recent_refunds(
+        &self,
+        created_since: i64,
+        limit: u32,
+    ) -> Result<Vec<ProviderRefund>, ProviderError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let list = ListRefund::new().created(stripe_types::RangeQueryTs::gte(created_since));
+        self.list_refund_pages(list, limit as usize).await
     }
 }

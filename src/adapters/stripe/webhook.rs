@@ -9,9 +9,9 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
-use stripe_shared::PaymentIntent;
+use stripe_shared::{PaymentIntent, Refund};
 
-use super::mapping::to_provider_intent;
+use super::mapping::{to_provider_intent, to_provider_refund};
 use crate::app::ports::{ProviderEvent, WebhookRefused, WebhookVerification};
 
 /// Why a webhook's signature was refused. The gateway answers 400 to all of them.
@@ -141,6 +141,38 @@ pub const APPLIED_EVENT_TYPES: [&str; 6] = [
     "payment_intent.amount_capturable_updated",
 ];
 
+/// The event types that carry a Refund.
+pub const REFUND_EVENT_TYPES: [&str; 4] = [
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+];
+
+/// The event that carries a Charge whose refunds changed.
+pub const CHARGE_REFUNDED: &str = "charge.refunded";
+
+/// What an applied event type carries.
+#[derive(Clone, Copy)]
+enum Carries {
+    PaymentIntent,
+    Refund,
+    Charge,
+}
+
+/// The applied type `event_type` names (a `'static` label) and what its object is.
+fn applied(event_type: &str) -> Option<(&'static str, Carries)> {
+    let known = |types: &[&'static str], carries| {
+        types
+            .iter()
+            .find(|known| **known == event_type)
+            .map(|known| (*known, carries))
+    };
+    known(&APPLIED_EVENT_TYPES, Carries::PaymentIntent)
+        .or_else(|| known(&REFUND_EVENT_TYPES, Carries::Refund))
+        .or_else(|| known(&[CHARGE_REFUNDED], Carries::Charge))
+}
+
 /// Parses a verified event's payload.
 pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
     #[derive(serde::Deserialize)]
@@ -160,26 +192,64 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
     if !envelope.id.starts_with("evt_") || envelope.id.len() > 255 {
         return Err("event id is not an evt_ id".to_owned());
     }
-    let applied_type = APPLIED_EVENT_TYPES
-        .iter()
-        .find(|known| **known == envelope.event_type)
-        .copied();
-    let intent = if applied_type.is_some() {
-        // The same parser (and status mapping) as the API client's answers.
-        let object = envelope.data.object.to_string();
-        let intent: PaymentIntent = miniserde::json::from_str(&object)
-            .map_err(|_| format!("{} carries no PaymentIntent", envelope.event_type))?;
-        Some(to_provider_intent(intent).map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
+    let applied = applied(&envelope.event_type);
+    let (mut intent, mut refund, mut refunded_intent) = (None, None, None);
+    match applied.map(|(_, carries)| carries) {
+        // The same parsers (and status mappings) as the API client's answers.
+        Some(Carries::PaymentIntent) => {
+            let object = envelope.data.object.to_string();
+            let parsed: PaymentIntent = miniserde::json::from_str(&object)
+                .map_err(|_| format!("{} carries no PaymentIntent", envelope.event_type))?;
+            intent = Some(to_provider_intent(parsed).map_err(|e| e.to_string())?);
+        }
+        Some(Carries::Refund) => {
+            // A Charge has every field a Refund requires: the object's type tells them apart.
+            if envelope.data.object.get("object").and_then(|o| o.as_str()) != Some("refund") {
+                return Err(format!(
+                    "{} carries no Refund: its object is not a refund",
+                    envelope.event_type
+                ));
+            }
+            let object = envelope.data.object.to_string();
+            let parsed: Refund = miniserde::json::from_str(&object)
+                .map_err(|_| format!("{} carries no Refund", envelope.event_type))?;
+            refund = Some(to_provider_refund(parsed).map_err(|e| e.to_string())?);
+        }
+        Some(Carries::Charge) => {
+            refunded_intent = charge_payment_intent(&envelope.data.object)
+                .map_err(|why| format!("{} carries no Charge: {why}", envelope.event_type))?;
+        }
+        None => {}
+    }
     Ok(ProviderEvent {
         id: envelope.id,
         event_type: envelope.event_type,
         created: envelope.created,
         intent,
-        type_label: applied_type.unwrap_or("other"),
+        refund,
+        refunded_intent,
+        type_label: applied.map_or("other", |(label, _)| label),
     })
+}
+
+/// The PaymentIntent of a Charge (`None` for a charge made without one). Only `payment_intent`
+/// is read: the rest of a Charge (payment method details, its `refunds` list, which holds ten
+/// at most) is not relied on, so a Charge with fields async-stripe does not know, or without
+/// ones it requires, still names its intent.
+fn charge_payment_intent(object: &serde_json::Value) -> Result<Option<String>, &'static str> {
+    if object.get("object").and_then(|o| o.as_str()) != Some("charge") {
+        return Err("its object is not a charge");
+    }
+    match object.get("payment_intent") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(id)) => Ok(Some(id.clone())),
+        // Expanded (an API answer asked so; events send the id).
+        Some(serde_json::Value::Object(intent)) => match intent.get("id") {
+            Some(serde_json::Value::String(id)) => Ok(Some(id.clone())),
+            _ => Err("its expanded payment_intent has no id"),
+        },
+        Some(_) => Err("its payment_intent is neither an id nor an object"),
+    }
 }
 
 #[cfg(test)]
@@ -268,5 +338,191 @@ mod tests {
         assert!(event.intent.is_none());
         assert!(parse_event(b"[]").is_err());
         assert!(parse_event(br#"{"id":"x","type":"t","created":1,"data":{"object":{}}}"#).is_err());
+    }
+
+    const REFUND: &str = include_str!("../../../tests/fixtures/stripe/refund.json");
+    const CHARGE: &str = include_str!("../../../tests/fixtures/stripe/charge.json");
+
+    /// An event of `event_type` around `object`, as Stripe sends it.
+    fn payload(event_type: &str, object: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "id": "evt_1RefundEvent",
+            "object": "event",
+            "api_version": "2026-09-30.endive",
+            "created": 1_764_000_000,
+            "data": {"object": object},
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null},
+            "type": event_type,
+        }))
+        .expect("JSON")
+    }
+
+    fn fixture(json: &str) -> serde_json::Value {
+        serde_json::from_str(json).expect("fixture JSON")
+    }
+
+    #[test]
+    fn refund_events_carry_stripes_example_refund() {
+        for event_type in REFUND_EVENT_TYPES {
+            let event = parse_event(&payload(event_type, fixture(REFUND))).expect("parses");
+            assert_eq!(event.event_type, event_type);
+            assert_eq!(event.type_label, event_type);
+            assert_eq!(event.created, 1_764_000_000);
+            assert!(event.intent.is_none());
+            assert!(event.refunded_intent.is_none());
+            let refund = event.refund.expect("a refund");
+            assert_eq!(
+                refund,
+                crate::app::ports::ProviderRefund {
+                    id: "re_1Pgc72B7WZ01zgkWqPvrRrPE".to_owned(),
+                    payment_intent: None,
+                    amount: 100,
+                    currency: "usd".to_owned(),
+                    status: crate::domain::RefundStatus::Succeeded,
+                    reason: None,
+                    failure_reason: None,
+                    metadata: Default::default(),
+                    created: 1_234_567_890,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_refund_event_names_its_intent_reason_and_failure() {
+        let mut refund = fixture(REFUND);
+        refund["payment_intent"] = "pi_3Refunded".into();
+        refund["status"] = "failed".into();
+        refund["reason"] = "requested_by_customer".into();
+        refund["failure_reason"] = "expired_or_canceled_card".into();
+        refund["failure_balance_transaction"] = "txn_1Failure".into();
+        refund["metadata"] = serde_json::json!({"paybridge_refund_id": "ref_x", "tenant": "t"});
+        let event = parse_event(&payload("refund.failed", refund)).expect("parses");
+        let refund = event.refund.expect("a refund");
+        assert_eq!(refund.payment_intent.as_deref(), Some("pi_3Refunded"));
+        assert_eq!(refund.status, crate::domain::RefundStatus::Failed);
+        assert_eq!(
+            refund.reason,
+            Some(crate::domain::RefundReason::RequestedByCustomer)
+        );
+        assert_eq!(
+            refund.failure_reason.as_deref(),
+            Some("expired_or_canceled_card")
+        );
+        assert_eq!(refund.metadata["paybridge_refund_id"], "ref_x");
+    }
+
+    #[test]
+    fn a_refund_awaiting_the_customer_parses_with_its_next_action() {
+        let mut refund = fixture(REFUND);
+        refund["status"] = "requires_action".into();
+        refund["payment_intent"] = "pi_3Konbini".into();
+        refund["instructions_email"] = "customer@example.com".into();
+        refund["destination_details"] = serde_json::json!({
+            "type": "card",
+            "card": {"reference": null, "reference_status": "pending",
+                     "reference_type": "acquirer_reference_number", "type": "refund"},
+        });
+        refund["next_action"] = serde_json::json!({
+            "type": "display_details",
+            "display_details": {
+                "email_sent": {"email_sent_at": 1_764_000_000,
+                               "email_sent_to": "customer@example.com"},
+                "expires_at": 1_764_604_800,
+            },
+        });
+        let event = parse_event(&payload("refund.created", refund)).expect("parses");
+        let refund = event.refund.expect("a refund");
+        assert_eq!(refund.status, crate::domain::RefundStatus::RequiresAction);
+        assert_eq!(refund.payment_intent.as_deref(), Some("pi_3Konbini"));
+    }
+
+    #[test]
+    fn every_refund_status_and_reason_maps_and_unknown_ones_do_not() {
+        use crate::domain::{RefundReason, RefundStatus};
+        for status in [
+            RefundStatus::Pending,
+            RefundStatus::RequiresAction,
+            RefundStatus::Succeeded,
+            RefundStatus::Failed,
+            RefundStatus::Canceled,
+        ] {
+            let mut refund = fixture(REFUND);
+            refund["status"] = status.as_str().into();
+            let event = parse_event(&payload("refund.updated", refund)).expect("parses");
+            assert_eq!(event.refund.expect("a refund").status, status);
+        }
+        for bad in [
+            serde_json::json!("creating"),
+            serde_json::json!("teleported"),
+        ] {
+            let mut refund = fixture(REFUND);
+            refund["status"] = bad.clone();
+            let err = parse_event(&payload("refund.updated", refund)).expect_err("refused");
+            assert!(err.contains("unknown Refund status"), "{bad}: {err}");
+        }
+        for (stripe, ours) in [
+            (
+                "requested_by_customer",
+                Some(RefundReason::RequestedByCustomer),
+            ),
+            ("duplicate", Some(RefundReason::Duplicate)),
+            ("fraudulent", Some(RefundReason::Fraudulent)),
+            ("expired_uncaptured_charge", None),
+            ("a_reason_stripe_adds_later", None),
+        ] {
+            let mut refund = fixture(REFUND);
+            refund["reason"] = stripe.into();
+            let event = parse_event(&payload("refund.created", refund)).expect("parses");
+            assert_eq!(event.refund.expect("a refund").reason, ours, "{stripe}");
+        }
+    }
+
+    #[test]
+    fn charge_refunded_names_the_charges_intent_only() {
+        let mut charge = fixture(CHARGE);
+        charge["payment_intent"] = "pi_3Charged".into();
+        charge["amount_refunded"] = 100.into();
+        charge["refunded"] = true.into();
+        let event = parse_event(&payload("charge.refunded", charge)).expect("parses");
+        assert_eq!(event.type_label, "charge.refunded");
+        assert_eq!(event.refunded_intent.as_deref(), Some("pi_3Charged"));
+        assert!(event.refund.is_none() && event.intent.is_none());
+
+        // Stripe's example as it is: a charge made without a PaymentIntent.
+        let event = parse_event(&payload("charge.refunded", fixture(CHARGE))).expect("parses");
+        assert_eq!(event.refunded_intent, None);
+
+        // Whatever else the Charge holds is not read.
+        let charge = serde_json::json!({
+            "id": "ch_1", "object": "charge", "payment_intent": "pi_3Sparse", "refunds": null,
+        });
+        let event = parse_event(&payload("charge.refunded", charge)).expect("parses");
+        assert_eq!(event.refunded_intent.as_deref(), Some("pi_3Sparse"));
+    }
+
+    #[test]
+    fn a_refund_event_without_a_refund_is_refused() {
+        // A Charge has every field a Refund requires.
+        let mut charge = fixture(CHARGE);
+        charge["payment_intent"] = "pi_3Charged".into();
+        let err = parse_event(&payload("refund.updated", charge)).expect_err("refused");
+        assert!(err.contains("carries no Refund"), "{err}");
+        let mut refund = fixture(REFUND);
+        refund.as_object_mut().expect("object").remove("amount");
+        let err = parse_event(&payload("charge.refund.updated", refund)).expect_err("refused");
+        assert!(err.contains("carries no Refund"), "{err}");
+        let err = parse_event(&payload("charge.refunded", fixture(REFUND))).expect_err("refused");
+        assert!(err.contains("carries no Charge"), "{err}");
+    }
+
+    #[test]
+    fn refund_types_unknown_to_paybridge_are_other() {
+        let event =
+            parse_event(&payload("charge.refund.created", fixture(REFUND))).expect("parses");
+        assert_eq!(event.type_label, "other");
+        assert!(event.refund.is_none());
     }
 }

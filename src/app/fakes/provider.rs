@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::app::ports::{
-    NewCustomer, NewPaymentIntent, PaymentProvider, ProviderError, ProviderEvent, ProviderIntent,
-    WebhookRefused, WebhookVerification,
+    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderError, ProviderEvent,
+    ProviderIntent, ProviderRefund, WebhookRefused, WebhookVerification,
 };
-use crate::domain::{PAYMENT_ID_METADATA_KEY, PaymentStatus};
+use crate::domain::{PAYMENT_ID_METADATA_KEY, PaymentStatus, RefundReason, RefundStatus};
 
 use super::lock;
 
@@ -22,6 +22,34 @@ struct ProviderState {
     calls: Vec<String>,
     /// The next calls' answers, when set: a refusal or an outage.
     failing: Option<ProviderError>,
+    /// Every refund, oldest first; `re_<n>` is `refunds[n - 1]`.
+    refunds: Vec<ProviderRefund>,
+    /// Idempotency key → the first create's parameters and answer (the refund as it was then),
+    /// which a repeated key replays as Stripe does: the first answer, not the refund's state
+    /// now. A refusal is not remembered (as the local Stripe does): the same key may try again.
+    refunds_by_key: HashMap<String, (RefundParameters, ProviderRefund)>,
+    /// What happens to the next `create_refund`, when set.
+    next_refund_create: Option<NextRefundCreate>,
+    /// The status new refunds start in (`None`: `Succeeded`, as card refunds usually do).
+    new_refund_status: Option<RefundStatus>,
+}
+
+/// The parameters of a refund create that Stripe compares when a key is used again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RefundParameters {
+    payment_intent: String,
+    amount: i64,
+    reason: Option<RefundReason>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// A one-off fate of the next refund create.
+#[derive(Debug)]
+enum NextRefundCreate {
+    /// The request never reached the provider: nothing is made, nothing remembered.
+    Fail(ProviderError),
+    /// The provider made the refund (and remembers it by key), but its answer was lost.
+    LoseAnswer(ProviderError),
 }
 
 /// The payment provider, in memory: it remembers intents by idempotency key as Stripe does.
@@ -51,6 +79,81 @@ impl FakeProvider {
         let mut state = lock(&self.state);
         let intent = state.intents.get_mut(intent_id).expect("a known intent");
         change(intent);
+    }
+
+    /// Makes the next `create_refund` fail with `error` before it reaches the provider (once).
+    pub(crate) fn fail_next_refund_create(&self, error: ProviderError) {
+        lock(&self.state).next_refund_create = Some(NextRefundCreate::Fail(error));
+    }
+
+    /// Makes the next `create_refund` make its refund but answer `error` (once): a timeout or a
+    /// lost answer after the provider acted. The same key then replays the refund.
+    pub(crate) fn lose_next_refund_answer(&self, error: ProviderError) {
+        lock(&self.state).next_refund_create = Some(NextRefundCreate::LoseAnswer(error));
+    }
+
+    /// The status refunds start in from now on (by default `Succeeded`).
+    pub(crate) fn start_refunds_in(&self, status: RefundStatus) {
+        lock(&self.state).new_refund_status = Some(status);
+    }
+
+    /// The refund as the provider holds it now.
+    pub(crate) fn refund(&self, refund_id: &str) -> ProviderRefund {
+        let state = lock(&self.state);
+        state
+            .refunds
+            .iter()
+            .find(|refund| refund.id == refund_id)
+            .expect("a known refund")
+            .clone()
+    }
+
+    /// Every refund the provider holds, oldest first.
+    pub(crate) fn refunds(&self) -> Vec<ProviderRefund> {
+        lock(&self.state).refunds.clone()
+    }
+
+    /// Changes the refund at the provider (it succeeded, or failed days later, say).
+    pub(crate) fn update_refund(&self, refund_id: &str, change: impl FnOnce(&mut ProviderRefund)) {
+        let mut state = lock(&self.state);
+        let refund = state
+            .refunds
+            .iter_mut()
+            .find(|refund| refund.id == refund_id)
+            .expect("a known refund");
+        change(refund);
+    }
+
+    /// Moves the refund to `status` at the provider, with Stripe's `failure_reason` (if any).
+    pub(crate) fn set_refund_status(
+        &self,
+        refund_id: &str,
+        status: RefundStatus,
+        failure_reason: Option<&str>,
+    ) -> ProviderRefund {
+        let mut updated = None;
+        self.update_refund(refund_id, |refund| {
+            refund.status = status;
+            refund.failure_reason = failure_reason.map(str::to_owned);
+            updated = Some(refund.clone());
+        });
+        updated.expect("updated")
+    }
+
+    /// A refund made at the provider directly (its Dashboard, another tool): no call of ours,
+    /// no idempotency key, no metadata; refused like any other when it does not fit.
+    pub(crate) fn refund_directly(
+        &self,
+        payment_intent: &str,
+        amount: i64,
+    ) -> Result<ProviderRefund, ProviderError> {
+        let mut state = lock(&self.state);
+        state.make_refund(&RefundParameters {
+            payment_intent: payment_intent.to_owned(),
+            amount,
+            reason: None,
+            metadata: BTreeMap::new(),
+        })
     }
 
     fn call(
@@ -117,6 +220,164 @@ impl PaymentProvider for FakeProvider {
         intent.status = PaymentStatus::Canceled;
         Ok(intent.clone())
     }
+
+    async fn create_refund(&self, refund: NewRefund) -> Result<ProviderRefund, ProviderError> {
+        let mut state = self.call(format!("create_refund {}", refund.idempotency_key))?;
+        let parameters = RefundParameters {
+            payment_intent: refund.payment_intent,
+            amount: refund.amount,
+            reason: refund.reason,
+            metadata: refund.metadata,
+        };
+        let lost_answer = match state.next_refund_create.take() {
+            Some(NextRefundCreate::Fail(error)) => return Err(error),
+            Some(NextRefundCreate::LoseAnswer(error)) => Some(error),
+            None => None,
+        };
+        let answer = match state.refunds_by_key.get(&refund.idempotency_key) {
+            Some((first, _)) if *first != parameters => {
+                return Err(rejected(
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters \
+                     they were first used with.",
+                ));
+            }
+            Some((_, first)) => Ok(first.clone()),
+            None => state.make_refund(&parameters).inspect(|made| {
+                state
+                    .refunds_by_key
+                    .insert(refund.idempotency_key, (parameters, made.clone()));
+            }),
+        };
+        match lost_answer {
+            Some(error) => Err(error),
+            None => answer,
+        }
+    }
+
+    async fn retrieve_refund(&self, id: &str) -> Result<ProviderRefund, ProviderError> {
+        let state = self.call(format!("retrieve_refund {id}"))?;
+        state.refund(id).cloned().ok_or(ProviderError::NotFound)
+    }
+
+    async fn list_refunds(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderRefund>, ProviderError> {
+        let state = self.call(format!("list_refunds {payment_intent}"))?;
+        if !state.intents.contains_key(payment_intent) {
+            return Err(ProviderError::NotFound);
+        }
+        Ok(state
+            .refunds
+            .iter()
+            .rev()
+            .filter(|refund| refund.payment_intent.as_deref() == Some(payment_intent))
+            .cloned()
+            .collect())
+    }
+
+    async fn list_recent_refunds(
+        &self,
+        created_since: i64,
+        limit: u32,
+    ) -> Result<Vec<ProviderRefund>, ProviderError> {
+        let state = self.call(format!("list_recent_refunds {created_since} {limit}"))?;
+        Ok(state
+            .refunds
+            .iter()
+            .rev()
+            .filter(|refund| refund.created >= created_since)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+}
+
+impl ProviderState {
+    fn refund(&self, id: &str) -> Option<&ProviderRefund> {
+        self.refunds.iter().find(|refund| refund.id == id)
+    }
+
+    /// Makes a refund if it fits what the intent has left: its amount minus its refunds that
+    /// did not fail and were not cancelled. Refused as Stripe refuses.
+    fn make_refund(&mut self, asked: &RefundParameters) -> Result<ProviderRefund, ProviderError> {
+        let Some(intent) = self.intents.get(&asked.payment_intent) else {
+            return Err(rejected(
+                "resource_missing",
+                &format!("No such payment_intent: '{}'", asked.payment_intent),
+            ));
+        };
+        if intent.status != PaymentStatus::Succeeded {
+            return Err(ProviderError::Rejected {
+                status: 400,
+                code: None,
+                message: format!(
+                    "This PaymentIntent ({}) does not have a successful charge to refund.",
+                    intent.id
+                ),
+            });
+        }
+        if asked.amount <= 0 {
+            return Err(rejected(
+                "parameter_invalid_integer",
+                "This value must be greater than or equal to 1.",
+            ));
+        }
+        let held: i64 = self
+            .refunds
+            .iter()
+            .filter(|refund| refund.payment_intent.as_deref() == Some(intent.id.as_str()))
+            .filter(|refund| {
+                !matches!(refund.status, RefundStatus::Failed | RefundStatus::Canceled)
+            })
+            .map(|refund| refund.amount)
+            .sum();
+        let remaining = intent.amount - held;
+        if remaining <= 0 {
+            return Err(rejected(
+                "charge_already_refunded",
+                &format!("Charge for {} has already been refunded.", intent.id),
+            ));
+        }
+        if asked.amount > remaining {
+            return Err(rejected(
+                "amount_too_large",
+                &format!(
+                    "Refund amount ({}) is greater than unrefunded amount on charge ({remaining})",
+                    asked.amount
+                ),
+            ));
+        }
+        let refund = ProviderRefund {
+            id: format!("re_{}", self.refunds.len() + 1),
+            payment_intent: Some(intent.id.clone()),
+            amount: asked.amount,
+            currency: intent.currency.clone(),
+            status: self.new_refund_status.unwrap_or(RefundStatus::Succeeded),
+            reason: asked.reason,
+            failure_reason: None,
+            metadata: asked.metadata.clone(),
+            created: now_seconds(),
+        };
+        self.refunds.push(refund.clone());
+        Ok(refund)
+    }
+}
+
+/// A 400 the way the adapter reports Stripe's: its code and message.
+fn rejected(code: &str, message: &str) -> ProviderError {
+    ProviderError::Rejected {
+        status: 400,
+        code: Some(code.to_owned()),
+        message: message.to_owned(),
+    }
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
 }
 
 /// Webhook deliveries, in memory: a payload is the key of an event handed to
@@ -155,4 +416,229 @@ impl WebhookVerification for FakeWebhooks {
 /// The payment id an intent's metadata names.
 pub(crate) fn payment_id_of(intent: &ProviderIntent) -> &str {
     &intent.metadata[PAYMENT_ID_METADATA_KEY]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider holding one paid intent of `amount`; its id.
+    async fn paid(amount: i64) -> (FakeProvider, String) {
+        let provider = FakeProvider::default();
+        let intent = provider
+            .create_payment_intent(NewPaymentIntent {
+                amount,
+                currency: "eur".to_owned(),
+                customer: None,
+                description: None,
+                metadata: BTreeMap::new(),
+                idempotency_key: "create".to_owned(),
+            })
+            .await
+            .expect("intent");
+        provider.update_intent(&intent.id, |intent| {
+            intent.status = PaymentStatus::Succeeded;
+        });
+        (provider, intent.id)
+    }
+
+    fn new_refund(intent: &str, amount: i64, key: &str) -> NewRefund {
+        NewRefund {
+            payment_intent: intent.to_owned(),
+            amount,
+            reason: Some(RefundReason::Duplicate),
+            metadata: [("paybridge_refund_id".to_owned(), key.to_owned())].into(),
+            idempotency_key: key.to_owned(),
+        }
+    }
+
+    fn code(error: &ProviderError) -> Option<&str> {
+        match error {
+            ProviderError::Rejected { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_replays_its_first_answer_and_refuses_other_parameters() {
+        let (provider, pi) = paid(1000).await;
+        let first = provider
+            .create_refund(new_refund(&pi, 300, "k1"))
+            .await
+            .expect("refund");
+        assert_eq!(first.status, RefundStatus::Succeeded);
+        assert_eq!(first.currency, "eur");
+        assert_eq!(first.reason, Some(RefundReason::Duplicate));
+        provider.set_refund_status(&first.id, RefundStatus::Failed, Some("declined"));
+        let again = provider
+            .create_refund(new_refund(&pi, 300, "k1"))
+            .await
+            .expect("replayed");
+        assert_eq!(again, first, "the first answer, not the refund now");
+        assert_eq!(provider.refunds().len(), 1);
+
+        let err = provider
+            .create_refund(new_refund(&pi, 301, "k1"))
+            .await
+            .expect_err("other parameters");
+        assert_eq!(code(&err), Some("idempotency_error"));
+        // Another key with the same amount is another refund.
+        let second = provider
+            .create_refund(new_refund(&pi, 300, "k2"))
+            .await
+            .expect("refund");
+        assert_ne!(second.id, first.id);
+        assert_eq!(provider.refunds().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn refunds_never_exceed_the_intent_unless_one_failed() {
+        let (provider, pi) = paid(1000).await;
+        for key in ["a", "b", "c"] {
+            provider
+                .create_refund(new_refund(&pi, 300, key))
+                .await
+                .expect("fits");
+        }
+        let err = provider
+            .create_refund(new_refund(&pi, 300, "d"))
+            .await
+            .expect_err("too much");
+        assert_eq!(code(&err), Some("amount_too_large"));
+        // A failed refund's amount is refundable again, and a refusal is not remembered by key.
+        provider.set_refund_status("re_1", RefundStatus::Failed, Some("declined"));
+        provider
+            .create_refund(new_refund(&pi, 300, "d"))
+            .await
+            .expect("fits now");
+        let err = provider
+            .create_refund(new_refund(&pi, 101, "e"))
+            .await
+            .expect_err("100 left");
+        assert_eq!(code(&err), Some("amount_too_large"));
+        provider
+            .create_refund(new_refund(&pi, 100, "e"))
+            .await
+            .expect("all that is left");
+        let err = provider
+            .create_refund(new_refund(&pi, 1, "f"))
+            .await
+            .expect_err("nothing left");
+        assert_eq!(code(&err), Some("charge_already_refunded"));
+        let err = provider
+            .create_refund(new_refund("pi_unknown", 1, "g"))
+            .await
+            .expect_err("no intent");
+        assert_eq!(code(&err), Some("resource_missing"));
+        let err = provider
+            .refund_directly(&pi, 1)
+            .expect_err("a direct refund is refused alike");
+        assert_eq!(code(&err), Some("charge_already_refunded"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_makes_nothing_and_a_lost_answer_is_found_again_by_key() {
+        let (provider, pi) = paid(1000).await;
+        provider.fail_next_refund_create(ProviderError::Unavailable("down".to_owned()));
+        let err = provider
+            .create_refund(new_refund(&pi, 300, "k"))
+            .await
+            .expect_err("down");
+        assert!(matches!(err, ProviderError::Unavailable(_)));
+        assert!(provider.refunds().is_empty());
+
+        provider.lose_next_refund_answer(ProviderError::Unavailable("timeout".to_owned()));
+        let err = provider
+            .create_refund(new_refund(&pi, 300, "k"))
+            .await
+            .expect_err("lost");
+        assert!(matches!(err, ProviderError::Unavailable(_)));
+        assert_eq!(provider.refunds().len(), 1, "made all the same");
+        let found = provider
+            .create_refund(new_refund(&pi, 300, "k"))
+            .await
+            .expect("replayed");
+        assert_eq!(found, provider.refund("re_1"));
+        assert_eq!(provider.refunds().len(), 1);
+
+        provider.fail_with(Some(ProviderError::Unavailable("all down".to_owned())));
+        assert!(provider.retrieve_refund("re_1").await.is_err());
+        assert!(provider.list_refunds(&pi).await.is_err());
+        provider.fail_with(None);
+        assert_eq!(
+            provider.calls(),
+            [
+                "create_payment_intent create",
+                "create_refund k",
+                "create_refund k",
+                "create_refund k",
+                "retrieve_refund re_1",
+                &format!("list_refunds {pi}"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_are_newest_first_and_include_direct_refunds() {
+        let (provider, pi) = paid(1000).await;
+        let other = provider
+            .create_payment_intent(NewPaymentIntent {
+                amount: 500,
+                currency: "eur".to_owned(),
+                customer: None,
+                description: None,
+                metadata: BTreeMap::new(),
+                idempotency_key: "other".to_owned(),
+            })
+            .await
+            .expect("intent")
+            .id;
+        let err = provider
+            .create_refund(new_refund(&other, 100, "unpaid"))
+            .await
+            .expect_err("nothing was paid");
+        assert!(
+            matches!(&err, ProviderError::Rejected { message, .. } if message.contains("successful charge")),
+            "{err:?}"
+        );
+        provider.update_intent(&other, |intent| intent.status = PaymentStatus::Succeeded);
+        provider.start_refunds_in(RefundStatus::Pending);
+        let ours = provider
+            .create_refund(new_refund(&pi, 100, "k"))
+            .await
+            .expect("refund");
+        assert_eq!(ours.status, RefundStatus::Pending);
+        let elsewhere = provider
+            .create_refund(new_refund(&other, 100, "x"))
+            .await
+            .expect("refund");
+        let direct = provider.refund_directly(&pi, 200).expect("direct");
+        assert!(direct.metadata.is_empty());
+
+        let listed = provider.list_refunds(&pi).await.expect("listed");
+        assert_eq!(listed, [direct.clone(), ours.clone()]);
+        assert!(matches!(
+            provider.list_refunds("pi_unknown").await,
+            Err(ProviderError::NotFound)
+        ));
+
+        let recent = provider
+            .list_recent_refunds(ours.created, 2)
+            .await
+            .expect("listed");
+        assert_eq!(recent, [direct.clone(), elsewhere]);
+        provider.update_refund(&direct.id, |refund| refund.created = 1);
+        let recent = provider.list_recent_refunds(2, 10).await.expect("listed");
+        assert_eq!(recent.len(), 2, "{recent:?}");
+        assert!(recent.iter().all(|refund| refund.id != direct.id));
+
+        assert_eq!(
+            provider.retrieve_refund(&ours.id).await.expect("read"),
+            ours
+        );
+        assert!(matches!(
+            provider.retrieve_refund("re_404").await,
+            Err(ProviderError::NotFound)
+        ));
+    }
 }

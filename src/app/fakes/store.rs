@@ -9,12 +9,16 @@ use tokio::sync::broadcast;
 
 use crate::app::ports::{
     ChangeFeed, CreateLookup, CustomerRecords, EventRecorded, IdempotencyKeys, IdempotencyRecord,
-    ListQuery, PaymentRecords, ReconcileClaims, StatusEvent, StoreError, WebhookEventLog,
-    WebhookEventRecord,
+    ListQuery, PaymentRecords, ReconcileClaims, StatusEvent, StoreError, WebhookChange,
+    WebhookEventLog, WebhookEventRecord,
 };
-use crate::domain::{EventSource, Payment, PaymentStatus, StatusChange};
+use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
 use super::lock;
+
+mod refunds;
+
+pub(crate) use refunds::RefundEvent;
 
 #[derive(Debug, Default)]
 struct StoreState {
@@ -25,6 +29,13 @@ struct StoreState {
     stripe_events: HashSet<String>,
     customers: HashMap<(String, String), String>,
     leases: HashMap<String, i64>,
+    refunds: BTreeMap<String, Refund>,
+    /// (tenant, key) → (fingerprint, refund id)
+    refund_keys: HashMap<(String, String), (String, String)>,
+    /// The refunds' events, which share their payment's log in the real store but never show
+    /// in its status events: (payment id, refund id, source, from, to).
+    refund_events: Vec<RefundEvent>,
+    refund_leases: HashMap<String, i64>,
 }
 
 impl StoreState {
@@ -51,10 +62,18 @@ impl StoreState {
                 payment.status = change.to;
                 payment.last_payment_error = change.last_payment_error.clone();
                 payment.updated_at = now;
+                record_received(payment);
                 true
             }
             _ => false,
         }
+    }
+}
+
+/// What a payment received, recorded as it succeeds (issue 17: Stripe's `amount_received`).
+fn record_received(payment: &mut Payment) {
+    if payment.status == PaymentStatus::Succeeded {
+        payment.amount_received = payment.amount;
     }
 }
 
@@ -103,9 +122,21 @@ impl FakeStore {
             .collect()
     }
 
-    /// Ends every reconciler lease, as time passing would.
+    /// Every refund, in id order.
+    pub(crate) fn refunds(&self) -> Vec<Refund> {
+        lock(&self.state).refunds.values().cloned().collect()
+    }
+
+    /// Every refund change recorded, oldest first.
+    pub(crate) fn refund_events(&self) -> Vec<RefundEvent> {
+        lock(&self.state).refund_events.clone()
+    }
+
+    /// Ends every reconciler lease (of payments and of refunds), as time passing would.
     pub(crate) fn expire_leases(&self) {
-        lock(&self.state).leases.clear();
+        let mut state = lock(&self.state);
+        state.leases.clear();
+        state.refund_leases.clear();
     }
 
     /// Stores a payment as it is, as a crash or another replica might have left it.
@@ -172,20 +203,20 @@ impl PaymentRecords for FakeStore {
     }
 
     async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
-        let mut found: Vec<Payment> = self
-            .state()?
-            .payments
-            .values()
-            .filter(|p| p.tenant == query.tenant)
-            .filter(|p| query.invoice_id.is_none_or(|i| p.invoice_id == i))
-            .filter(|p| query.status.is_none_or(|s| p.status == s))
-            .filter(|p| {
-                query.after.as_ref().is_none_or(|c| {
-                    (p.created_at, p.id.as_str()) < (c.created_at, c.payment_id.as_str())
+        let mut found: Vec<Payment> =
+            self.state()?
+                .payments
+                .values()
+                .filter(|p| p.tenant == query.tenant)
+                .filter(|p| query.invoice_id.is_none_or(|i| p.invoice_id == i))
+                .filter(|p| query.status.is_none_or(|s| p.status == s))
+                .filter(|p| {
+                    query.after.as_ref().is_none_or(|c| {
+                        (p.created_at, p.id.as_str()) < (c.created_at, c.id.as_str())
+                    })
                 })
-            })
-            .cloned()
-            .collect();
+                .cloned()
+                .collect();
         found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         found.truncate(query.limit as usize);
         Ok(found)
@@ -212,6 +243,7 @@ impl PaymentRecords for FakeStore {
         payment.status = change.to;
         payment.last_payment_error = change.last_payment_error.clone();
         payment.updated_at = now;
+        record_received(payment);
         let attached = payment.clone();
         state.append_event(
             payment_id,
@@ -303,26 +335,54 @@ impl WebhookEventLog for FakeStore {
     async fn record_webhook_event(
         &self,
         event: &WebhookEventRecord<'_>,
-        change: Option<&StatusChange>,
+        change: Option<WebhookChange<'_>>,
         now: i64,
     ) -> Result<EventRecorded, StoreError> {
         let mut state = self.state()?;
         if state.stripe_events.contains(event.stripe_event_id) {
             return Ok(EventRecorded::Duplicate);
         }
-        if let (Some(change), Some(payment_id)) = (change, event.payment_id) {
-            if !state.set_status(payment_id, change, now) {
-                return Ok(EventRecorded::Conflict);
+        let changed_payment = match (change, event.payment_id) {
+            (Some(WebhookChange::Payment(change)), Some(payment_id)) => {
+                if !state.set_status(payment_id, change, now) {
+                    return Ok(EventRecorded::Conflict);
+                }
+                if let Some(payment) = state.payments.get_mut(payment_id) {
+                    payment.last_event_created = Some(event.event_created);
+                }
+                state.append_event(
+                    payment_id,
+                    EventSource::Webhook,
+                    Some(change.from),
+                    change.to,
+                );
+                Some(payment_id.to_owned())
             }
-            if let Some(payment) = state.payments.get_mut(payment_id) {
-                payment.last_event_created = Some(event.event_created);
+            (Some(WebhookChange::Refund(update)), _) => {
+                match state.change_refund(
+                    update,
+                    EventSource::Webhook,
+                    Some(event.event_created),
+                    now,
+                )? {
+                    Some(payment_id) => Some(payment_id),
+                    None => return Ok(EventRecorded::Conflict),
+                }
             }
-            state.append_event(
-                payment_id,
-                EventSource::Webhook,
-                Some(change.from),
-                change.to,
-            );
+            (Some(WebhookChange::ExternalRefund(refund)), _) => {
+                let refund = Refund {
+                    last_event_created: Some(event.event_created),
+                    ..refund.clone()
+                };
+                if !state.insert_external_refund(&refund, EventSource::External, now) {
+                    return Ok(EventRecorded::Conflict);
+                }
+                Some(refund.payment_id)
+            }
+            (Some(WebhookChange::Payment(_)), None) | (None, _) => None,
+        };
+        if let Some(payment_id) = changed_payment {
+            let _ = self.changes.send(payment_id);
         }
         state.stripe_events.insert(event.stripe_event_id.to_owned());
         Ok(EventRecorded::Recorded)

@@ -149,7 +149,7 @@ fn status_filter(raw: i32) -> Result<Option<PaymentStatus>, FieldViolation> {
         .map_err(|_| FieldViolation::new("status", "unknown payment status"))
 }
 
-fn page_size(raw: i32) -> Result<u32, FieldViolation> {
+pub(super) fn page_size(raw: i32) -> Result<u32, FieldViolation> {
     match raw {
         0 => Ok(DEFAULT_PAGE_SIZE),
         1.. if raw as u32 <= MAX_PAGE_SIZE => Ok(raw as u32),
@@ -166,11 +166,19 @@ const PAGE_TOKEN_PREFIX: &str = "v1:";
 pub(super) fn encode_page_token(cursor: &ListCursor) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{PAGE_TOKEN_PREFIX}{}:{}",
-        cursor.created_at, cursor.payment_id
+        cursor.created_at, cursor.id
     ))
 }
 
 fn decode_page_token(token: &str) -> Result<Option<ListCursor>, FieldViolation> {
+    decode_cursor(token, |id| PaymentId::parse(id).is_ok())
+}
+
+/// Reads a token of [`encode_page_token`] whose id `well_formed` accepts.
+pub(super) fn decode_cursor(
+    token: &str,
+    well_formed: fn(&str) -> bool,
+) -> Result<Option<ListCursor>, FieldViolation> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -178,12 +186,14 @@ fn decode_page_token(token: &str) -> Result<Option<ListCursor>, FieldViolation> 
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let rest = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
-    let (created_at, payment_id) = rest.split_once(':').ok_or_else(invalid)?;
+    let (created_at, id) = rest.split_once(':').ok_or_else(invalid)?;
     let created_at = created_at.parse().map_err(|_| invalid())?;
-    let payment_id = PaymentId::parse(payment_id).map_err(|_| invalid())?;
+    if !well_formed(id) {
+        return Err(invalid());
+    }
     Ok(Some(ListCursor {
         created_at,
-        payment_id: payment_id.as_str().to_owned(),
+        id: id.to_owned(),
     }))
 }
 
@@ -215,7 +225,7 @@ fn status_from_proto(status: pb::PaymentStatus) -> Option<PaymentStatus> {
     }
 }
 
-fn timestamp(millis: i64) -> prost_types::Timestamp {
+pub(super) fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: millis.div_euclid(1000),
         nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
@@ -240,6 +250,9 @@ pub(super) fn payment_to_proto(payment: Payment) -> pb::Payment {
         stripe_payment_intent_id: payment.stripe_payment_intent_id.unwrap_or_default(),
         stripe_customer_id: payment.stripe_customer_id.unwrap_or_default(),
         description: payment.description.unwrap_or_default(),
+        amount_received: payment.amount_received,
+        amount_refunded: payment.amount_refunded,
+        amount_refund_pending: payment.amount_refund_pending,
     }
 }
 

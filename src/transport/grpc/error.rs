@@ -22,6 +22,12 @@ impl From<AppError> for Status {
                 )
             }
             AppError::NotFound => Status::not_found("payment not found"),
+            AppError::RefundNotFound => Status::not_found("refund not found"),
+            AppError::NotRefundable { .. } => precondition(&error, "NOT_REFUNDABLE", "payment_id"),
+            AppError::RefundExceedsRemaining { .. } => {
+                precondition(&error, "REFUND_EXCEEDS_REMAINING", "amount")
+            }
+            AppError::RefundRejected { .. } => precondition(&error, "STRIPE_REFUSED", "stripe"),
             AppError::IdempotencyKeyReused => {
                 precondition(&error, "IDEMPOTENCY_KEY_REUSED", "idempotency_key")
             }

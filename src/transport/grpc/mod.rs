@@ -5,6 +5,7 @@ mod convert;
 mod error;
 mod incoming;
 mod metrics_layer;
+mod refund_convert;
 mod service;
 
 pub use incoming::{CoreConnection, CoreSocket, incoming};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, authenticate, authenticate_caller};
-use super::convert;
+use super::{convert, refund_convert};
 use crate::app::{Payments, ReturnCaller};
 use crate::pb::v1 as pb;
 use crate::tenants::{Tenants, TokenHash};
@@ -157,5 +157,61 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             item.map(convert::payment_to_proto).map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let command = refund_convert::refund_command(request.into_inner())
+            .map_err(crate::app::AppError::from)?;
+        let answer = self
+            .payments
+            .refund_payment(tenant.id().as_str(), command)
+            .await?;
+        Ok(Response::new(pb::RefundPaymentResponse {
+            refund: Some(refund_convert::refund_to_proto(answer.refund)),
+            created: answer.created,
+        }))
+    }
+
+    async fn get_refund(
+        &self,
+        request: Request<pb::GetRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let request = request.into_inner();
+        let id = refund_convert::refund_id(&request.id).map_err(crate::app::AppError::from)?;
+        let refund = self
+            .payments
+            .get_refund(tenant.id().as_str(), id.as_str(), request.refresh)
+            .await?;
+        Ok(Response::new(refund_convert::refund_to_proto(refund)))
+    }
+
+    async fn list_refunds(
+        &self,
+        request: Request<pb::ListRefundsRequest>,
+    ) -> Result<Response<pb::ListRefundsResponse>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let query = refund_convert::list_refunds_query(request.into_inner())
+            .map_err(crate::app::AppError::from)?;
+        let page = self
+            .payments
+            .list_refunds(tenant.id().as_str(), query)
+            .await?;
+        Ok(Response::new(pb::ListRefundsResponse {
+            next_page_token: page
+                .next
+                .as_ref()
+                .map(convert::encode_page_token)
+                .unwrap_or_default(),
+            refunds: page
+                .refunds
+                .into_iter()
+                .map(refund_convert::refund_to_proto)
+                .collect(),
+        }))
     }
 }

@@ -256,4 +256,78 @@ impl LocalStripe {
             response.text().await
         );
     }
+
+    /// Every refund of a PaymentIntent at the fake, newest first.
+    pub async fn refunds_of(&self, intent_id: &str) -> Vec<Value> {
+        let list = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/refunds?payment_intent={intent_id}&limit=100"),
+                SECRET_KEY,
+                &[],
+            )
+            .await;
+        list["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// A refund made at Stripe directly (the Dashboard): no paybridge metadata, no key.
+    pub async fn refund_directly(&self, intent_id: &str, amount: i64) -> Value {
+        let refund = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/refunds",
+                SECRET_KEY,
+                &[
+                    ("payment_intent", intent_id),
+                    ("amount", &amount.to_string()),
+                ],
+            )
+            .await;
+        assert!(refund["id"].is_string(), "{refund}");
+        refund
+    }
+
+    /// Moves a refund at the fake to `status` later, as Stripe does (`failure_reason` for
+    /// `failed`), sending its events.
+    pub async fn set_refund_status(&self, refund_id: &str, status: &str, failure_reason: &str) {
+        let mut form = vec![("status", status)];
+        if !failure_reason.is_empty() {
+            form.push(("failure_reason", failure_reason));
+        }
+        let refund = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/_test/refunds/{refund_id}/status"),
+                SECRET_KEY,
+                &form,
+            )
+            .await;
+        assert_eq!(refund["status"], status, "{refund}");
+    }
+
+    /// Makes every following refund start in `status` (`pending`, `requires_action`).
+    pub async fn start_refunds_as(&self, status: &str) {
+        let rule = self
+            .call(
+                reqwest::Method::POST,
+                "/_test/refunds/next_status",
+                SECRET_KEY,
+                &[("status", status)],
+            )
+            .await;
+        assert_eq!(rule["status"], status, "{rule}");
+    }
+
+    /// The events of one type the fake made, newest first.
+    pub async fn events_of_type(&self, event_type: &str) -> Vec<Value> {
+        let list = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/events?type={event_type}&limit=100"),
+                SECRET_KEY,
+                &[],
+            )
+            .await;
+        list["data"].as_array().cloned().unwrap_or_default()
+    }
 }

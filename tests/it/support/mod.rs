@@ -438,6 +438,22 @@ pub fn test_seed(test: &str) -> u64 {
     seed
 }
 
+/// The single count `sql` gives on the database at `database_url` (a fresh connection: the
+/// tests read what the server committed, from outside).
+pub async fn count_rows(database_url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(database_url)
+        .await
+        .expect("database");
+    let (count,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    conn.close().await.ok();
+    count
+}
+
 /// A request carrying a tenant's bearer token.
 pub fn as_tenant<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -517,5 +533,8 @@ pub fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
         created_at: now,
         updated_at: now,
         last_event_created: None,
+        amount_received: 0,
+        amount_refunded: 0,
+        amount_refund_pending: 0,
     }
 }

@@ -17,7 +17,11 @@ What this changes in stock localstripe 1.15.10 (see README.md for the why):
     payment_method / payment_method_data, cancellation_reason, ...);
   * Stripe-shaped errors (card_error with payment_intent, resource_missing, ...);
   * Idempotency-Key honoured (stored first answer replayed, mismatch -> 400);
-  * /_test/requests (request counting) and /_test/faults (fault injection).
+  * refunds like current Stripe: reason, amount_too_large /
+    charge_already_refunded refusals, pending / requires_action / failed /
+    canceled refunds, list filters, refund.* and charge.refunded events;
+  * /_test/requests (request counting), /_test/faults (fault injection) and
+    /_test/refunds/* (refund start status, later status changes).
 """
 
 import argparse
@@ -837,6 +841,472 @@ R.Customer._api_create = classmethod(_customer_create)
 
 
 # ---------------------------------------------------------------------------
+# 4b. Refunds (current API): reason, over-refund refusals, pending/failed
+#     refunds, list filters, refund.* / charge.refunded events
+# ---------------------------------------------------------------------------
+_REFUND_REASONS = ('duplicate', 'fraudulent', 'requested_by_customer')
+_REFUND_FAILURE_REASONS = (
+    'lost_or_stolen_card', 'expired_or_canceled_card',
+    'charge_for_pending_refund_disputed', 'insufficient_funds', 'declined',
+    'merchant_request', 'unknown')
+# Refunds in these states do not count against the charge (money given back).
+_REFUND_VOID = ('failed', 'canceled')
+# Status a refund may start with (set by /_test/refunds/next_status).
+_REFUND_START = ('succeeded', 'pending', 'requires_action')
+# Allowed moves through /_test/refunds/{id}/status (Stripe: a succeeded card
+# refund can still fail later; failed and canceled are final).
+_REFUND_MOVES = {
+    'pending': ('succeeded', 'failed', 'canceled', 'requires_action'),
+    'requires_action': ('pending', 'succeeded', 'failed', 'canceled'),
+    'succeeded': ('failed',),
+    'failed': (),
+    'canceled': (),
+}
+_REFUND_CREATE_EXTRA = {'instructions_email', 'refund_application_fee',
+                        'reverse_transfer', 'origin'}
+_ZERO_DECIMAL = {'bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga',
+                 'pyg', 'rwf', 'ugx', 'vnd', 'vuv', 'xaf', 'xof', 'xpf'}
+
+# scope ('*' or a payment intent id) -> {'status', 'remaining' (None = until
+# changed), 'payment_intent'}
+REFUND_RULES = {}
+_refund_seq = [0]
+
+
+def _money(amount, currency):
+    if (currency or '').lower() in _ZERO_DECIMAL:
+        return '$%d' % amount
+    return '$%d.%02d' % (amount // 100, amount % 100)
+
+
+def _refunds_of_charge(charge_id):
+    return [v for k, v in R.store.items()
+            if k.startswith('refund:') and v.charge == charge_id]
+
+
+def _charge_amount_refunded(self):
+    return sum(r.amount for r in _refunds_of_charge(self.id)
+               if getattr(r, 'status', 'succeeded') not in _REFUND_VOID)
+
+
+R.Charge.amount_refunded = property(_charge_amount_refunded)
+R.Charge.refunded = property(
+    lambda self: self.amount > 0 and self.amount_refunded >= self.amount)
+
+
+def _refund_destination_details(charge):
+    pm = _lookup_pm(charge.payment_method)
+    kind = getattr(pm, 'type', None) or 'card'
+    if kind == 'card' or isinstance(pm, R.Card):
+        return {'type': 'card', 'card': {'reference': None,
+                                         'reference_status': 'pending',
+                                         'reference_type':
+                                             'acquirer_reference_number',
+                                         'type': 'refund'}}
+    return {'type': kind, kind: {}}
+
+
+def _refund_next_action(obj):
+    if obj.status != 'requires_action':
+        return None
+    now = int(time.time())
+    return {'type': 'display_details',
+            'display_details': {
+                'email_sent': {'email_sent_at': now,
+                               'email_sent_to': obj.instructions_email or
+                               'customer@example.com'},
+                'expires_at': now + 7 * 86400}}
+
+
+def _fix_refund(self, obj, expand):
+    obj.pop('date', None)
+    charge = R.store.get('charge:' + str(self.charge))
+    if obj.get('payment_intent') is None and charge is not None:
+        obj['payment_intent'] = charge.payment_intent
+    obj.setdefault('reason', None)
+    obj.setdefault('receipt_number', None)
+    obj.setdefault('source_transfer_reversal', None)
+    obj.setdefault('transfer_reversal', None)
+    obj.setdefault('failure_reason', None)
+    obj.setdefault('failure_balance_transaction', None)
+    obj.setdefault('instructions_email', None)
+    obj.setdefault('description', None)
+    obj['customer'] = getattr(charge, 'customer', None)
+    obj['payment_method'] = getattr(charge, 'payment_method', None)
+    obj['pending_reason'] = 'processing' if obj['status'] == 'pending' \
+        else None
+    if 'destination_details' not in obj:
+        obj['destination_details'] = _refund_destination_details(charge) \
+            if charge is not None else None
+    if obj['status'] != 'requires_action':
+        obj['next_action'] = None
+    elif obj.get('next_action') is None:
+        obj['next_action'] = _refund_next_action(self)
+    return obj
+
+
+class RefundList(R.List):
+    """A refund list: newest first, without the old `total_count`."""
+
+
+def _fix_refund_list(self, obj, expand):
+    obj.pop('total_count', None)
+    return obj
+
+
+_FIXUPS[R.Refund] = _fix_refund
+_FIXUPS[RefundList] = _fix_refund_list
+
+
+def _no_successful_charge(pi_id):
+    return UserError(400, 'This PaymentIntent (%s) does not have a '
+                          'successful charge to refund.' % pi_id,
+                     {'param': 'payment_intent'})
+
+
+def _refund_create(cls, charge=None, payment_intent=None, amount=None,
+                   reason=None, metadata=None, **extra):
+    unknown = set(extra) - _REFUND_CREATE_EXTRA
+    if unknown:
+        raise _unknown_params(unknown)
+    for name, v in (('charge', charge), ('payment_intent', payment_intent)):
+        if v is not None and (not isinstance(v, str) or not v):
+            raise _bad_param(name, 'Invalid string')
+    if charge is None and payment_intent is None:
+        raise UserError(400, 'One of the following params should be provided '
+                             'for this request: payment_intent or charge.')
+    if amount is not None:
+        amount = R.try_convert_to_int(amount)
+        if not isinstance(amount, int) or isinstance(amount, bool) or \
+                amount <= 0:
+            raise _bad_param('amount', 'Invalid positive integer')
+    if reason == '':
+        reason = None
+    if reason is not None and reason not in _REFUND_REASONS:
+        raise UserError(400, 'Invalid reason: must be one of duplicate, '
+                             'fraudulent, or requested_by_customer',
+                        {'code': 'parameter_invalid', 'param': 'reason'})
+    if metadata == '':
+        metadata = {}
+    if metadata is not None and (
+            not isinstance(metadata, dict) or
+            not all(isinstance(v, str) for v in metadata.values())):
+        raise _bad_param('metadata', 'Invalid hash')
+    ie = extra.get('instructions_email')
+    if ie is not None and not isinstance(ie, str):
+        raise _bad_param('instructions_email', 'Invalid string')
+
+    pi_obj = None
+    if payment_intent is not None:
+        try:
+            pi_obj = R.PaymentIntent._api_retrieve(payment_intent)
+        except UserError as e:
+            if e.code == 404:
+                raise UserError(400, "No such payment_intent: '%s'"
+                                % payment_intent,
+                                {'code': 'resource_missing',
+                                 'param': 'payment_intent'})
+            raise
+    if charge is not None:
+        try:
+            charge_obj = R.Charge._api_retrieve(charge)
+        except UserError as e:
+            if e.code == 404:
+                raise UserError(400, "No such charge: '%s'" % charge,
+                                {'code': 'resource_missing',
+                                 'param': 'charge'})
+            raise
+        if pi_obj is not None and charge_obj.payment_intent != pi_obj.id:
+            raise UserError(400, 'Charge %s does not belong to PaymentIntent '
+                                 '%s.' % (charge, pi_obj.id),
+                            {'param': 'charge'})
+    else:
+        charge_obj = pi_obj.latest_charge
+        if not isinstance(charge_obj, R.Charge):
+            raise _no_successful_charge(pi_obj.id)
+    if charge_obj.status != 'succeeded' or not charge_obj.captured:
+        if charge_obj.payment_intent:
+            raise _no_successful_charge(charge_obj.payment_intent)
+        raise UserError(400, 'Charge %s has not succeeded and cannot be '
+                             'refunded.' % charge_obj.id, {'param': 'charge'})
+
+    remaining = charge_obj.amount - charge_obj.amount_refunded
+    if remaining <= 0:
+        raise UserError(400, 'Charge %s has already been refunded.'
+                        % charge_obj.id,
+                        {'code': 'charge_already_refunded'})
+    if amount is None:
+        amount = remaining
+    if amount > remaining:
+        raise UserError(400, 'Refund amount (%s) is greater than unrefunded '
+                             'amount on charge (%s)'
+                        % (_money(amount, charge_obj.currency),
+                           _money(remaining, charge_obj.currency)),
+                        {'code': 'amount_too_large', 'param': 'amount'})
+
+    status = 'succeeded'
+    pi_id = charge_obj.payment_intent
+    rule = REFUND_RULES.get(pi_id) if pi_id else None
+    scope = pi_id
+    if rule is None:
+        rule, scope = REFUND_RULES.get('*'), '*'
+    if rule is not None:
+        status = rule['status']
+        if rule['remaining'] is not None:
+            rule['remaining'] -= 1
+            if rule['remaining'] <= 0:
+                del REFUND_RULES[scope]
+
+    # All exceptions must be raised before this point.
+    obj = cls.__new__(cls)
+    R.StripeObject.__init__(obj)
+    _refund_seq[0] += 1
+    obj._compat_seq = _refund_seq[0]
+    obj.amount = amount
+    obj.charge = charge_obj.id
+    obj.payment_intent = pi_id
+    obj.currency = charge_obj.currency
+    obj.metadata = dict(metadata or {})
+    obj.reason = reason
+    obj.status = status
+    obj.receipt_number = None
+    obj.failure_reason = None
+    obj.failure_balance_transaction = None
+    obj.instructions_email = ie
+    obj.destination_details = _refund_destination_details(charge_obj)
+    obj.next_action = _refund_next_action(obj)
+    txn = R.BalanceTransaction(amount=-amount, currency=obj.currency,
+                               description='REFUND FOR CHARGE',
+                               exchange_rate=1.0, reporting_category='refund',
+                               source=obj.id, type='refund')
+    obj.balance_transaction = txn.id
+    R.schedule_webhook(R.Event('refund.created', obj))
+    R.schedule_webhook(R.Event('charge.refunded', charge_obj))
+    return obj
+
+
+def refund_set_status(obj, status, failure_reason=None):
+    """Move a refund to another status and send the events Stripe sends."""
+    if status not in _REFUND_MOVES:
+        raise _bad_param('status', 'Invalid status: must be one of %s'
+                         % ', '.join(sorted(_REFUND_MOVES)))
+    if status not in _REFUND_MOVES[obj.status]:
+        raise UserError(400, 'A refund with status %s cannot move to %s.'
+                        % (obj.status, status),
+                        {'code': 'refund_unexpected_state',
+                         'param': 'status'})
+    if status == 'failed':
+        failure_reason = failure_reason or 'unknown'
+        if failure_reason not in _REFUND_FAILURE_REASONS:
+            raise _bad_param('failure_reason', 'Invalid failure_reason: must '
+                             'be one of %s'
+                             % ', '.join(_REFUND_FAILURE_REASONS))
+    elif failure_reason:
+        raise UserError(400, 'failure_reason is only allowed with '
+                             'status=failed.', {'param': 'failure_reason'})
+    obj.status = status
+    obj.next_action = _refund_next_action(obj)
+    if status == 'failed':
+        obj.failure_reason = failure_reason
+        txn = R.BalanceTransaction(amount=obj.amount, currency=obj.currency,
+                                   description='REFUND FAILURE',
+                                   exchange_rate=1.0,
+                                   reporting_category='refund',
+                                   source=obj.id, type='refund')
+        txn.type = 'refund_failure'
+        txn.reporting_category = 'refund_failure'
+        obj.failure_balance_transaction = txn.id
+    R.schedule_webhook(R.Event('refund.updated', obj))
+    R.schedule_webhook(R.Event('charge.refund.updated', obj))
+    if status == 'failed':
+        R.schedule_webhook(R.Event('refund.failed', obj))
+    return obj
+
+
+def _refund_cancel(cls, id, **kwargs):
+    if kwargs:
+        raise _unknown_params(kwargs)
+    obj = cls._api_retrieve(id)
+    if obj.status != 'requires_action':
+        raise UserError(400, 'You can only cancel refunds with a status of '
+                             'requires_action; this refund has a status of '
+                             '%s.' % obj.status,
+                        {'code': 'refund_unexpected_state'})
+    return refund_set_status(obj, 'canceled')
+
+
+def _refund_update(cls, id, metadata=None, **kwargs):
+    if kwargs:
+        raise _unknown_params(kwargs)
+    obj = cls._api_retrieve(id)
+    if metadata == '':
+        obj.metadata = {}
+    elif metadata is not None:
+        if not isinstance(metadata, dict):
+            raise _bad_param('metadata', 'Invalid hash')
+        md = dict(obj.metadata or {})
+        for k, v in metadata.items():
+            if v == '':
+                md.pop(k, None)
+            else:
+                md[k] = v
+        obj.metadata = md
+    return obj
+
+
+def _created_filter(created):
+    if created is None:
+        return lambda ts: True
+    if isinstance(created, str):
+        v = R.try_convert_to_int(created)
+        if not isinstance(v, int):
+            raise _bad_param('created', 'Invalid integer: %s' % created)
+        return lambda ts: ts == v
+    if not isinstance(created, dict) or not created or \
+            not set(created) <= {'gt', 'gte', 'lt', 'lte'}:
+        raise _bad_param('created', 'Invalid created: use created[gt], '
+                                    'created[gte], created[lt], created[lte]')
+    bounds = {}
+    for k, v in created.items():
+        iv = R.try_convert_to_int(v)
+        if not isinstance(iv, int):
+            raise _bad_param('created[%s]' % k, 'Invalid integer: %s' % v)
+        bounds[k] = iv
+    ops = {'gt': lambda a, b: a > b, 'gte': lambda a, b: a >= b,
+           'lt': lambda a, b: a < b, 'lte': lambda a, b: a <= b}
+    return lambda ts: all(ops[k](ts, b) for k, b in bounds.items())
+
+
+def _refund_list(cls, url, charge=None, payment_intent=None, created=None,
+                 limit=None, starting_after=None, ending_before=None,
+                 **kwargs):
+    if kwargs:
+        raise _unknown_params(kwargs)
+    if limit is not None:
+        lv = R.try_convert_to_int(limit)
+        if not isinstance(lv, int) or not 1 <= lv <= 100:
+            raise _bad_param('limit', 'Invalid limit: must be between 1 and '
+                                      '100')
+    if payment_intent is not None:
+        R.PaymentIntent._api_retrieve(payment_intent)   # 404 if unknown
+    if charge is not None:
+        R.Charge._api_retrieve(charge)
+    in_range = _created_filter(created)
+    items = [v for k, v in R.store.items() if k.startswith('refund:')
+             and (charge is None or v.charge == charge)
+             and (payment_intent is None or
+                  _refund_pi(v) == payment_intent)
+             and in_range(v.created)]
+    items.sort(key=lambda r: (r.created, getattr(r, '_compat_seq', 0)),
+               reverse=True)
+    for cursor, param in ((starting_after, 'starting_after'),
+                          (ending_before, 'ending_before')):
+        if cursor is not None and not any(r.id == cursor for r in items):
+            raise UserError(400, "No such refund: '%s'" % cursor,
+                            {'code': 'resource_missing', 'param': param})
+    if ending_before is not None:
+        # The page just before the cursor (still newest first).
+        pos = next(i for i, r in enumerate(items) if r.id == ending_before)
+        lv = R.try_convert_to_int(limit) if limit is not None else 10
+        items = items[max(0, pos - lv):pos]
+    li = RefundList(url, limit=limit, starting_after=starting_after)
+    li._list = items
+    return li
+
+
+def _refund_pi(refund):
+    if refund.payment_intent:
+        return refund.payment_intent
+    charge = R.store.get('charge:' + str(refund.charge))
+    return getattr(charge, 'payment_intent', None)
+
+
+R.Refund._api_create = classmethod(_refund_create)
+R.Refund._api_update = classmethod(_refund_update)
+R.Refund._api_list_all = classmethod(_refund_list)
+R.Refund._api_cancel = classmethod(_refund_cancel)
+_EXTRA_ROUTES = [('POST', '/v1/refunds/{id}/cancel', R.Refund._api_cancel)]
+
+
+async def _form_or_json(request):
+    if request.content_type == 'application/json':
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError('JSON object expected')
+        return {k: (str(v) if isinstance(v, int) and
+                    not isinstance(v, bool) else v)
+                for k, v in body.items()}
+    form = dict(await request.post())
+    form.update(request.query)
+    return form
+
+
+async def _refund_test_endpoint(request, path):
+    """/_test/refunds/next_status and /_test/refunds/{id}/status."""
+    # Changes made here are Stripe's own (no API request caused them).
+    _ctx.set({'request_id': None, 'idempotency_key': None,
+              'origin': '%s://%s' % (request.scheme, request.host),
+              'replayed': False, 'fault': None})
+
+    def bad(message, status=400, **extra):
+        return _stripe_error(status, 'invalid_request_error', message,
+                             **extra)
+    if path == '/_test/refunds/next_status':
+        if request.method == 'GET':
+            return _json({'rules': REFUND_RULES})
+        if request.method == 'DELETE':
+            REFUND_RULES.clear()
+            return _json({'rules': {}})
+        if request.method != 'POST':
+            return bad('method not allowed', 405)
+        try:
+            spec = await _form_or_json(request)
+        except (ValueError, json.JSONDecodeError):
+            return bad('bad body: form or JSON object expected')
+        unknown = set(spec) - {'status', 'payment_intent', 'times'}
+        if unknown:
+            return bad('unknown parameter: %s' % sorted(unknown)[0],
+                       code='parameter_unknown', param=sorted(unknown)[0])
+        status = spec.get('status')
+        if status not in _REFUND_START:
+            return bad('status must be one of %s' % ', '.join(_REFUND_START),
+                       param='status')
+        times = spec.get('times')
+        if times is not None:
+            times = R.try_convert_to_int(times)
+            if not isinstance(times, int) or times < 1:
+                return bad('times must be a positive integer', param='times')
+        pi = spec.get('payment_intent') or None
+        if pi is not None and R.store.get('payment_intent:' + pi) is None:
+            return bad("No such payment_intent: '%s'" % pi, 404,
+                       code='resource_missing', param='payment_intent')
+        rule = {'status': status, 'payment_intent': pi, 'remaining': times}
+        REFUND_RULES[pi or '*'] = rule
+        return _json(rule)
+    m = re.match(r'^/_test/refunds/([A-Za-z0-9_]+)/status$', path)
+    if m and request.method == 'POST':
+        obj = R.store.get('refund:' + m.group(1))
+        if obj is None:
+            return bad("No such refund: '%s'" % m.group(1), 404,
+                       code='resource_missing', param='id')
+        try:
+            spec = await _form_or_json(request)
+        except (ValueError, json.JSONDecodeError):
+            return bad('bad body: form or JSON object expected')
+        unknown = set(spec) - {'status', 'failure_reason'}
+        if unknown:
+            return bad('unknown parameter: %s' % sorted(unknown)[0],
+                       code='parameter_unknown', param=sorted(unknown)[0])
+        try:
+            refund_set_status(obj, spec.get('status'),
+                              spec.get('failure_reason') or None)
+        except UserError as e:
+            return _json(e.body, e.code)
+        return _json(obj._export())
+    return None
+
+
+# ---------------------------------------------------------------------------
 # 5. Test-only state: request counting, faults, idempotency
 # ---------------------------------------------------------------------------
 class TestState:
@@ -1038,6 +1508,10 @@ async def _test_endpoint(request):
     m = re.match(r'^/_test/3ds/([A-Za-z0-9_]+)$', path)
     if m and method == 'GET':
         return _three_ds_page(request, m.group(1))
+    if path.startswith('/_test/refunds/'):
+        resp = await _refund_test_endpoint(request, path)
+        if resp is not None:
+            return resp
     if path == '/_test/health':
         return _json({'ok': True})
     return _json({'error': {'type': 'invalid_request_error',
@@ -1207,6 +1681,8 @@ def _install():
         func = _REPOINT.get((route.method, canonical))
         if func is not None:
             route._handler = S.api_extra(func, canonical)
+    for method, url, func in _EXTRA_ROUTES:
+        app.router.add_route(method, url, S.api_extra(func, url))
     return app
 
 

@@ -6,12 +6,16 @@
 Starts compat.py (twice, to check isolation), drives the flows paybridge uses
 over plain HTTP, and checks:
   * every top-level key of resources.{payment_intent,charge,customer,
-    payment_method,event} in Stripe's fixtures3.json is present in every such
-    object the layer returned, with the same JSON type (null only where the
-    fixture has null, or where the key is listed in NULLABLE below because no
-    value makes sense here); nested objects are checked the same way;
+    payment_method,event,refund} in Stripe's fixtures3.json is present in
+    every such object the layer returned, with the same JSON type (null only
+    where the fixture has null, or where the key is listed in NULLABLE below
+    because no value makes sense here); nested objects are checked the same
+    way;
   * card outcomes, 3-D Secure, cancel, capture, webhooks (signature + shape);
   * Idempotency-Key replay / mismatch / concurrency;
+  * refunds: create/retrieve/list/update/cancel, over-refund refusals,
+    idempotent replay, pending/failed/canceled refunds through /_test/refunds,
+    refund.* / charge.refunded / charge.refund.updated webhooks;
   * /_test/requests counting and /_test/faults injection;
   * no pickle file is written; two instances do not share state.
 Exits non-zero on any gap. Stdlib only.
@@ -36,7 +40,8 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..', '..'))
 KEY = 'sk_test_selfcheck'
-RESOURCES = ('payment_intent', 'charge', 'customer', 'payment_method', 'event')
+RESOURCES = ('payment_intent', 'charge', 'customer', 'payment_method', 'event',
+             'refund')
 
 # Paths (dotted, * wildcard) where the layer may answer null although the
 # fixture shows a value: the value makes no sense for this object's state
@@ -68,6 +73,7 @@ NULLABLE = {
         'card.generated_from', 'card.wallet', 'customer',
     ],
     'event': ['request.id', 'request.idempotency_key'],
+    'refund': [],
 }
 # Paths whose contents are free-form or another resource; only their own
 # presence/type is checked, not their keys.
@@ -78,6 +84,7 @@ NO_RECURSE = {
     'customer': ['metadata', 'discount.*'],
     'payment_method': ['metadata'],
     'event': ['data.object'],
+    'refund': ['metadata'],
 }
 
 
@@ -90,6 +97,8 @@ ID_OR_NULL = {
     'customer': ['default_source'],
     'payment_method': ['customer'],
     'event': [],
+    'refund': ['charge', 'payment_intent', 'balance_transaction',
+               'failure_balance_transaction', 'customer', 'payment_method'],
 }
 FORBIDDEN = {
     'payment_intent': ['charges', 'invoice'],
@@ -97,6 +106,7 @@ FORBIDDEN = {
     'customer': ['account_balance', 'sources', 'subscriptions'],
     'payment_method': [],
     'event': [],
+    'refund': ['date'],
 }
 
 
@@ -661,6 +671,9 @@ def run(c, s, s2):
     st2, _, _ = R('GET', '/v1/customers/' + cus['id'])
     ok(fl == {'faults': []} and st2 == 200, 'DELETE /_test/faults clears')
 
+    # -- refunds ----------------------------------------------------------
+    refund_checks(c, s, sink, pm)
+
     # -- events / webhooks ------------------------------------------------
     st, _, evs = R('GET', '/v1/events', [('limit', '100')])
     ok(st == 200 and evs.get('data'), 'list events', st)
@@ -695,6 +708,392 @@ def run(c, s, s2):
     # -- no persistence / isolation ---------------------------------------
     st, _, v = s2.request('GET', '/v1/customers/' + cus['id'])
     ok(st == 404, 'second instance does not see the first one\'s data', st)
+
+
+def refund_checks(c, s, sink, pm):
+    """POST/GET /v1/refunds, over-refund refusals, idempotency, list filters,
+    /_test/refunds/*, and the refund webhooks."""
+    R = s.request
+    ok = c.check
+
+    def paid(amount, **extra):
+        st, _, p = R('POST', '/v1/payment_intents', [
+            ('amount', str(amount)), ('currency', 'eur'),
+            ('payment_method', pm['id']), ('confirm', 'true')] +
+            list(extra.items()))
+        assert st == 200 and \
+            p['status'] in ('succeeded', 'requires_capture'), (st, p)
+        return p
+
+    def err(res):
+        return (res[2] or {}).get('error', {}) if isinstance(res[2], dict) \
+            else {}
+
+    def charge(ch_id):
+        st, _, ch = R('GET', '/v1/charges/' + ch_id)
+        assert st == 200, (st, ch)
+        return ch
+
+    t_start = int(time.time())
+    rp = paid(1000)
+    rch = rp['latest_charge']
+    ok(rp['status'] == 'succeeded', 'refunds: a paid PaymentIntent of 1000')
+    key = 'refund-%d' % time.time_ns()
+    p1 = [('payment_intent', rp['id']), ('amount', '300'),
+          ('reason', 'requested_by_customer'),
+          ('metadata[paybridge_refund_id]', 'ref_1')]
+    st, h1, r1 = R('POST', '/v1/refunds', p1,
+                   headers={'Idempotency-Key': key + '-1'})
+    ok(st == 200 and r1.get('object') == 'refund' and
+       r1.get('status') == 'succeeded' and r1.get('amount') == 300 and
+       r1.get('currency') == 'eur' and r1.get('payment_intent') == rp['id']
+       and r1.get('charge') == rch and
+       r1.get('reason') == 'requested_by_customer' and
+       r1.get('metadata') == {'paybridge_refund_id': 'ref_1'} and
+       'failure_reason' in r1 and r1['failure_reason'] is None and
+       r1.get('destination_details', {}).get('type') == 'card' and
+       isinstance(r1.get('balance_transaction'), str),
+       'refund create: partial, reason, metadata, ids, status succeeded',
+       (st, r1))
+    c.collect('refund.create', r1)
+    st, h, again = R('POST', '/v1/refunds', p1,
+                     headers={'Idempotency-Key': key + '-1'})
+    ok(st == 200 and again == r1 and
+       h.get('idempotent-replayed') == 'true',
+       'refund create: same Idempotency-Key replays the first answer',
+       (st, h, again))
+    st, _, e = R('POST', '/v1/refunds',
+                 [('payment_intent', rp['id']), ('amount', '400')],
+                 headers={'Idempotency-Key': key + '-1'})
+    ok(st == 400 and e['error'].get('type') == 'idempotency_error',
+       'refund create: same key, other amount -> 400 idempotency_error',
+       (st, e))
+    ch = charge(rch)
+    ok(ch.get('amount_refunded') == 300 and ch.get('refunded') is False,
+       'refund: replay and refused reuse made no second refund', ch)
+    st, _, r2 = R('POST', '/v1/refunds',
+                  [('payment_intent', rp['id']), ('amount', '300')],
+                  headers={'Idempotency-Key': key + '-2'})
+    ok(st == 200 and r2.get('id') != r1['id'] and r2.get('amount') == 300
+       and r2.get('reason') is None and r2.get('metadata') == {},
+       'two partial refunds of the same amount, other keys -> two refunds '
+       '(no metadata: a "Dashboard" refund)', (st, r2))
+    c.collect('refund.create.nometa', r2)
+    ch = charge(rch)
+    ok(ch.get('amount_refunded') == 600 and ch.get('refunded') is False,
+       'charge.amount_refunded follows (600 of 1000)', ch)
+    c.collect('refund.charge.partial', ch)
+    res = R('POST', '/v1/refunds',
+            [('payment_intent', rp['id']), ('amount', '500')])
+    ok(res[0] == 400 and err(res).get('type') == 'invalid_request_error' and
+       err(res).get('code') == 'amount_too_large' and
+       err(res).get('param') == 'amount' and
+       err(res).get('message') == 'Refund amount ($5.00) is greater than '
+       'unrefunded amount on charge ($4.00)',
+       'refund above what remains -> 400 amount_too_large', res)
+    c.collect('refund.too_large.error', res[2])
+    st, _, r3 = R('POST', '/v1/refunds', [('charge', rch)])
+    ok(st == 200 and r3.get('amount') == 400 and
+       r3.get('payment_intent') == rp['id'] and r3.get('charge') == rch,
+       'refund by charge without amount -> what remains (400), '
+       'payment_intent set', (st, r3))
+    ch = charge(rch)
+    ok(ch.get('amount_refunded') == 1000 and ch.get('refunded') is True,
+       'fully refunded charge: refunded = true', ch)
+    c.collect('refund.charge.full', ch)
+    for params, what in (([('payment_intent', rp['id'])], 'no amount'),
+                         ([('charge', rch), ('amount', '1')], 'amount 1')):
+        res = R('POST', '/v1/refunds', params)
+        ok(res[0] == 400 and
+           err(res).get('code') == 'charge_already_refunded' and
+           err(res).get('message') ==
+           'Charge %s has already been refunded.' % rch,
+           'refund of a fully refunded charge (%s) -> 400 '
+           'charge_already_refunded' % what, res)
+
+    # validation
+    pv = paid(500)
+    for params, what, want in (
+            ([('payment_intent', pv['id']), ('reason', 'changed_mind')],
+             'reason outside duplicate/fraudulent/requested_by_customer',
+             'reason'),
+            ([('payment_intent', pv['id']), ('amount', '0')], 'amount 0',
+             'amount'),
+            ([('payment_intent', pv['id']), ('amount', '-5')],
+             'negative amount', 'amount'),
+            ([('payment_intent', pv['id']), ('bogus', '1')],
+             'unknown parameter', 'bogus'),
+            ([('amount', '100')], 'neither payment_intent nor charge', None),
+            ([('payment_intent', 'pi_doesnotexist')], 'unknown intent',
+             'payment_intent')):
+        res = R('POST', '/v1/refunds', params)
+        ok(res[0] == 400 and err(res).get('type') == 'invalid_request_error'
+           and err(res).get('param') == want,
+           'refund with %s -> 400 invalid_request_error' % what, res)
+    for reason in ('duplicate', 'fraudulent', 'requested_by_customer'):
+        st, _, rr = R('POST', '/v1/refunds', [('payment_intent', pv['id']),
+                                              ('amount', '1'),
+                                              ('reason', reason)])
+        ok(st == 200 and rr.get('reason') == reason,
+           'refund reason %s accepted' % reason, (st, rr))
+    st, _, unpaid = R('POST', '/v1/payment_intents',
+                      [('amount', '700'), ('currency', 'eur')])
+    res = R('POST', '/v1/refunds', [('payment_intent', unpaid['id'])])
+    ok(res[0] == 400 and err(res).get('message') ==
+       'This PaymentIntent (%s) does not have a successful charge to '
+       'refund.' % unpaid['id'] and err(res).get('param') == 'payment_intent',
+       'refund of an intent without a succeeded charge -> 400', res)
+    held = paid(600, capture_method='manual')
+    res = R('POST', '/v1/refunds', [('payment_intent', held['id'])])
+    ok(res[0] == 400 and 'does not have a successful charge' in
+       err(res).get('message', ''),
+       'refund of an uncaptured intent -> 400', res)
+    st, _, dec_pm = R('POST', '/v1/payment_methods',
+                      [('type', 'card')] + form_card('4000000000000341'))
+    st, _, dec = R('POST', '/v1/payment_intents', [
+        ('amount', '650'), ('currency', 'eur'),
+        ('payment_method', dec_pm['id']), ('confirm', 'true')])
+    dec_pi = (dec.get('error') or {}).get('payment_intent') or {}
+    res = R('POST', '/v1/refunds', [('payment_intent', dec_pi.get('id', 'x'))])
+    ok(res[0] == 400 and 'does not have a successful charge' in
+       err(res).get('message', ''), 'refund of a declined intent -> 400', res)
+    res = R('POST', '/v1/refunds', [('charge', dec_pi.get('latest_charge')
+                                     or 'x')])
+    ok(res[0] == 400, 'refund of a failed charge by charge id -> 400', res)
+
+    # retrieve / update
+    st, _, g = R('GET', '/v1/refunds/' + r1['id'])
+    ok(st == 200 and g == r1, 'GET /v1/refunds/{id}', (st, g))
+    c.collect('refund.get', g)
+    st, _, g = R('GET', '/v1/refunds/' + r1['id'],
+                 [('expand[]', 'charge')])
+    ok(st == 200 and isinstance(g.get('charge'), dict) and
+       g['charge'].get('id') == rch, 'GET refund expand[]=charge', g)
+    c.collect('refund.get.expanded', g)
+    st, _, g = R('GET', '/v1/refunds/re_doesnotexist')
+    ok(st == 404 and g['error'].get('code') == 'resource_missing',
+       'unknown refund -> 404 resource_missing', (st, g))
+    st, _, u = R('POST', '/v1/refunds/' + r2['id'],
+                 [('metadata[note]', 'dashboard')])
+    ok(st == 200 and u.get('metadata') == {'note': 'dashboard'},
+       'POST /v1/refunds/{id} updates metadata', (st, u))
+    st, _, u = R('POST', '/v1/refunds/' + r2['id'], [('amount', '1')])
+    ok(st == 400 and u['error'].get('code') == 'parameter_unknown',
+       'refund update: only metadata', (st, u))
+
+    # list
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', rp['id'])])
+    ok(st == 200 and li.get('object') == 'list' and
+       li.get('url') == '/v1/refunds' and 'total_count' not in li and
+       [x['id'] for x in li.get('data', [])] ==
+       [r3['id'], r2['id'], r1['id']] and li.get('has_more') is False,
+       'list refunds by payment_intent: newest first', (st, li))
+    c.collect('refund.list', li)
+    st, _, li = R('GET', '/v1/refunds', [('charge', rch)])
+    ok(st == 200 and [x['id'] for x in li['data']] ==
+       [r3['id'], r2['id'], r1['id']], 'list refunds by charge', li)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', rp['id']),
+                                         ('limit', '2')])
+    ok(st == 200 and [x['id'] for x in li['data']] == [r3['id'], r2['id']]
+       and li['has_more'] is True, 'list refunds: limit=2 -> has_more', li)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', rp['id']),
+                                         ('limit', '2'),
+                                         ('starting_after', r2['id'])])
+    ok(st == 200 and [x['id'] for x in li['data']] == [r1['id']] and
+       li['has_more'] is False, 'list refunds: starting_after', li)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', rp['id']),
+                                         ('created[gte]', str(t_start))])
+    ok(st == 200 and len(li['data']) == 3, 'list refunds: created[gte]',
+       li)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', rp['id']),
+                                         ('created[gt]',
+                                          str(r3['created']))])
+    ok(st == 200 and li['data'] == [], 'list refunds: created[gt] excludes '
+       'the second of creation', li)
+    st, _, li = R('GET', '/v1/refunds', [('created[gte]', str(t_start)),
+                                         ('limit', '100')])
+    ok(st == 200 and {r1['id'], r2['id'], r3['id']} <=
+       {x['id'] for x in li['data']} and
+       all(x['created'] >= t_start for x in li['data']),
+       'list all refunds with created[gte]', li)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', pv['id'])])
+    ok(st == 200 and len(li['data']) == 3 and
+       all(x['payment_intent'] == pv['id'] for x in li['data']),
+       'list refunds: other intent\'s refunds only', li)
+    st, _, li = R('GET', '/v1/refunds', [('limit', '0')])
+    ok(st == 400, 'list refunds: limit=0 -> 400', st)
+    st, _, li = R('GET', '/v1/refunds', [('payment_intent', 'pi_nope')])
+    ok(st == 404, 'list refunds: unknown payment_intent -> 404', st)
+
+    # pending refunds, later succeeded / failed / canceled
+    pp = paid(2000)
+    other = paid(900)
+    st, _, rule = R('POST', '/_test/refunds/next_status',
+                    [('status', 'pending'), ('payment_intent', pp['id'])],
+                    auth=False)
+    ok(st == 200 and rule.get('status') == 'pending',
+       'POST /_test/refunds/next_status (one intent)', (st, rule))
+    st, _, rp1 = R('POST', '/v1/refunds',
+                   [('payment_intent', pp['id']), ('amount', '500'),
+                    ('metadata[paybridge_refund_id]', 'ref_p')])
+    ok(st == 200 and rp1.get('status') == 'pending' and
+       rp1.get('pending_reason') == 'processing',
+       'next_status=pending: refund starts pending', (st, rp1))
+    c.collect('refund.pending', rp1)
+    st, _, ro = R('POST', '/v1/refunds',
+                  [('payment_intent', other['id']), ('amount', '100')])
+    ok(st == 200 and ro.get('status') == 'succeeded',
+       'next_status for one intent leaves other intents alone', (st, ro))
+    ok(charge(pp['latest_charge']).get('amount_refunded') == 500,
+       'a pending refund counts in amount_refunded')
+    res = R('POST', '/v1/refunds',
+            [('payment_intent', pp['id']), ('amount', '1600')])
+    ok(res[0] == 400 and err(res).get('code') == 'amount_too_large' and
+       '($15.00)' in err(res).get('message', ''),
+       'a pending refund counts against what remains', res)
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp1['id'],
+                  [('status', 'succeeded')], auth=False)
+    ok(st == 200 and mv.get('status') == 'succeeded' and
+       mv.get('pending_reason') is None,
+       '/_test/refunds/{id}/status pending -> succeeded', (st, mv))
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp1['id'],
+                  [('status', 'pending')], auth=False)
+    ok(st == 400, '/_test/refunds/{id}/status succeeded -> pending refused',
+       (st, mv))
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp1['id'],
+                  [('status', 'failed'), ('failure_reason', 'nope')],
+                  auth=False)
+    ok(st == 400 and mv['error'].get('param') == 'failure_reason',
+       '/_test/refunds/{id}/status with an unknown failure_reason -> 400',
+       (st, mv))
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp1['id'],
+                  [('status', 'failed'),
+                   ('failure_reason', 'expired_or_canceled_card')],
+                  auth=False)
+    ok(st == 200 and mv.get('status') == 'failed' and
+       mv.get('failure_reason') == 'expired_or_canceled_card' and
+       isinstance(mv.get('failure_balance_transaction'), str),
+       'a succeeded refund fails later (expired_or_canceled_card)', (st, mv))
+    c.collect('refund.failed', mv)
+    st, _, g = R('GET', '/v1/refunds/' + rp1['id'])
+    ok(st == 200 and g.get('status') == 'failed', 'failed refund retrieved')
+    ok(charge(pp['latest_charge']).get('amount_refunded') == 0,
+       'a failed refund gives its amount back (amount_refunded 0)')
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp1['id'],
+                  [('status', 'succeeded')], auth=False)
+    ok(st == 400, 'failed is final', (st, mv))
+    # the rule for pp is sticky until cleared or replaced
+    st, _, rp2 = R('POST', '/v1/refunds', [('payment_intent', pp['id'])])
+    ok(st == 200 and rp2.get('amount') == 2000 and
+       rp2.get('status') == 'pending',
+       'after the failure the whole amount is refundable again (pending)',
+       (st, rp2))
+    st, _, mv = R('POST', '/_test/refunds/%s/status' % rp2['id'],
+                  [('status', 'canceled')], auth=False)
+    ok(st == 200 and mv.get('status') == 'canceled' and
+       mv.get('failure_reason') is None, 'pending -> canceled', (st, mv))
+    c.collect('refund.canceled', mv)
+    ok(charge(pp['latest_charge']).get('amount_refunded') == 0,
+       'a canceled refund gives its amount back')
+    st, _, rules = R('DELETE', '/_test/refunds/next_status', auth=False)
+    ok(st == 200 and rules == {'rules': {}}, 'DELETE /_test/refunds/'
+       'next_status clears the rules', (st, rules))
+    st, _, rp3 = R('POST', '/v1/refunds', [('payment_intent', pp['id']),
+                                           ('amount', '100')])
+    ok(st == 200 and rp3.get('status') == 'succeeded',
+       'without rules refunds succeed at once again', (st, rp3))
+    # a global rule with times=1, status requires_action, and cancel
+    st, _, rule = R('POST', '/_test/refunds/next_status', auth=False,
+                    body=json.dumps({'status': 'requires_action',
+                                     'times': 1}),
+                    headers={'Content-Type': 'application/json'})
+    ok(st == 200 and rule.get('remaining') == 1,
+       'next_status as JSON, times=1', (st, rule))
+    st, _, ra = R('POST', '/v1/refunds', [('payment_intent', pp['id']),
+                                          ('amount', '100')])
+    ok(st == 200 and ra.get('status') == 'requires_action' and
+       (ra.get('next_action') or {}).get('type') == 'display_details',
+       'next_status=requires_action: refund with next_action', (st, ra))
+    c.collect('refund.requires_action', ra)
+    st, _, rb = R('POST', '/v1/refunds', [('payment_intent', pp['id']),
+                                          ('amount', '100')])
+    ok(st == 200 and rb.get('status') == 'succeeded',
+       'times=1 rule used up after one refund', (st, rb))
+    st, _, rc = R('POST', '/v1/refunds/%s/cancel' % rb['id'])
+    ok(st == 400, 'POST /v1/refunds/{id}/cancel of a succeeded refund -> '
+       '400', (st, rc))
+    st, _, rc = R('POST', '/v1/refunds/%s/cancel' % ra['id'])
+    ok(st == 200 and rc.get('status') == 'canceled',
+       'POST /v1/refunds/{id}/cancel (requires_action) -> canceled',
+       (st, rc))
+    ok(charge(pp['latest_charge']).get('amount_refunded') == 200,
+       'amount_refunded = succeeded refunds only (100 + 100)')
+    st, _, bad = R('POST', '/_test/refunds/next_status',
+                   [('status', 'failed')], auth=False)
+    ok(st == 400, 'next_status=failed refused (refunds fail later)', st)
+    st, _, bad = R('POST', '/_test/refunds/re_nope/status',
+                   [('status', 'failed')], auth=False)
+    ok(st == 404, '/_test/refunds/{unknown}/status -> 404', st)
+
+    # events (API) and webhooks
+    st, _, evs = R('GET', '/v1/events', [('type', 'refund.failed')])
+    ok(st == 200 and [e['data']['object']['id'] for e in evs['data']] ==
+       [rp1['id']] and evs['data'][0]['request'] ==
+       {'id': None, 'idempotency_key': None},
+       'refund.failed event (request null: no API request caused it)', evs)
+    st, _, evs = R('GET', '/v1/events', [('type', 'refund.created'),
+                                         ('limit', '100')])
+    created_ev = [e for e in evs.get('data', [])
+                  if e['data']['object']['id'] == r1['id']]
+    ok(len(created_ev) == 1 and created_ev[0]['request'].get(
+        'idempotency_key') == key + '-1' and
+       created_ev[0]['request'].get('id', '').startswith('req_'),
+       'one refund.created per refund (replay sends none), request '
+       'recorded', created_ev)
+
+    def hook_events():
+        out = []
+        for _, payload in list(sink.events):
+            ev = json.loads(payload)
+            out.append((ev['type'], ev['data']['object'].get('id'),
+                        ev['data']['object'].get('status'), ev))
+        return out
+
+    want = [('refund.created', r1['id'], 'succeeded'),
+            ('refund.created', rp1['id'], 'pending'),
+            ('refund.updated', rp1['id'], 'succeeded'),
+            ('charge.refund.updated', rp1['id'], 'succeeded'),
+            ('refund.updated', rp1['id'], 'failed'),
+            ('charge.refund.updated', rp1['id'], 'failed'),
+            ('refund.failed', rp1['id'], 'failed'),
+            ('refund.updated', rp2['id'], 'canceled'),
+            ('refund.updated', rc['id'], 'canceled')]
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        got = {(t, i, s_) for t, i, s_, _ in hook_events()}
+        if all(w in got for w in want):
+            break
+        time.sleep(0.2)
+    got = hook_events()
+    got_keys = [(t, i, s_) for t, i, s_, _ in got]
+    missing = [w for w in want if w not in got_keys]
+    ok(not missing, 'refund webhooks sent (created, updated, '
+       'charge.refund.updated, failed)', missing)
+    dup = [w for w in want if got_keys.count(w) != 1]
+    ok(not dup, 'each refund webhook sent once', dup)
+    ok(not [k for k in got_keys if k[0] == 'refund.failed' and
+            k[1] != rp1['id']], 'refund.failed only for the failed refund')
+    refunded = [ev['data']['object'] for t, _, _, ev in got
+                if t == 'charge.refunded' and
+                ev['data']['object'].get('id') == rch]
+    ok(sorted(o['amount_refunded'] for o in refunded) == [300, 600, 1000] and
+       [o['refunded'] for o in refunded if o['amount_refunded'] == 1000] ==
+       [True], 'charge.refunded per refund, with the charge then', [
+           (o['amount_refunded'], o['refunded']) for o in refunded])
+    ok(all(t != 'refund.created' or i != rp1['id'] or
+           ev['data']['object']['status'] == 'pending' for t, i, _, ev in got),
+       'refund.created carries the refund as created (pending)')
+    # the payloads are checked for shape in main() (webhook objects)
 
 
 def main():
@@ -740,6 +1139,10 @@ def main():
                                                                 len(objs)))
         gaps = {}
         for label, obj in objs:
+            if 'expanded' in label:
+                # an expanded id field holds the object: compare its id
+                obj = dict(obj, **{k: obj[k]['id'] for k in ID_OR_NULL[kind]
+                                   if isinstance(obj.get(k), dict)})
             found = shape_gaps(kind, fixtures[kind], obj)
             if 'expanded' not in label:
                 found += id_gaps(kind, obj)
@@ -755,6 +1158,35 @@ def main():
         not shape_gaps('payment_intent', fixtures['payment_intent'],
                        e['data']['object']) for e in pi_events),
         'payment_intent.* events carry current-shape PaymentIntents')
+    # refund.* / charge.refund.updated carry refunds, charge.refunded a charge
+    ref_events = [o for _, o in c.seen['event']
+                  if o.get('type', '').startswith(('refund.',
+                                                   'charge.refund'))]
+    kinds = {}
+    for o in ref_events:
+        kind = 'charge' if o['type'] == 'charge.refunded' else 'refund'
+        obj = o['data']['object']
+        kinds.setdefault(o['type'], 0)
+        kinds[o['type']] += 1
+        gaps = shape_gaps(kind, fixtures[kind], obj) + id_gaps(kind, obj)
+        if obj.get('object') != kind or gaps:
+            kinds.setdefault('bad', []).append((o['type'], gaps))
+    c.check(set(kinds) == {'refund.created', 'refund.updated',
+                           'refund.failed', 'charge.refunded',
+                           'charge.refund.updated'},
+            'refund.* and charge.refunded/charge.refund.updated events carry '
+            'current-shape refunds/charges %s' % sorted(kinds.items(),
+                                                       key=str), kinds)
+    refund_objs = [o for _, o in c.seen['refund']]
+    c.check(refund_objs and all(
+        isinstance(o.get('charge'), (str, dict)) and
+        isinstance(o.get('payment_intent'), (str, dict)) and
+        'failure_reason' in o and
+        (o['failure_reason'] is None) == (o.get('status') != 'failed') and
+        o.get('status') in ('pending', 'requires_action', 'succeeded',
+                            'failed', 'canceled') for o in refund_objs),
+        'every refund has charge, payment_intent, status, failure_reason '
+        '(set only when failed)')
 
     if args.dump_objects:
         with open(args.dump_objects, 'w') as f:
