@@ -214,4 +214,21 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
                 .collect(),
         }))
     }
+
+    async fn list_events(
+        &self,
+        _request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        Err(Status::unimplemented("the event feed is being built"))
+    }
+
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        _request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("the event feed is being built"))
+    }
 }
