@@ -638,6 +638,7 @@ pub trait PaymentStore:
     + CustomerRecords
     + ChangeFeed
     + RefundRecords
+    + EventFeed
 {
 }
 
@@ -649,5 +650,6 @@ impl<T> PaymentStore for T where
         + CustomerRecords
         + ChangeFeed
         + RefundRecords
+        + EventFeed
 {
 }
