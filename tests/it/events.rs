@@ -81,6 +81,22 @@ async fn all_events(app: &TestApp, after: &str, page_size: i32) -> Vec<pb::Event
     }
 }
 
+/// Every event of the billing tenant once there are `count`: on PostgreSQL an event is read
+/// once every transaction older than its own has ended (any database's of the cluster), a moment
+/// after its write was answered.
+async fn settled_events(app: &TestApp, page_size: i32, count: usize) -> Vec<pb::Event> {
+    eventually(Duration::from_secs(10), || async {
+        let events = all_events(app, "", page_size).await;
+        if events.len() == count {
+            Ok(events)
+        } else {
+            Err(events)
+        }
+    })
+    .await
+    .unwrap_or_else(|events| panic!("{count} events expected, read {events:?}"))
+}
+
 async fn watch_events(
     app: &TestApp,
     token: &str,
@@ -222,8 +238,8 @@ async fn the_feed_tells_every_change_in_order_once(db: Db) {
     assert_eq!(refund.status(), pb::RefundStatus::Succeeded);
 
     // Paged through, 2 at a time: the log, in its order, with every event's object and source.
-    let events = all_events(&app, "", 2).await;
     let log = event_log(&app.database_url, "billing").await;
+    let events = settled_events(&app, 2, log.len()).await;
     assert_eq!(
         events.iter().map(summary).collect::<Vec<_>>(),
         log.iter().map(log_summary).collect::<Vec<_>>(),
@@ -374,8 +390,7 @@ async fn forged_cursors_are_refused(db: Db) {
     app.create(create_request("f1", "inv-f1"))
         .await
         .expect("created");
-    let events = all_events(&app, "", 100).await;
-    assert_eq!(events.len(), 2, "{events:?}");
+    let events = settled_events(&app, 100, 2).await;
     let genuine = String::from_utf8(
         URL_SAFE_NO_PAD
             .decode(&events[1].cursor)
@@ -412,8 +427,7 @@ async fn an_expired_cursor_is_refused(db: Db) {
     app.create(create_request("x1", "inv-x1"))
         .await
         .expect("created");
-    let before = all_events(&app, "", 100).await;
-    assert_eq!(before.len(), 2);
+    let before = settled_events(&app, 100, 2).await;
     // Restarted with a retention of a millisecond: its janitor runs at start.
     app.stop_core().await;
     app.set_options(Options {
