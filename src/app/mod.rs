@@ -5,6 +5,7 @@ mod cancel;
 mod coalesce;
 mod create;
 mod error;
+mod events;
 #[cfg(test)]
 mod fakes;
 mod locks;
@@ -28,6 +29,10 @@ use ports::{PaymentProvider, PaymentStore, WebhookVerification};
 pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
 pub use error::error_chain;
+pub use events::{
+    DEFAULT_EVENT_PAGE_SIZE, EventPage, ListEventsQuery, MAX_EVENT_PAGE_SIZE, event_cursor,
+    event_id, event_type,
+};
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
 pub use reconcile_refunds::RefundSweepReport;

@@ -553,6 +553,82 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<StatusEvent>, StoreError>;
 }
 
+// --- The event feed (issue 16) ---------------------------------------------------------------
+
+/// A place in the event feed: right after one event. The feed is ordered by (`commit_group`,
+/// `event_id`): on PostgreSQL `commit_group` is the writing transaction's id, and only events of
+/// transactions older than every transaction still running are read, so an event can never
+/// appear before one already read (sequence values are not committed in order); on SQLite (one
+/// writer, ids committed in order) it is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FeedPosition {
+    pub commit_group: i64,
+    /// `payment_event.payment_event_id`.
+    pub event_id: i64,
+}
+
+/// What a feed event is about, as it stood right after the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedObject {
+    Payment(Box<Payment>),
+    Refund(Box<Refund>),
+}
+
+/// The kinds of feed events, to filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedEventType {
+    PaymentUpdated,
+    RefundUpdated,
+}
+
+/// One committed change in a tenant's feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    pub position: FeedPosition,
+    pub tenant: String,
+    /// What caused it.
+    pub source: EventSource,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub object: FeedObject,
+}
+
+/// Where a position stands in a tenant's feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionState {
+    /// An event of this tenant that is still kept.
+    Retained,
+    /// Older than the oldest event kept (deleted by retention).
+    Expired,
+    /// No event of this tenant was ever there.
+    Unknown,
+}
+
+/// Every committed change, per tenant, in one order that never changes once read.
+#[async_trait]
+pub trait EventFeed: Send + Sync + std::fmt::Debug + 'static {
+    /// The tenant's events after `after` (from the oldest kept when `None`), in feed order, at
+    /// most `limit`, of `types` (every type when empty). Returns only events that no transaction
+    /// still running can precede.
+    async fn events_after(
+        &self,
+        tenant: &str,
+        after: Option<FeedPosition>,
+        types: &[FeedEventType],
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>, StoreError>;
+
+    /// Whether `position` names one of the tenant's events, kept or expired.
+    async fn position_state(
+        &self,
+        tenant: &str,
+        position: FeedPosition,
+    ) -> Result<PositionState, StoreError>;
+
+    /// Deletes events created before `created_before` (unix ms); returns how many.
+    async fn delete_events_before(&self, created_before: i64) -> Result<u64, StoreError>;
+}
+
 /// The whole store the use cases need, one trait object.
 pub trait PaymentStore:
     PaymentRecords
@@ -562,6 +638,7 @@ pub trait PaymentStore:
     + CustomerRecords
     + ChangeFeed
     + RefundRecords
+    + EventFeed
 {
 }
 
@@ -573,5 +650,6 @@ impl<T> PaymentStore for T where
         + CustomerRecords
         + ChangeFeed
         + RefundRecords
+        + EventFeed
 {
 }

@@ -3,11 +3,13 @@
 mod auth;
 mod convert;
 mod error;
+mod event_convert;
 mod incoming;
 mod metrics_layer;
 mod refund_convert;
 mod service;
 
+pub use event_convert::event_to_proto;
 pub use incoming::{CoreConnection, CoreSocket, incoming};
 pub use metrics_layer::RpcMetricsLayer;
 pub use service::PaymentGrpcService;
