@@ -9,6 +9,7 @@ mod error;
 mod fakes;
 mod locks;
 pub mod ports;
+mod push;
 mod query;
 mod reconcile;
 mod reconcile_refunds;
@@ -28,6 +29,9 @@ use ports::{PaymentProvider, PaymentStore, WebhookVerification};
 pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
 pub use error::error_chain;
+pub use push::{
+    Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
+};
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
 pub use reconcile_refunds::RefundSweepReport;

@@ -16,6 +16,7 @@ use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
 use super::lock;
 
+mod pushes;
 mod refunds;
 
 pub(crate) use refunds::RefundEvent;
@@ -36,6 +37,8 @@ struct StoreState {
     /// in its status events: (payment id, refund id, source, from, to).
     refund_events: Vec<RefundEvent>,
     refund_leases: HashMap<String, i64>,
+    /// Each tenant's push delivery.
+    push_deliveries: HashMap<String, crate::app::ports::PushDelivery>,
 }
 
 impl StoreState {
