@@ -161,6 +161,10 @@ pub struct ServeArgs {
     /// strands its unread claims this long; then another sweep takes them.
     #[arg(long, env = "PAYBRIDGE_RECONCILE_LEASE", value_parser = parse_duration, default_value = "120s")]
     pub reconcile_lease: Duration,
+    /// How long events are kept for ListEvents and WatchEvents; a cursor older than that is
+    /// refused (CURSOR_EXPIRED). Units: ms, s, m, h, d.
+    #[arg(long, env = "PAYBRIDGE_EVENT_RETENTION", value_parser = parse_duration, default_value = "30d")]
+    pub event_retention: Duration,
     /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
     /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
@@ -202,6 +206,8 @@ pub struct ServeConfig {
     pub reconcile_batch: u32,
     /// How long a sweep's claims last (a crashed replica's claims expire after it).
     pub reconcile_lease: Duration,
+    /// How long events are kept in the feed.
+    pub event_retention: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -263,6 +269,7 @@ impl ServeArgs {
             reconcile_after: self.reconcile_after,
             reconcile_batch: self.reconcile_batch,
             reconcile_lease: self.reconcile_lease,
+            event_retention: self.event_retention,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),
@@ -415,11 +422,11 @@ fn parse_publishable_key(raw: &str) -> Result<String, String> {
     }
 }
 
-/// Parses durations like `500ms`, `30s`, `5m`, `1h`.
+/// Parses durations like `500ms`, `30s`, `5m`, `1h`, `30d`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let split = raw
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s, m or h"))?;
+        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s, m, h or d"))?;
     let (number, unit) = raw.split_at(split);
     let number: u64 = number
         .parse()
@@ -429,7 +436,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "s" => number.checked_mul(1_000),
         "m" => number.checked_mul(60_000),
         "h" => number.checked_mul(3_600_000),
-        _ => return Err(format!("{raw:?}: unit must be ms, s, m or h")),
+        "d" => number.checked_mul(86_400_000),
+        _ => return Err(format!("{raw:?}: unit must be ms, s, m, h or d")),
     }
     .ok_or_else(|| format!("{raw:?} is too long"))?;
     Ok(Duration::from_millis(millis))
@@ -447,7 +455,8 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3d").is_err());
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("3w").is_err());
         assert!(parse_duration("-1s").is_err());
     }
 

@@ -42,6 +42,7 @@ pub struct Application {
     shutdown_grace: Duration,
     health_interval: Duration,
     reconcile: ReconcileSettings,
+    event_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +114,7 @@ impl Application {
                 batch: config.reconcile_batch,
                 lease: config.reconcile_lease,
             },
+            event_retention: config.event_retention,
         })
     }
 
@@ -151,6 +153,10 @@ impl Application {
             .context("building the reflection service (v1alpha)")?;
         let reconciler = (!self.reconcile.interval.is_zero())
             .then(|| tokio::spawn(run_reconciler(Arc::clone(&self.payments), self.reconcile)));
+        let janitor = tokio::spawn(run_event_janitor(
+            Arc::clone(&self.payments),
+            self.event_retention,
+        ));
         let payment_service = pb::payment_service_server::PaymentServiceServer::new(
             PaymentGrpcService::new(self.payments, self.tenants, self.gateway_token),
         );
@@ -183,6 +189,7 @@ impl Application {
             shutdown,
             async {
                 health_task.abort();
+                janitor.abort();
                 if let Some(reconciler) = reconciler {
                     reconciler.abort();
                 }
@@ -230,6 +237,25 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reconciler refund sweep failed"),
+        }
+    }
+}
+
+/// How often the event janitor deletes what retention no longer keeps.
+const EVENT_JANITOR_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes expired events at start and then every [`EVENT_JANITOR_EVERY`], until aborted at
+/// shutdown. Every replica runs it; a delete is one transaction from the log's start, so two at
+/// once only repeat each other.
+async fn run_event_janitor(payments: Arc<Payments>, retention: Duration) {
+    let mut ticks = tokio::time::interval(EVENT_JANITOR_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match payments.delete_expired_events(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired events deleted"),
+            Err(error) => tracing::warn!(%error, "deleting expired events failed"),
         }
     }
 }

@@ -57,6 +57,10 @@ pub enum AppError {
     /// is recorded. → `INTERNAL` (VerifyReturn answers REJECTED instead).
     #[error("the PaymentIntent at Stripe does not match the payment: {0}")]
     IntentMismatch(IntentMismatch),
+    /// The event cursor is older than the events kept (`PAYBRIDGE_EVENT_RETENTION`): what came
+    /// after it is gone. → `FAILED_PRECONDITION` `CURSOR_EXPIRED`.
+    #[error("the cursor is older than the events kept; start again from an empty cursor")]
+    CursorExpired,
     /// A setting the operation needs is missing. → `FAILED_PRECONDITION`.
     #[error("not configured: {0}")]
     NotConfigured(String),

@@ -5,6 +5,7 @@ mod cancel;
 mod coalesce;
 mod create;
 mod error;
+mod events;
 #[cfg(test)]
 mod fakes;
 mod locks;
@@ -29,6 +30,10 @@ use ports::{PaymentProvider, PaymentStore, WebhookVerification};
 pub use create::{CreatePaymentCommand, CreatedPayment};
 pub use error::AppError;
 pub use error::error_chain;
+pub use events::{
+    DEFAULT_EVENT_PAGE_SIZE, EventPage, ListEventsQuery, MAX_EVENT_PAGE_SIZE, event_cursor,
+    event_id, event_type,
+};
 pub use push::{
     Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
 };

@@ -737,6 +737,7 @@ pub trait PaymentStore:
     + CustomerRecords
     + ChangeFeed
     + RefundRecords
+    + EventFeed
     + PushDeliveries
 {
 }
@@ -749,6 +750,7 @@ impl<T> PaymentStore for T where
         + CustomerRecords
         + ChangeFeed
         + RefundRecords
+        + EventFeed
         + PushDeliveries
 {
 }

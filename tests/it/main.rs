@@ -9,6 +9,7 @@ mod support;
 mod auth;
 mod cancel_and_list;
 mod create_payment;
+mod events;
 mod gateway_browser;
 mod gateway_hostile;
 mod gateway_return;

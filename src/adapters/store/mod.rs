@@ -20,6 +20,7 @@
 
 mod change_feed;
 mod customers;
+mod event_feed;
 mod idempotency;
 mod payments;
 mod push_deliveries;
@@ -215,9 +216,28 @@ impl Store {
     }
 }
 
-/// The event log's insert, up to its values: the one place that names its columns.
+/// The event log's insert, up to its values: the one place that names its columns. `tenant` is
+/// the payment's and `object` the JSON of the payment's row or the refund's as it stood right
+/// after the change ([`json_of_row`]), both read in the insert from the row the transaction just
+/// wrote; `commit_group` is left to its default (PostgreSQL: the writing transaction's id; SQLite:
+/// 0), see [`event_feed`].
 const EVENT_INSERT: &str = "insert into payment_event \
-     (payment_id, source, from_status, to_status, stripe_event_id, created_at, refund_id)";
+     (payment_id, source, from_status, to_status, stripe_event_id, created_at, refund_id, \
+      tenant, object)";
+
+/// The SQL expression of the JSON text of `alias`'s `columns` (an event's `object`): SQLite's
+/// `json_object`, PostgreSQL's `json_build_object`. Columns are named by their row type's
+/// `COLUMNS`, so a new column reaches the feed by itself.
+fn json_of_row(backend: Backend, alias: &str, columns: &[&str]) -> String {
+    let pairs: Vec<String> = columns
+        .iter()
+        .map(|column| format!("'{column}', {alias}.{column}"))
+        .collect();
+    match backend {
+        Backend::Sqlite => format!("json_object({})", pairs.join(", ")),
+        Backend::Postgres => format!("json_build_object({})::text", pairs.join(", ")),
+    }
+}
 
 /// What an event of a payment's log records: a change of the payment's status, or of one of its
 /// refunds' (whose id the event then names).
@@ -385,17 +405,42 @@ impl WriteTx<'_> {
         &mut self.tx
     }
 
-    /// Appends a change of a payment or of one of its refunds to the payment's event log.
+    /// Appends a change of a payment or of one of its refunds to the payment's event log, with
+    /// the payment's tenant and the changed row (the payment's, or the refund's) as it stands now,
+    /// after the change.
     async fn append_event(&mut self, event: AppendedEvent<'_>) -> Result<(), StoreError> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            format!("{EVENT_INSERT} values ($1, $2, $3, $4, $5, $6, $7)")
+        /// `{EVENT_INSERT}` of the parameters and of the changed row, per engine and kind.
+        fn sql(backend: Backend, refund: bool) -> String {
+            let (table, alias, key, json) = if refund {
+                let json = refunds::refund_json(backend, "r");
+                ("refund", "r", "refund_id = $7", json)
+            } else {
+                let json = payments::payment_json(backend, "p");
+                ("payment", "p", "payment_id = $1", json)
+            };
+            format!(
+                "{EVENT_INSERT} select $1, $2, $3, $4, $5, $6, $7, {alias}.tenant, {json} \
+                 from {table} {alias} where {alias}.{key}"
+            )
+        }
+        static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+            [
+                sql(Backend::Sqlite, false),
+                sql(Backend::Sqlite, true),
+                sql(Backend::Postgres, false),
+                sql(Backend::Postgres, true),
+            ]
         });
         debug_assert_eq!(
             event.refund_id.is_some(),
             matches!(event.transition, Transition::Refund { .. }),
             "a refund's event names its refund, a payment's none"
         );
-        sqlx::query(&SQL)
+        let index = match self.store.backend {
+            Backend::Sqlite => 0,
+            Backend::Postgres => 2,
+        } + usize::from(event.refund_id.is_some());
+        let appended = sqlx::query(&SQL[index])
             .bind(event.payment_id)
             .bind(event.source.as_str())
             .bind(event.transition.old_name())
@@ -404,7 +449,14 @@ impl WriteTx<'_> {
             .bind(event.now)
             .bind(event.refund_id)
             .execute(self.conn())
-            .await?;
+            .await?
+            .rows_affected();
+        if appended != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "event of payment {} (refund {:?}): its row is missing",
+                event.payment_id, event.refund_id
+            )));
+        }
         self.changes.push(Change {
             payment_id: event.payment_id.to_owned(),
             source: event.source,

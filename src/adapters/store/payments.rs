@@ -7,7 +7,8 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 
 use super::{
-    AppendedEvent, Change, EVENT_INSERT, OneTrip, SqlValue, Store, Transition, parse_status,
+    AppendedEvent, Backend, Change, EVENT_INSERT, OneTrip, SqlValue, Store, Transition,
+    json_of_row, parse_status,
 };
 use crate::app::ports::{ListQuery, PaymentRecords, StoreError};
 use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, StatusChange};
@@ -17,8 +18,9 @@ use crate::domain::{EventSource, LastPaymentError, Payment, PaymentStatus, Statu
 /// migrations, and its place in the conversions below.
 macro_rules! payment_row {
     ($($column:ident: $type:ty,)*) => {
-        /// One `payment` row as the database holds it.
-        #[derive(Debug, sqlx::FromRow)]
+        /// One `payment` row as the database holds it (or as an event's `object` recorded it:
+        /// the client secret left out).
+        #[derive(Debug, sqlx::FromRow, serde::Deserialize)]
         pub(super) struct PaymentRow {
             $($column: $type,)*
         }
@@ -63,6 +65,24 @@ payment_row! {
     amount_refund_pending: i64,
 }
 
+/// The SQL expression of the JSON of the payment row `alias` (an event's `object`): every
+/// column but the client secret, which the feed never carries.
+pub(super) fn payment_json(backend: Backend, alias: &str) -> String {
+    let columns: Vec<&str> = PaymentRow::COLUMNS
+        .iter()
+        .copied()
+        .filter(|column| *column != "client_secret")
+        .collect();
+    json_of_row(backend, alias, &columns)
+}
+
+/// A payment as an event's `object` recorded it.
+pub(super) fn payment_from_json(object: &str) -> Result<Payment, StoreError> {
+    let row: PaymentRow = serde_json::from_str(object)
+        .map_err(|e| StoreError::Corrupt(format!("event object (payment): {e}")))?;
+    Payment::try_from(row)
+}
+
 /// The number of a payment column's parameter in [`INSERT_PAYMENT`] (`$1` is the first column).
 fn column_parameter(column: &str) -> String {
     let position = PaymentRow::COLUMNS
@@ -93,6 +113,10 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
                            where tenant = {tenant} and invoice_id = {invoice} and status <> 'canceled') \
          returning *"
     );
+    let (sqlite_json, postgres_json) = (
+        payment_json(Backend::Sqlite, "p"),
+        payment_json(Backend::Postgres, "p"),
+    );
     let key_columns = "insert into idempotency_key \
          (tenant, idempotency_key, request_fingerprint, payment_id, created_at)";
     OneTrip {
@@ -100,15 +124,16 @@ static INSERT_PAYMENT: LazyLock<OneTrip> = LazyLock::new(|| {
             "{insert}; \
              {key_columns} select {tenant}, {key}, {fingerprint}, {id}, {created} \
              where changes() = 1; \
-             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created}, null \
-             where changes() = 1"
+             {EVENT_INSERT} select {id}, 'create', null, {status}, null, {created}, null, \
+                 p.tenant, {sqlite_json} from payment p where p.payment_id = {id} and changes() = 1"
         ),
         postgres: format!(
             "with new_payment as ({insert}), \
              new_key as ({key_columns} \
                  select tenant, {key}, {fingerprint}, payment_id, created_at from new_payment), \
              new_event as ({EVENT_INSERT} \
-                 select payment_id, 'create', null, status, null, created_at, null from new_payment) \
+                 select payment_id, 'create', null, status, null, created_at, null, \
+                     tenant, {postgres_json} from new_payment p) \
              select * from new_payment"
         ),
     }
@@ -133,16 +158,21 @@ static ATTACH_INTENT: LazyLock<OneTrip> = LazyLock::new(|| {
          returning *",
         set_amount_received("$3")
     );
+    let (sqlite_json, postgres_json) = (
+        payment_json(Backend::Sqlite, "p"),
+        payment_json(Backend::Postgres, "p"),
+    );
     OneTrip {
         sqlite: format!(
             "{update}; \
-             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6, null \
-             where changes() = 1"
+             {EVENT_INSERT} select $7, 'create', 'creating', $3, null, $6, null, \
+                 p.tenant, {sqlite_json} from payment p where p.payment_id = $7 and changes() = 1"
         ),
         postgres: format!(
             "with attached as ({update}), \
              event as ({EVENT_INSERT} \
-                 select payment_id, 'create', 'creating', status, null, updated_at, null from attached) \
+                 select payment_id, 'create', 'creating', status, null, updated_at, null, \
+                     tenant, {postgres_json} from attached p) \
              select * from attached"
         ),
     }

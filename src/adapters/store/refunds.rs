@@ -14,7 +14,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::reconcile_claims::Claimable;
-use super::{AppendedEvent, Store, Transition, WriteTx};
+use super::{AppendedEvent, Backend, Store, Transition, WriteTx, json_of_row};
 
 /// The reconciler re-reads refunds not final at Stripe yet.
 const REFUNDS: Claimable = Claimable {
@@ -31,8 +31,8 @@ use crate::domain::{EventSource, Refund, RefundBucket, RefundSource, RefundStatu
 /// [`Refund`]: the inserts and reads that need them name them.)
 macro_rules! refund_row {
     ($($column:ident: $type:ty,)*) => {
-        /// One `refund` row as the database holds it.
-        #[derive(Debug, sqlx::FromRow)]
+        /// One `refund` row as the database holds it (or as an event's `object` recorded it).
+        #[derive(Debug, sqlx::FromRow, serde::Deserialize)]
         struct RefundRow {
             $($column: $type,)*
         }
@@ -67,6 +67,18 @@ refund_row! {
     created_at: i64,
     updated_at: i64,
     last_event_created: Option<i64>,
+}
+
+/// The SQL expression of the JSON of the refund row `alias` (an event's `object`).
+pub(super) fn refund_json(backend: Backend, alias: &str) -> String {
+    json_of_row(backend, alias, RefundRow::COLUMNS)
+}
+
+/// A refund as an event's `object` recorded it.
+pub(super) fn refund_from_json(object: &str) -> Result<Refund, StoreError> {
+    let row: RefundRow = serde_json::from_str(object)
+        .map_err(|e| StoreError::Corrupt(format!("event object (refund): {e}")))?;
+    Refund::try_from(row)
 }
 
 /// `insert into refund (<the row's columns>[, extra]) values ($1, …)`.

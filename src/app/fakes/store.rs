@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::app::ports::{
-    ChangeFeed, CreateLookup, CustomerRecords, EventRecorded, IdempotencyKeys, IdempotencyRecord,
-    ListQuery, PaymentRecords, ReconcileClaims, StatusEvent, StoreError, WebhookChange,
-    WebhookEventLog, WebhookEventRecord,
+    ChangeFeed, CreateLookup, CustomerRecords, EventFeed, EventRecorded, FeedEvent, FeedEventType,
+    FeedObject, FeedPosition, IdempotencyKeys, IdempotencyRecord, ListQuery, PaymentRecords,
+    PositionState, ReconcileClaims, StatusEvent, StoreError, WebhookChange, WebhookEventLog,
+    WebhookEventRecord,
 };
 use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
@@ -37,6 +38,13 @@ struct StoreState {
     /// in its status events: (payment id, refund id, source, from, to).
     refund_events: Vec<RefundEvent>,
     refund_leases: HashMap<String, i64>,
+    /// The event feed: every event of both logs above, with its object, in order (one writer:
+    /// commit group 0).
+    feed: Vec<FeedEvent>,
+    /// The last event id given out (ids are never reused, also after retention).
+    feed_last_id: i64,
+    /// The newest position retention deleted.
+    feed_horizon: Option<FeedPosition>,
     /// Each tenant's push delivery.
     push_deliveries: HashMap<String, crate::app::ports::PushDelivery>,
 }
@@ -57,6 +65,42 @@ impl StoreState {
             created_at: 0,
         };
         self.events.push((payment_id.to_owned(), event));
+        if let Some(payment) = self.payments.get(payment_id).cloned() {
+            let created_at = payment.updated_at;
+            self.push_feed(source, created_at, FeedObject::Payment(Box::new(payment)));
+        }
+    }
+
+    /// Appends an event to the feed.
+    fn push_feed(&mut self, source: EventSource, created_at: i64, object: FeedObject) {
+        self.feed_last_id += 1;
+        let tenant = match &object {
+            FeedObject::Payment(payment) => payment.tenant.clone(),
+            FeedObject::Refund(refund) => refund.tenant.clone(),
+        };
+        self.feed.push(FeedEvent {
+            position: FeedPosition {
+                commit_group: 0,
+                event_id: self.feed_last_id,
+            },
+            tenant,
+            source,
+            created_at,
+            object,
+        });
+    }
+
+    /// Records a refund's event, in its log and in the feed (with the refund as it is now).
+    fn push_refund_event(&mut self, event: RefundEvent) {
+        if let Some(refund) = self.refunds.get(&event.refund_id).cloned() {
+            let created_at = refund.updated_at;
+            self.push_feed(
+                event.source,
+                created_at,
+                FeedObject::Refund(Box::new(refund)),
+            );
+        }
+        self.refund_events.push(event);
     }
 
     fn set_status(&mut self, payment_id: &str, change: &StatusChange, now: i64) -> bool {
@@ -467,5 +511,72 @@ impl ChangeFeed for FakeStore {
             .filter(|(id, event)| id == payment_id && event.payment_event_id > after)
             .map(|(_, event)| event.clone())
             .collect())
+    }
+}
+
+#[async_trait]
+impl EventFeed for FakeStore {
+    async fn events_after(
+        &self,
+        tenant: &str,
+        after: Option<FeedPosition>,
+        types: &[FeedEventType],
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        let wanted = |event: &FeedEvent| {
+            let kind = match event.object {
+                FeedObject::Payment(_) => FeedEventType::PaymentUpdated,
+                FeedObject::Refund(_) => FeedEventType::RefundUpdated,
+            };
+            types.is_empty() || types.contains(&kind)
+        };
+        Ok(self
+            .state()?
+            .feed
+            .iter()
+            .filter(|event| event.tenant == tenant)
+            .filter(|event| after.is_none_or(|after| event.position > after))
+            .filter(|event| wanted(event))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn position_state(
+        &self,
+        tenant: &str,
+        position: FeedPosition,
+    ) -> Result<PositionState, StoreError> {
+        let state = self.state()?;
+        Ok(
+            if state
+                .feed
+                .iter()
+                .any(|event| event.tenant == tenant && event.position == position)
+            {
+                PositionState::Retained
+            } else if state
+                .feed_horizon
+                .is_some_and(|horizon| position <= horizon)
+            {
+                PositionState::Expired
+            } else {
+                PositionState::Unknown
+            },
+        )
+    }
+
+    async fn delete_events_before(&self, created_before: i64) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let deleted = state
+            .feed
+            .iter()
+            .take_while(|event| event.created_at < created_before)
+            .count();
+        if let Some(last) = deleted.checked_sub(1).map(|last| state.feed[last].position) {
+            state.feed_horizon = Some(last);
+        }
+        state.feed.drain(..deleted);
+        Ok(deleted as u64)
     }
 }

@@ -35,6 +35,7 @@ impl From<AppError> for Status {
             AppError::InvoiceHasOpenPayment { .. } => {
                 precondition(&error, "INVOICE_HAS_OPEN_PAYMENT", "invoice_id")
             }
+            AppError::CursorExpired => precondition(&error, "CURSOR_EXPIRED", "after_cursor"),
             AppError::NotCancelable { .. } => precondition(&error, "NOT_CANCELABLE", "id"),
             AppError::ProviderRejected { .. } => precondition(&error, "STRIPE_REFUSED", "stripe"),
             AppError::NotConfigured(_) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, authenticate, authenticate_caller};
-use super::{convert, refund_convert};
+use super::{convert, event_convert, refund_convert};
 use crate::app::{Payments, ReturnCaller};
 use crate::pb::v1 as pb;
 use crate::tenants::{Tenants, TokenHash};
@@ -217,9 +217,23 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
 
     async fn list_events(
         &self,
-        _request: Request<pb::ListEventsRequest>,
+        request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        Err(Status::unimplemented("the event feed is being built"))
+        let tenant = authenticate(&self.tenants, &request)?;
+        let query = event_convert::list_events_query(request.into_inner())
+            .map_err(crate::app::AppError::from)?;
+        let page = self
+            .payments
+            .list_events(tenant.id().as_str(), query)
+            .await?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page
+                .events
+                .into_iter()
+                .map(event_convert::event_to_proto)
+                .collect(),
+            next_cursor: page.next_cursor,
+        }))
     }
 
     type WatchEventsStream =
@@ -227,8 +241,21 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
 
     async fn watch_events(
         &self,
-        _request: Request<pb::WatchEventsRequest>,
+        request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(Status::unimplemented("the event feed is being built"))
+        let tenant = authenticate(&self.tenants, &request)?;
+        let request = request.into_inner();
+        let types = event_convert::event_types(&request.types).map_err(|violation| {
+            crate::app::AppError::from(crate::domain::ValidationError::from(violation))
+        })?;
+        let events = self
+            .payments
+            .watch_events(tenant.id().as_str(), &request.after_cursor, types)
+            .await?;
+        let stream = futures::StreamExt::map(events, |item| {
+            item.map(event_convert::event_to_proto)
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -130,6 +130,8 @@ pub struct Options {
     pub stripe_proxy: bool,
     /// The core also serves on this Unix socket, and a gateway in front of it connects there.
     pub grpc_socket: Option<std::path::PathBuf>,
+    /// How long events are kept (the janitor deletes older ones at start and every minute).
+    pub event_retention: Duration,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
@@ -148,6 +150,7 @@ impl Default for Options {
             extra_redirect_origin: None,
             stripe_proxy: false,
             grpc_socket: None,
+            event_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -247,6 +250,16 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("joined").expect("core stopped cleanly");
         }
+    }
+
+    /// Changes the options the core starts with next (`start_core`).
+    pub fn set_options(&mut self, options: Options) {
+        self.options = options;
+    }
+
+    /// The options the core runs with.
+    pub fn options(&self) -> Options {
+        self.options.clone()
     }
 
     /// Starts the core again on the same address and database.
@@ -389,6 +402,7 @@ async fn start_server(
         reconcile_after: options.reconcile_after,
         reconcile_batch: options.reconcile_batch,
         reconcile_lease: Duration::from_secs(120),
+        event_retention: options.event_retention,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         health_interval: options.health_interval,

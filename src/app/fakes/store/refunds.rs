@@ -69,7 +69,7 @@ impl StoreState {
         refund.last_event_created = event_created.or(refund.last_event_created);
         let (payment_id, amount) = (refund.payment_id.clone(), refund.amount);
         self.move_refund_amounts(&payment_id, change.amount_deltas(amount), now);
-        self.refund_events.push(RefundEvent {
+        self.push_refund_event(RefundEvent {
             payment_id: payment_id.clone(),
             refund_id: update.refund_id.to_owned(),
             source,
@@ -99,7 +99,7 @@ impl StoreState {
         };
         self.refunds.insert(refund.id.clone(), refund.clone());
         self.move_refund_amounts(&refund.payment_id, amounts, now);
-        self.refund_events.push(RefundEvent {
+        self.push_refund_event(RefundEvent {
             payment_id: refund.payment_id.clone(),
             refund_id: refund.id.clone(),
             source,
@@ -142,7 +142,7 @@ impl RefundRecords for FakeStore {
             .insert(key, (request_fingerprint.to_owned(), refund.id.clone()));
         state.refunds.insert(refund.id.clone(), refund.clone());
         state.move_refund_amounts(&refund.payment_id, (0, refund.amount), refund.created_at);
-        state.refund_events.push(RefundEvent {
+        state.push_refund_event(RefundEvent {
             payment_id: refund.payment_id.clone(),
             refund_id: refund.id.clone(),
             source: EventSource::Refund,
