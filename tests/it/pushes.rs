@@ -60,6 +60,8 @@ struct Receiver {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
     down: Arc<Mutex<Option<u16>>>,
+    /// When set, the next push is recorded and never answered.
+    hang_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -83,6 +85,12 @@ impl Receiver {
                         signature: header("paybridge-signature"),
                         body,
                     });
+                    if state
+                        .hang_next
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        std::future::pending::<()>().await;
+                    }
                     let down = *state.down.lock().unwrap();
                     let status = down
                         .or_else(|| state.script.lock().unwrap().pop_front())
@@ -210,6 +218,7 @@ on_both_databases!(
     a_push_answered_500_500_then_200_is_received_three_times_signed_then_no_more,
     a_receiver_down_for_a_while_gets_the_backlog_in_order_once_back,
     a_failing_endpoint_holds_back_only_its_own_tenant,
+    kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_lease,
 );
 
 async fn a_push_answered_500_500_then_200_is_received_three_times_signed_then_no_more(db: Db) {
@@ -311,4 +320,109 @@ async fn a_failing_endpoint_holds_back_only_its_own_tenant(db: Db) {
         "each tenant its own events"
     );
     app.stop().await.expect("stopped");
+}
+
+/// The pushing replica is killed (SIGKILL) while its receiver holds the push unanswered. On
+/// PostgreSQL a second replica, running all along, takes the tenant over once the dead one's
+/// lease ran out; on SQLite (one replica) the restarted process does. Either way the event is
+/// sent again, with the same id, and then the rest, in order.
+async fn kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_lease(db: Db) {
+    use crate::support::child::ServeProcess;
+    use crate::support::{LocalStripe, tenants_toml_for};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let stripe = LocalStripe::start().await;
+    let database_url = match db {
+        Db::Sqlite => format!("sqlite:{}", dir.path().join("push-crash.db").display()),
+        Db::Postgres => crate::support::postgres::fresh_database().await,
+    };
+    let (receiver, url) = Receiver::start().await;
+    receiver
+        .hang_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let tenants = tenants_toml_for(
+        &Options {
+            billing_webhook_url: Some(url),
+            ..Options::default()
+        },
+        dir.path(),
+    );
+    let replica = |name: &str| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).expect("dir");
+        ServeProcess::new(&home, database_url.clone(), stripe.base_url.clone())
+            .tenants(&tenants)
+            .env("PAYBRIDGE_PUSH_TIMEOUT", "5s")
+            .env("PAYBRIDGE_PUSH_LEASE", "6s")
+            .env("PAYBRIDGE_PUSH_MAX_DELAY", "1s")
+    };
+    let first = replica("a");
+    let pushing = first.start().await;
+    first
+        .client()
+        .create_invoice_payment(as_tenant(
+            BILLING_TOKEN,
+            create_request("k-1", "inv-crash-1"),
+        ))
+        .await
+        .expect("created");
+    let held = eventually(Duration::from_secs(20), || async {
+        match receiver.ids().as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(other.to_vec()),
+        }
+    })
+    .await
+    .expect("the first push is in flight");
+
+    let second = replica("b");
+    let other = match db {
+        // Another replica, running before the kill: it must leave the held delivery alone.
+        Db::Postgres => Some(second.start().await),
+        Db::Sqlite => None,
+    };
+    let killed_at = std::time::Instant::now();
+    pushing.kill9().await;
+    let other = match other {
+        Some(running) => running,
+        None => second.start().await,
+    };
+    // More events meanwhile.
+    second
+        .client()
+        .create_invoice_payment(as_tenant(
+            BILLING_TOKEN,
+            create_request("k-2", "inv-crash-2"),
+        ))
+        .await
+        .expect("created");
+
+    let feed = eventually(Duration::from_secs(60), || async {
+        let count = crate::support::count_rows(
+            &database_url,
+            "select count(*) from payment_event where tenant = 'billing'",
+        )
+        .await;
+        let sent = first_sends(&receiver.ids());
+        if count > 0 && sent.len() == usize::try_from(count).unwrap_or(0) {
+            Ok(sent)
+        } else {
+            Err((count, receiver.ids()))
+        }
+    })
+    .await
+    .expect("every event pushed after the kill");
+    let ids = receiver.ids();
+    assert_eq!(feed[0], held);
+    assert_eq!(ids[0], held);
+    assert_eq!(ids[1], held, "the event in flight, sent again: {ids:?}");
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(3),
+        "not before the dead replica's lease (6 s from its claim) ran out: {:?}",
+        killed_at.elapsed()
+    );
+    for push in receiver.received() {
+        push.verified_json();
+    }
+    other.terminate(Duration::from_secs(30)).await;
 }

@@ -79,6 +79,11 @@ failure_url = "https://orders.example.com/sorry"
 /// The tenants file of `options`: [`tenants_toml_with`], plus the push endpoints it names, whose
 /// secret file is written in `dir`.
 fn tenants_of(options: &Options, dir: &std::path::Path) -> Tenants {
+    Tenants::parse_toml(&tenants_toml_for(options, dir)).expect("tenants")
+}
+
+/// The text of [`tenants_of`]'s file.
+pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
     let mut text = tenants_toml_with(options.extra_redirect_origin.as_deref());
     let secret_file = dir.join("push.secret");
     std::fs::write(&secret_file, PUSH_SECRET).expect("push secret file");
@@ -102,7 +107,7 @@ fn tenants_of(options: &Options, dir: &std::path::Path) -> Tenants {
             );
         }
     }
-    Tenants::parse_toml(&text).expect("tenants")
+    text
 }
 
 fn init_logs() {
