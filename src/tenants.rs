@@ -127,9 +127,14 @@ impl PushEndpoint {
 }
 
 impl fmt::Debug for PushEndpoint {
+    /// The URL without its query, which may carry a credential of the receiver's.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.url.clone();
+        if shown.query().is_some() {
+            shown.set_query(Some("redacted"));
+        }
         f.debug_struct("PushEndpoint")
-            .field("url", &self.url.as_str())
+            .field("url", &shown.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -929,6 +934,20 @@ failure_url = "https://{id}.example.com/ko"
             "{shown}"
         );
         assert!(!shown.contains(GOOD_SECRET), "{shown}");
+
+        let with_query = PushEndpoint::new(
+            "https://hooks.example.com/in?key=receiver-credential",
+            SecretString::from(GOOD_SECRET.to_owned()),
+        )
+        .unwrap();
+        let shown = format!("{with_query:?}");
+        assert!(!shown.contains("receiver-credential"), "{shown}");
+        assert!(shown.contains("https://hooks.example.com/in?"), "{shown}");
+        assert_eq!(
+            with_query.url().as_str(),
+            "https://hooks.example.com/in?key=receiver-credential",
+            "sent as configured"
+        );
     }
 
     #[test]
