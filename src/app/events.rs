@@ -232,6 +232,145 @@ impl Payments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::fakes::Harness;
+    use crate::app::ports::{EventFeed, FeedObject};
+    use crate::domain::PaymentStatus;
+
+    fn query(after_cursor: &str, page_size: u32) -> ListEventsQuery {
+        ListEventsQuery {
+            after_cursor: after_cursor.to_owned(),
+            page_size,
+            types: Vec::new(),
+        }
+    }
+
+    fn statuses(events: &[FeedEvent]) -> Vec<PaymentStatus> {
+        events
+            .iter()
+            .map(|event| match &event.object {
+                FeedObject::Payment(payment) => payment.status,
+                FeedObject::Refund(_) => panic!("no refunds here"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_resume_after_their_cursor_and_foreign_or_expired_cursors_are_refused() {
+        let harness = Harness::new();
+        harness.create("k1", "inv-1").await;
+        harness.create("k2", "inv-2").await;
+        let payments = &harness.payments;
+        let first = payments
+            .list_events("billing", query("", 3))
+            .await
+            .expect("listed");
+        assert_eq!(
+            statuses(&first.events),
+            [
+                PaymentStatus::Creating,
+                PaymentStatus::RequiresPaymentMethod,
+                PaymentStatus::Creating
+            ]
+        );
+        let rest = payments
+            .list_events("billing", query(&first.next_cursor, 3))
+            .await
+            .expect("listed");
+        assert_eq!(rest.events.len(), 1);
+        let end = payments
+            .list_events("billing", query(&rest.next_cursor, 3))
+            .await
+            .expect("listed");
+        assert!(end.events.is_empty());
+        assert_eq!(
+            end.next_cursor, rest.next_cursor,
+            "an empty page keeps the cursor"
+        );
+
+        let other = payments
+            .list_events("orders", query("", 10))
+            .await
+            .expect("listed");
+        assert!(other.events.is_empty());
+        for refused in [
+            payments
+                .list_events("orders", query(&first.next_cursor, 10))
+                .await,
+            payments
+                .list_events(
+                    "orders",
+                    query(&event_cursor("orders", first.events[2].position), 10),
+                )
+                .await,
+            payments
+                .list_events(
+                    "billing",
+                    query(
+                        &event_cursor(
+                            "billing",
+                            FeedPosition {
+                                commit_group: 0,
+                                event_id: 99,
+                            },
+                        ),
+                        10,
+                    ),
+                )
+                .await,
+        ] {
+            assert!(
+                matches!(&refused, Err(AppError::Invalid(invalid)) if invalid.violations[0].field == CURSOR_FIELD),
+                "{refused:?}"
+            );
+        }
+
+        // Everything is deleted: the cursors expire.
+        let deleted = harness
+            .store
+            .delete_events_before(i64::MAX)
+            .await
+            .expect("deleted");
+        assert_eq!(deleted, 4);
+        let expired = payments
+            .list_events("billing", query(&first.next_cursor, 3))
+            .await;
+        assert!(
+            matches!(expired, Err(AppError::CursorExpired)),
+            "{expired:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_gets_what_is_stored_then_each_new_event() {
+        let harness = Harness::new();
+        harness.create("k1", "inv-1").await;
+        let mut events = harness
+            .payments
+            .watch_events("billing", "", Vec::new())
+            .await
+            .expect("watching");
+        let mut next = async || {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_stream::StreamExt::next(&mut events),
+            )
+            .await
+            .expect("an event")
+            .expect("the stream goes on")
+            .expect("no error")
+        };
+        let stored = [next().await, next().await];
+        harness.create("k2", "inv-2").await;
+        let new = [next().await, next().await];
+        assert!(stored[1].position < new[0].position && new[0].position < new[1].position);
+        assert_eq!(
+            statuses(&new),
+            [
+                PaymentStatus::Creating,
+                PaymentStatus::RequiresPaymentMethod
+            ]
+        );
+    }
 
     #[test]
     fn a_cursor_reads_back_and_a_forged_one_does_not() {

@@ -81,6 +81,22 @@ async fn all_events(app: &TestApp, after: &str, page_size: i32) -> Vec<pb::Event
     }
 }
 
+/// Every event of the billing tenant once there are `count`: on PostgreSQL an event is read
+/// once every transaction older than its own has ended (any database's of the cluster), a moment
+/// after its write was answered.
+async fn settled_events(app: &TestApp, page_size: i32, count: usize) -> Vec<pb::Event> {
+    eventually(Duration::from_secs(10), || async {
+        let events = all_events(app, "", page_size).await;
+        if events.len() == count {
+            Ok(events)
+        } else {
+            Err(events)
+        }
+    })
+    .await
+    .unwrap_or_else(|events| panic!("{count} events expected, read {events:?}"))
+}
+
 async fn watch_events(
     app: &TestApp,
     token: &str,
@@ -222,8 +238,8 @@ async fn the_feed_tells_every_change_in_order_once(db: Db) {
     assert_eq!(refund.status(), pb::RefundStatus::Succeeded);
 
     // Paged through, 2 at a time: the log, in its order, with every event's object and source.
-    let events = all_events(&app, "", 2).await;
     let log = event_log(&app.database_url, "billing").await;
+    let events = settled_events(&app, 2, log.len()).await;
     assert_eq!(
         events.iter().map(summary).collect::<Vec<_>>(),
         log.iter().map(log_summary).collect::<Vec<_>>(),
@@ -374,8 +390,7 @@ async fn forged_cursors_are_refused(db: Db) {
     app.create(create_request("f1", "inv-f1"))
         .await
         .expect("created");
-    let events = all_events(&app, "", 100).await;
-    assert_eq!(events.len(), 2, "{events:?}");
+    let events = settled_events(&app, 100, 2).await;
     let genuine = String::from_utf8(
         URL_SAFE_NO_PAD
             .decode(&events[1].cursor)
@@ -412,8 +427,7 @@ async fn an_expired_cursor_is_refused(db: Db) {
     app.create(create_request("x1", "inv-x1"))
         .await
         .expect("created");
-    let before = all_events(&app, "", 100).await;
-    assert_eq!(before.len(), 2);
+    let before = settled_events(&app, 100, 2).await;
     // Restarted with a retention of a millisecond: its janitor runs at start.
     app.stop_core().await;
     app.set_options(Options {
@@ -633,10 +647,128 @@ async fn many_writers_on_two_replicas_leave_no_gap(db: Db) {
     }
 }
 
+/// A database migrated before the feed, holding a payment and its events: after the feed's
+/// migration those events are in the feed, with their tenant and objects (the status of their
+/// time), in their order and before every later event.
+async fn events_written_before_the_feed_are_in_it(db: Db) {
+    use paybridge::adapters::store::Store;
+    use paybridge::app::ports::{EventFeed, FeedObject, PaymentRecords};
+    use paybridge::domain::{EventSource, PaymentStatus, StatusChange};
+    use sqlx::Executor;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, url) = match db {
+        Db::Sqlite => (
+            "sqlite",
+            format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display()),
+        ),
+        Db::Postgres => ("postgres", crate::support::postgres::fresh_database().await),
+    };
+    // The migrations before the feed's.
+    let before = dir.path().join("migrations");
+    std::fs::create_dir(&before).expect("dir");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
+    for entry in std::fs::read_dir(&source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "20261202000003" {
+            std::fs::copy(&path, before.join(&name)).expect("copied");
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("database");
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .expect("migrations")
+        .run(&pool)
+        .await
+        .expect("migrated to before the feed");
+    let payment = crate::support::creating_payment("inv-old");
+    pool.execute(
+        sqlx::query(
+            "insert into payment (payment_id, tenant, invoice_id, amount, currency, status, \
+             metadata, success_url, failure_url, created_at, updated_at) \
+             values ($1, 'billing', 'inv-old', 4200, 'usd', 'requires_payment_method', '{}', \
+             'https://shop.example.com/paid', 'https://shop.example.com/failed', $2, $2)",
+        )
+        .bind(&payment.id)
+        .bind(payment.created_at),
+    )
+    .await
+    .expect("old payment");
+    pool.execute(
+        sqlx::query(
+            "insert into payment_event (payment_id, source, from_status, to_status, created_at) \
+             values ($1, 'create', null, 'creating', $2), \
+                    ($1, 'create', 'creating', 'requires_payment_method', $2)",
+        )
+        .bind(&payment.id)
+        .bind(payment.created_at),
+    )
+    .await
+    .expect("old events");
+    pool.close().await;
+
+    let store = Store::connect(&url, 2).await.expect("store");
+    store.migrate().await.expect("the feed's migration");
+    let change = StatusChange {
+        from: PaymentStatus::RequiresPaymentMethod,
+        to: PaymentStatus::Canceled,
+        last_payment_error: None,
+    };
+    store
+        .apply_change(
+            &payment.id,
+            &change,
+            EventSource::Cancel,
+            payment.created_at + 1,
+        )
+        .await
+        .expect("cancelled");
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = store
+            .events_after("billing", None, &[], 10)
+            .await
+            .expect("feed");
+        if events.len() == 3 {
+            Ok(events)
+        } else {
+            Err(events)
+        }
+    })
+    .await
+    .expect("three events");
+    let statuses: Vec<PaymentStatus> = events
+        .iter()
+        .map(|event| match &event.object {
+            FeedObject::Payment(payment) => payment.status,
+            FeedObject::Refund(_) => panic!("a payment's event"),
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            PaymentStatus::Creating,
+            PaymentStatus::RequiresPaymentMethod,
+            PaymentStatus::Canceled
+        ]
+    );
+    assert!(events.iter().all(|event| event.tenant == "billing"));
+    assert_eq!(events[0].position.commit_group, 0);
+    assert!(events[1].position < events[2].position);
+}
+
 on_both_databases!(
     the_feed_tells_every_change_in_order_once,
     forged_cursors_are_refused,
     an_expired_cursor_is_refused,
     a_watch_resumed_from_its_last_cursor_gets_exactly_the_rest,
     many_writers_on_two_replicas_leave_no_gap,
+    events_written_before_the_feed_are_in_it,
 );

@@ -135,42 +135,45 @@ impl EventFeed for Store {
     }
 
     async fn delete_events_before(&self, created_before: i64) -> Result<u64, StoreError> {
-        static FIRST_KEPT: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-            [Backend::Sqlite, Backend::Postgres].map(|backend| {
-                format!(
-                    "select commit_group, payment_event_id from payment_event \
-                     where created_at >= $1 {} \
-                     order by commit_group, payment_event_id limit 1",
-                    settled(backend)
-                )
-            })
-        });
-        static LAST_DELETED: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-            [Backend::Sqlite, Backend::Postgres].map(|backend| {
-                format!(
-                    "select commit_group, payment_event_id from payment_event \
-                     where ($1 is null or commit_group < $1 \
-                            or (commit_group = $1 and payment_event_id < $2)) {} \
-                     order by commit_group desc, payment_event_id desc limit 1",
-                    settled(backend)
-                )
-            })
-        });
-        let engine = usize::from(self.backend == Backend::Postgres);
         let mut tx = self.begin().await?;
+        // Only settled events count (see the module's comment), and the bound is read once: a
+        // PostgreSQL transaction in READ COMMITTED reads each statement in a new snapshot, and
+        // events below one snapshot's xmin stay exactly those in every later one. On SQLite the
+        // one writer, held here, is the only one who could add any.
+        let settled_below: i64 = match self.backend {
+            Backend::Sqlite => i64::MAX,
+            Backend::Postgres => {
+                let (xmin,): (i64,) =
+                    sqlx::query_as("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                        .fetch_one(tx.conn())
+                        .await?;
+                xmin
+            }
+        };
         // The log is deleted from its start up to its first event to keep (created at or after
-        // `created_before`), so that what is kept is never a feed with holes. On PostgreSQL only
-        // settled events count: a transaction still running is never deleted under a reader.
-        let first_kept: Option<(i64, i64)> = sqlx::query_as(&FIRST_KEPT[engine])
-            .bind(created_before)
-            .fetch_optional(tx.conn())
-            .await?;
+        // `created_before`), so that what is kept is never a feed with holes.
+        let first_kept: Option<(i64, i64)> = sqlx::query_as(
+            "select commit_group, payment_event_id from payment_event \
+             where created_at >= $1 and commit_group < $2 \
+             order by commit_group, payment_event_id limit 1",
+        )
+        .bind(created_before)
+        .bind(settled_below)
+        .fetch_optional(tx.conn())
+        .await?;
         let (kept_group, kept_id) = first_kept.unzip();
-        let last_deleted: Option<(i64, i64)> = sqlx::query_as(&LAST_DELETED[engine])
-            .bind(kept_group)
-            .bind(kept_id)
-            .fetch_optional(tx.conn())
-            .await?;
+        let last_deleted: Option<(i64, i64)> = sqlx::query_as(
+            "select commit_group, payment_event_id from payment_event \
+             where commit_group < $3 \
+               and ($1 is null or commit_group < $1 \
+                    or (commit_group = $1 and payment_event_id < $2)) \
+             order by commit_group desc, payment_event_id desc limit 1",
+        )
+        .bind(kept_group)
+        .bind(kept_id)
+        .bind(settled_below)
+        .fetch_optional(tx.conn())
+        .await?;
         let Some((group, id)) = last_deleted else {
             return Ok(0);
         };
