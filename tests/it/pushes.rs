@@ -219,6 +219,7 @@ on_both_databases!(
     a_receiver_down_for_a_while_gets_the_backlog_in_order_once_back,
     a_failing_endpoint_holds_back_only_its_own_tenant,
     kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_lease,
+    replicas_claiming_one_tenants_pushes_at_once_never_both_get_them,
 );
 
 async fn a_push_answered_500_500_then_200_is_received_three_times_signed_then_no_more(db: Db) {
@@ -425,4 +426,115 @@ async fn kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_
         push.verified_json();
     }
     other.terminate(Duration::from_secs(30)).await;
+}
+
+/// The store's claim, many at once (as many replicas would): one wins; a write under a lease
+/// that was lost is refused; a lapsed lease can be claimed again; a delivery not due is not.
+async fn replicas_claiming_one_tenants_pushes_at_once_never_both_get_them(db: Db) {
+    use paybridge::adapters::store::Store;
+    use paybridge::app::ports::{FeedPosition, PushDeliveries, PushProgress};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let url = match db {
+        Db::Sqlite => format!("sqlite:{}", dir.path().join("claims.db").display()),
+        Db::Postgres => crate::support::postgres::fresh_database().await,
+    };
+    let store = Arc::new(Store::connect(&url, 8).await.expect("store"));
+    store.migrate().await.expect("migrate");
+    let now = 1_800_000_000_000;
+
+    let claims = futures::future::join_all((0..8).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim_push_delivery("billing", now, now + 30_000 + i)
+                .await
+                .expect("claim")
+        }
+    }))
+    .await;
+    let won: Vec<_> = claims.into_iter().flatten().collect();
+    assert_eq!(won.len(), 1, "{won:?}");
+    let held = won[0].lease_until.expect("leased");
+    assert_eq!(
+        won[0].position, None,
+        "a new delivery starts at the feed's start"
+    );
+
+    let progress = PushProgress {
+        position: Some(FeedPosition {
+            commit_group: 7,
+            event_id: 3,
+        }),
+        attempts: 0,
+        next_attempt_at: now,
+        first_failure_at: None,
+        lease_until: Some(now + 60_000),
+    };
+    assert!(
+        !store
+            .record_push("billing", held + 1, &progress, now)
+            .await
+            .expect("record")
+    );
+    assert!(
+        store
+            .record_push("billing", held, &progress, now)
+            .await
+            .expect("record")
+    );
+    assert_eq!(
+        store
+            .claim_push_delivery("billing", now + 59_000, now + 90_000)
+            .await
+            .expect("claim"),
+        None,
+        "still held"
+    );
+    // The holder died: its lease lapses and another takes over, where it stood.
+    let again = store
+        .claim_push_delivery("billing", now + 60_001, now + 90_000)
+        .await
+        .expect("claim")
+        .expect("claimed after the lease");
+    assert_eq!(again.position, progress.position);
+    assert!(
+        !store
+            .record_push("billing", now + 60_000, &progress, now)
+            .await
+            .expect("record")
+    );
+
+    // A failure schedules the next attempt: not claimable before it.
+    let failed = PushProgress {
+        position: progress.position,
+        attempts: 2,
+        next_attempt_at: now + 120_000,
+        first_failure_at: Some(now + 60_001),
+        lease_until: None,
+    };
+    assert!(
+        store
+            .record_push("billing", now + 90_000, &failed, now)
+            .await
+            .expect("record")
+    );
+    assert_eq!(
+        store
+            .claim_push_delivery("billing", now + 119_999, now + 150_000)
+            .await
+            .expect("claim"),
+        None
+    );
+    let due = store
+        .claim_push_delivery("billing", now + 120_000, now + 150_000)
+        .await
+        .expect("claim")
+        .expect("due");
+    assert_eq!(
+        (due.attempts, due.first_failure_at),
+        (2, Some(now + 60_001))
+    );
+    assert_eq!(store.push_delivery("orders").await.expect("read"), None);
+    store.close().await;
 }
