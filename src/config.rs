@@ -165,6 +165,21 @@ pub struct ServeArgs {
     /// refused (CURSOR_EXPIRED). Units: ms, s, m, h, d.
     #[arg(long, env = "PAYBRIDGE_EVENT_RETENTION", value_parser = parse_duration, default_value = "30d")]
     pub event_retention: Duration,
+    /// The longest wait between two attempts of a push (tenants' `webhook_url`); waits start at
+    /// about a second and double.
+    #[arg(long, env = "PAYBRIDGE_PUSH_MAX_DELAY", value_parser = parse_duration, default_value = "1h")]
+    pub push_max_delay: Duration,
+    /// How long a push is retried from its first failure before the event is given up.
+    #[arg(long, env = "PAYBRIDGE_PUSH_RETRY_FOR", value_parser = parse_duration, default_value = "72h")]
+    pub push_retry_for: Duration,
+    /// Longest time one push may take (connecting, sending, the answer's status).
+    #[arg(long, env = "PAYBRIDGE_PUSH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub push_timeout: Duration,
+    /// How long a replica holds a tenant's pushes between two recorded events; a replica killed
+    /// mid-push leaves them this long, then another sends the event again. Longer than
+    /// PAYBRIDGE_PUSH_TIMEOUT.
+    #[arg(long, env = "PAYBRIDGE_PUSH_LEASE", value_parser = parse_duration, default_value = "30s")]
+    pub push_lease: Duration,
     /// Hex SHA-256 of the return gateway's bearer token (the gateway holds the token itself as
     /// `PAYBRIDGE_GATEWAY_TOKEN`). Unset: no gateway may call.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_TOKEN_SHA256")]
@@ -208,6 +223,10 @@ pub struct ServeConfig {
     pub reconcile_lease: Duration,
     /// How long events are kept in the feed.
     pub event_retention: Duration,
+    /// How pushes are retried and leased.
+    pub push: crate::app::PushSettings,
+    /// Longest time one push may take.
+    pub push_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How often health re-checks the database.
@@ -240,6 +259,19 @@ impl ServeArgs {
                 Some(hash)
             }
         };
+        if self.push_max_delay.is_zero() || self.push_timeout.is_zero() {
+            return Err(
+                "PAYBRIDGE_PUSH_MAX_DELAY and PAYBRIDGE_PUSH_TIMEOUT: must be greater than zero"
+                    .to_owned(),
+            );
+        }
+        if self.push_lease <= self.push_timeout {
+            return Err(
+                "PAYBRIDGE_PUSH_LEASE: must be longer than PAYBRIDGE_PUSH_TIMEOUT (a push must \
+                 end before another replica may send it again)"
+                    .to_owned(),
+            );
+        }
         crate::adapters::store::Backend::from_url(&self.database.database_url)
             .map_err(|error| format!("PAYBRIDGE_DATABASE_URL: {error}"))?;
         let database_max_connections = self.database.max_connections();
@@ -270,6 +302,13 @@ impl ServeArgs {
             reconcile_batch: self.reconcile_batch,
             reconcile_lease: self.reconcile_lease,
             event_retention: self.event_retention,
+            push: crate::app::PushSettings {
+                max_delay: self.push_max_delay,
+                retry_for: self.push_retry_for,
+                lease: self.push_lease,
+                ..Default::default()
+            },
+            push_timeout: self.push_timeout,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
             health_interval: Duration::from_secs(5),

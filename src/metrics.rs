@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -70,6 +71,18 @@ pub struct GatewayLabels {
     pub status: u16,
 }
 
+/// A tenant's id: bounded by the tenants file.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `delivered`, `refused` (a non-2xx answer), `timeout` or `unreachable`.
+    pub result: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
@@ -92,6 +105,9 @@ pub struct Metrics {
     pub reconciled_refunds: Family<ReconciledLabels, Counter>,
     pub gateway_requests: Family<GatewayLabels, Counter>,
     pub gateway_duration: Family<RouteLabels, Histogram>,
+    pub pushes: Family<PushLabels, Counter>,
+    pub push_given_up: Family<TenantLabels, Counter>,
+    pub push_oldest_undelivered_age: Family<TenantLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -188,8 +204,30 @@ impl Metrics {
             "Gateway HTTP request latency by route",
             gateway_duration.clone(),
         );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Event pushes to tenants' webhook_url (each attempt) by result: delivered, refused \
+             (a non-2xx answer), timeout, unreachable",
+            pushes.clone(),
+        );
+        let push_given_up = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "push_events_given_up",
+            "Events whose push kept failing for PAYBRIDGE_PUSH_RETRY_FOR, given up, by tenant",
+            push_given_up.clone(),
+        );
+        let push_oldest_undelivered_age = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "push_oldest_undelivered_age_seconds",
+            "Age of the oldest event not yet pushed to the tenant (0 when caught up)",
+            push_oldest_undelivered_age.clone(),
+        );
         Metrics {
             registry,
+            pushes,
+            push_given_up,
+            push_oldest_undelivered_age,
             gateway_requests,
             gateway_duration,
             rpc_requests,

@@ -13,11 +13,12 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::adapters::push::HttpPusher;
 use crate::adapters::store::Store;
 use crate::adapters::stripe::webhook::WebhookVerifier;
 use crate::adapters::stripe::{StripeConfig, StripeProvider};
 use crate::app::ports::WebhookVerification;
-use crate::app::{PaymentSettings, Payments};
+use crate::app::{PaymentSettings, Payments, PushTarget, PushWorker, SystemClock};
 use crate::config::ServeConfig;
 use crate::lifecycle::{AdminListener, serve_until_stopped};
 use crate::pb::v1 as pb;
@@ -43,6 +44,8 @@ pub struct Application {
     health_interval: Duration,
     reconcile: ReconcileSettings,
     event_retention: Duration,
+    pushes: Option<Arc<PushWorker>>,
+    push_targets: Vec<PushTarget>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +74,34 @@ impl Application {
             max_requests_per_second: config.stripe_max_rps,
         })
         .context("PAYBRIDGE_STRIPE_*: building the Stripe client")?;
+        // Each tenant with a webhook_url gets its events pushed.
+        let push_targets: Vec<PushTarget> = config
+            .tenants
+            .iter()
+            .filter_map(|tenant| {
+                tenant.push().map(|endpoint| PushTarget {
+                    tenant: tenant.id().as_str().to_owned(),
+                    endpoint: endpoint.clone(),
+                })
+            })
+            .collect();
+        let pushes = if push_targets.is_empty() {
+            None
+        } else {
+            let pusher = HttpPusher::new(
+                config.push_timeout,
+                Arc::new(crate::transport::grpc::push_body),
+            )
+            .map_err(anyhow::Error::msg)
+            .context("PAYBRIDGE_PUSH_*: building the push client")?;
+            Some(Arc::new(PushWorker::new(
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+                Arc::new(pusher),
+                Arc::new(SystemClock),
+                config.push,
+            )))
+        };
         let payments = Arc::new(Payments::new(
             Arc::new(store.clone()),
             Arc::new(provider),
@@ -115,6 +146,8 @@ impl Application {
                 lease: config.reconcile_lease,
             },
             event_retention: config.event_retention,
+            pushes,
+            push_targets,
         })
     }
 
@@ -153,6 +186,10 @@ impl Application {
             .context("building the reflection service (v1alpha)")?;
         let reconciler = (!self.reconcile.interval.is_zero())
             .then(|| tokio::spawn(run_reconciler(Arc::clone(&self.payments), self.reconcile)));
+        let pushes = self.pushes.map(|worker| {
+            tracing::info!(tenants = self.push_targets.len(), "pushing events");
+            tokio::spawn(worker.run(self.push_targets))
+        });
         let janitor = tokio::spawn(run_event_janitor(
             Arc::clone(&self.payments),
             self.event_retention,
@@ -190,6 +227,10 @@ impl Application {
             async {
                 health_task.abort();
                 janitor.abort();
+                // A push in flight keeps its lease until it runs out; then it is sent again.
+                if let Some(pushes) = pushes {
+                    pushes.abort();
+                }
                 if let Some(reconciler) = reconciler {
                     reconciler.abort();
                 }

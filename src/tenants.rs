@@ -8,17 +8,24 @@
 //! allowed_redirect_origins = ["https://billing.example.com", "billingapp:"]
 //! success_url = "https://billing.example.com/paid"
 //! failure_url = "https://billing.example.com/payment-failed"
+//! # Optional: each event is POSTed here, signed with the secret in the file (issue 16).
+//! webhook_url = "https://billing.example.com/paybridge/events"
+//! webhook_secret_file = "/etc/paybridge/push-secrets/billing"
 //! ```
 //!
 //! Only the SHA-256 of each bearer token is stored, never the token. Every problem is reported as
 //! one line naming the tenant and the field, so a bad file stops start-up with a clear message.
+//! A relative `webhook_secret_file` is read from the tenants file's folder; the secret itself
+//! never appears in a message, a log line or a Debug.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use constant_time_eq::constant_time_eq_32;
+use secrecy::SecretString;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use url::Url;
 
 use crate::domain::{FieldViolation, RedirectOrigin, RedirectUrl, TenantId};
 
@@ -63,6 +70,84 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// Where a tenant's events are pushed (`webhook_url`), and the secret they are signed with (read
+/// from `webhook_secret_file`). Its Debug shows the URL only.
+#[derive(Clone)]
+pub struct PushEndpoint {
+    url: Url,
+    secret: SecretString,
+}
+
+impl PushEndpoint {
+    /// Fewest characters a signing secret may have.
+    pub const MIN_SECRET_LEN: usize = 16;
+
+    /// Checks a push endpoint: `https`, or `http` to a loopback address only (tests and local
+    /// tools); no user name or password in the URL, no fragment.
+    pub fn new(url: &str, secret: SecretString) -> Result<PushEndpoint, String> {
+        let url = Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => {
+                return Err(
+                    "must be https (http only to a loopback address: localhost, 127.0.0.1, [::1])"
+                        .to_owned(),
+                );
+            }
+            other => return Err(format!("must be an https URL, not {other}:")),
+        }
+        if url.host().is_none() {
+            return Err("must name a host".to_owned());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry a user name or password".to_owned());
+        }
+        if url.fragment().is_some() {
+            return Err("must not have a fragment".to_owned());
+        }
+        use secrecy::ExposeSecret;
+        if secret.expose_secret().chars().count() < Self::MIN_SECRET_LEN {
+            return Err(format!(
+                "needs a signing secret of at least {} characters",
+                Self::MIN_SECRET_LEN
+            ));
+        }
+        Ok(PushEndpoint { url, secret })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The signing secret: for the signature only, never for a log.
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+}
+
+impl fmt::Debug for PushEndpoint {
+    /// The URL without its query, which may carry a credential of the receiver's.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.url.clone();
+        if shown.query().is_some() {
+            shown.set_query(Some("redacted"));
+        }
+        f.debug_struct("PushEndpoint")
+            .field("url", &shown.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// One internal platform allowed to call paybridge.
 #[derive(Clone)]
 pub struct Tenant {
@@ -74,6 +159,8 @@ pub struct Tenant {
     failure_url: RedirectUrl,
     /// Private and left out of Debug: even a hash should not end up in logs.
     token_sha256: TokenHash,
+    /// Where its events are pushed, if anywhere.
+    push: Option<PushEndpoint>,
 }
 
 impl Tenant {
@@ -93,6 +180,11 @@ impl Tenant {
         &self.failure_url
     }
 
+    /// Where its events are pushed, when it declared `webhook_url`.
+    pub fn push(&self) -> Option<&PushEndpoint> {
+        self.push.as_ref()
+    }
+
     /// Parses a URL from a request (`success_url`, `failure_url`) against this tenant's origins.
     pub fn redirect_url(&self, field: &str, raw: &str) -> Result<RedirectUrl, FieldViolation> {
         RedirectUrl::parse(field, raw, &self.allowed_redirect_origins)
@@ -106,6 +198,7 @@ impl fmt::Debug for Tenant {
             .field("allowed_redirect_origins", &self.allowed_redirect_origins)
             .field("success_url", &self.success_url)
             .field("failure_url", &self.failure_url)
+            .field("push", &self.push)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +258,8 @@ struct RawTenant {
     allowed_redirect_origins: Option<Vec<String>>,
     success_url: Option<String>,
     failure_url: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 impl Tenants {
@@ -175,14 +270,21 @@ impl Tenants {
             path: path.to_owned(),
             source,
         })?;
-        Tenants::parse_toml(&text).map_err(|e| TenantsError::InFile {
+        let folder = path.parent().unwrap_or(Path::new("."));
+        Tenants::parse_toml_in(&text, folder).map_err(|e| TenantsError::InFile {
             path: path.to_owned(),
             source: Box::new(e),
         })
     }
 
-    /// Checks the text of a tenants file.
+    /// Checks the text of a tenants file; relative `webhook_secret_file`s are read from the
+    /// current folder.
     pub fn parse_toml(text: &str) -> Result<Tenants, TenantsError> {
+        Tenants::parse_toml_in(text, Path::new("."))
+    }
+
+    /// Checks the text of a tenants file whose relative `webhook_secret_file`s lie in `folder`.
+    pub fn parse_toml_in(text: &str, folder: &Path) -> Result<Tenants, TenantsError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| TenantsError::Syntax {
             line: e
                 .span()
@@ -194,7 +296,7 @@ impl Tenants {
         }
         let mut tenants: Vec<Tenant> = Vec::with_capacity(raw.tenants.len());
         for (index, raw_tenant) in raw.tenants.into_iter().enumerate() {
-            let tenant = check_tenant(index, raw_tenant)?;
+            let tenant = check_tenant(index, raw_tenant, folder)?;
             if let Some(first) = tenants.iter().position(|t| t.id == tenant.id) {
                 return Err(invalid(
                     tenant.id.as_str(),
@@ -276,7 +378,7 @@ fn invalid(tenant: &str, field: &str, message: impl Into<String>) -> TenantsErro
     }
 }
 
-fn check_tenant(index: usize, raw: RawTenant) -> Result<Tenant, TenantsError> {
+fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, TenantsError> {
     let position = format!("#{}", index + 1);
     let Some(raw_id) = raw.id else {
         return Err(invalid(&position, "id", "is missing"));
@@ -313,6 +415,7 @@ fn check_tenant(index: usize, raw: RawTenant) -> Result<Tenant, TenantsError> {
     };
     let success_url = default_url("success_url", raw.success_url)?;
     let failure_url = default_url("failure_url", raw.failure_url)?;
+    let push = check_push(name, raw.webhook_url, raw.webhook_secret_file, folder)?;
 
     Ok(Tenant {
         id,
@@ -320,7 +423,69 @@ fn check_tenant(index: usize, raw: RawTenant) -> Result<Tenant, TenantsError> {
         success_url,
         failure_url,
         token_sha256,
+        push,
     })
+}
+
+/// `webhook_url` and `webhook_secret_file` go together; the file must hold the secret (one
+/// trailing newline is not part of it). Messages name the file, never its content.
+fn check_push(
+    name: &str,
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    folder: &Path,
+) -> Result<Option<PushEndpoint>, TenantsError> {
+    let (url, secret_file) = match (url, secret_file) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                name,
+                "webhook_secret_file",
+                "is missing: webhook_url needs a signing secret",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                name,
+                "webhook_url",
+                "is missing: webhook_secret_file is set without it",
+            ));
+        }
+        (Some(url), Some(file)) => (url, folder.join(file)),
+    };
+    let text = std::fs::read_to_string(&secret_file).map_err(|e| {
+        invalid(
+            name,
+            "webhook_secret_file",
+            format!("cannot be read ({}): {e}", secret_file.display()),
+        )
+    })?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() || secret.trim() != secret {
+        return Err(invalid(
+            name,
+            "webhook_secret_file",
+            format!(
+                "({}) must hold the secret alone, without surrounding spaces",
+                secret_file.display()
+            ),
+        ));
+    }
+    if secret.chars().count() < PushEndpoint::MIN_SECRET_LEN {
+        return Err(invalid(
+            name,
+            "webhook_secret_file",
+            format!(
+                "({}) must hold a secret of at least {} characters",
+                secret_file.display(),
+                PushEndpoint::MIN_SECRET_LEN
+            ),
+        ));
+    }
+    PushEndpoint::new(&url, SecretString::from(secret.to_owned()))
+        .map(Some)
+        .map_err(|message| invalid(name, "webhook_url", message))
 }
 
 #[cfg(test)]
@@ -709,5 +874,164 @@ failure_url = "https://{id}.example.com/ko"
         assert!(message.starts_with("line 2: "), "{message}");
         let message = refused(&with_line("id", "id = 42"));
         assert!(message.contains("invalid type"), "{message}");
+    }
+
+    // --- pushes ---
+
+    /// A tenants file with `extra` lines for `billing`, and a secret file `push.secret` holding
+    /// `secret` beside it.
+    fn push_file(extra: &str, secret: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("push.secret"), secret).unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(
+            &path,
+            format!("{}\n{extra}\n", tenant_toml("billing", "test")),
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    fn push_refused(extra: &str, secret: &str) -> String {
+        let (_dir, path) = push_file(extra, secret);
+        let error = Tenants::load(&path).expect_err(extra);
+        let TenantsError::InFile { source, .. } = error else {
+            panic!("not a problem in the file: {error}");
+        };
+        let message = source.to_string();
+        assert!(!message.contains('\n'), "not one line: {message}");
+        assert!(
+            !message.contains(secret.trim()) || secret.trim().is_empty(),
+            "{message}"
+        );
+        message
+    }
+
+    const GOOD_SECRET: &str = "psk_0123456789abcdef";
+
+    #[test]
+    fn a_push_endpoint_is_read_with_its_secret_from_a_file_beside_the_tenants_file() {
+        use secrecy::ExposeSecret;
+        let (_dir, path) = push_file(
+            "webhook_url = \"https://billing.example.com/events\"\nwebhook_secret_file = \"push.secret\"",
+            &format!("{GOOD_SECRET}\n"),
+        );
+        let tenants = Tenants::load(&path).unwrap();
+        let push = tenants
+            .get("billing")
+            .unwrap()
+            .push()
+            .expect("a push endpoint");
+        assert_eq!(push.url().as_str(), "https://billing.example.com/events");
+        assert_eq!(
+            push.secret().expose_secret(),
+            GOOD_SECRET,
+            "without the newline"
+        );
+        let shown = format!("{tenants:?}");
+        assert!(
+            shown.contains("https://billing.example.com/events"),
+            "{shown}"
+        );
+        assert!(!shown.contains(GOOD_SECRET), "{shown}");
+
+        let with_query = PushEndpoint::new(
+            "https://hooks.example.com/in?key=receiver-credential",
+            SecretString::from(GOOD_SECRET.to_owned()),
+        )
+        .unwrap();
+        let shown = format!("{with_query:?}");
+        assert!(!shown.contains("receiver-credential"), "{shown}");
+        assert!(shown.contains("https://hooks.example.com/in?"), "{shown}");
+        assert_eq!(
+            with_query.url().as_str(),
+            "https://hooks.example.com/in?key=receiver-credential",
+            "sent as configured"
+        );
+    }
+
+    #[test]
+    fn tenants_without_a_push_endpoint_have_none() {
+        let tenants = Tenants::parse_toml(SAMPLE).unwrap();
+        assert!(tenants.iter().all(|t| t.push().is_none()));
+    }
+
+    #[test]
+    fn http_push_urls_are_for_loopback_only() {
+        for url in [
+            "http://127.0.0.1:8123/events",
+            "http://localhost/events",
+            "http://[::1]:9000/",
+        ] {
+            let (_dir, path) = push_file(
+                &format!("webhook_url = {url:?}\nwebhook_secret_file = \"push.secret\""),
+                GOOD_SECRET,
+            );
+            assert!(Tenants::load(&path).is_ok(), "{url}");
+        }
+        for (url, expected) in [
+            ("http://billing.example.com/events", "must be https"),
+            ("http://10.0.0.1/events", "must be https"),
+            ("ftp://billing.example.com/events", "must be an https URL"),
+            ("billing.example.com/events", "is not a URL"),
+            (
+                "https://user:pw@billing.example.com/",
+                "user name or password",
+            ),
+            ("https://billing.example.com/events#x", "fragment"),
+        ] {
+            let message = push_refused(
+                &format!("webhook_url = {url:?}\nwebhook_secret_file = \"push.secret\""),
+                GOOD_SECRET,
+            );
+            assert!(
+                message.starts_with("tenant billing: webhook_url "),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{url}: {message}");
+        }
+    }
+
+    #[test]
+    fn push_url_and_secret_file_go_together() {
+        assert_eq!(
+            push_refused(
+                "webhook_url = \"https://billing.example.com/e\"",
+                GOOD_SECRET
+            ),
+            "tenant billing: webhook_secret_file is missing: webhook_url needs a signing secret"
+        );
+        assert_eq!(
+            push_refused("webhook_secret_file = \"push.secret\"", GOOD_SECRET),
+            "tenant billing: webhook_url is missing: webhook_secret_file is set without it"
+        );
+    }
+
+    #[test]
+    fn push_secret_files_must_exist_and_hold_a_long_enough_secret_never_shown() {
+        let extra = |file: &str| {
+            format!(
+                "webhook_url = \"https://billing.example.com/e\"\nwebhook_secret_file = {file:?}"
+            )
+        };
+        let message = push_refused(&extra("absent.secret"), GOOD_SECRET);
+        assert!(
+            message.starts_with("tenant billing: webhook_secret_file cannot be read ("),
+            "{message}"
+        );
+        assert!(message.contains("absent.secret"), "{message}");
+        for (secret, expected) in [
+            ("short-secret", "at least 16 characters"),
+            ("", "must hold the secret alone"),
+            ("  psk_0123456789abcdef", "must hold the secret alone"),
+            ("psk_0123456789abcdef\n\n", "must hold the secret alone"),
+        ] {
+            let message = push_refused(&extra("push.secret"), secret);
+            assert!(
+                message.starts_with("tenant billing: webhook_secret_file ("),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{secret:?}: {message}");
+        }
     }
 }

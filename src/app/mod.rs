@@ -10,6 +10,7 @@ mod events;
 mod fakes;
 mod locks;
 pub mod ports;
+mod push;
 mod query;
 mod reconcile;
 mod reconcile_refunds;
@@ -32,6 +33,9 @@ pub use error::error_chain;
 pub use events::{
     DEFAULT_EVENT_PAGE_SIZE, EventPage, ListEventsQuery, MAX_EVENT_PAGE_SIZE, event_cursor,
     event_id, event_type,
+};
+pub use push::{
+    Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
 };
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;

@@ -629,6 +629,105 @@ pub trait EventFeed: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_events_before(&self, created_before: i64) -> Result<u64, StoreError>;
 }
 
+// --- Pushes (issue 16) -----------------------------------------------------------------------
+
+/// Where a tenant's pushes stand, as recorded (one per tenant whose pushes were ever claimed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushDelivery {
+    pub tenant: String,
+    /// The last event delivered or given up; `None` before the first (pushes start at the oldest
+    /// event kept).
+    pub position: Option<FeedPosition>,
+    /// Failed attempts of the next event (the first after `position`).
+    pub attempts: u32,
+    /// Unix ms: the next event is not sent before.
+    pub next_attempt_at: i64,
+    /// Unix ms of the next event's first failed attempt.
+    pub first_failure_at: Option<i64>,
+    /// Unix ms: the replica sending holds the delivery until then. A claim's value is also its
+    /// fence: each claim sets a later one, so a replica that lost its lease writes nothing.
+    pub lease_until: Option<i64>,
+}
+
+/// What a replica holding a delivery's lease records (see [`PushDeliveries::record_push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushProgress {
+    pub position: Option<FeedPosition>,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub first_failure_at: Option<i64>,
+    /// The lease from now on: a later time to keep sending, `None` to let it go.
+    pub lease_until: Option<i64>,
+}
+
+/// Each tenant's push delivery, shared by every replica: leases like the reconciler's claims, so
+/// one tenant's events are sent by one replica at a time, and a replica that dies loses its
+/// lease to another (at least once).
+#[async_trait]
+pub trait PushDeliveries: Send + Sync + std::fmt::Debug + 'static {
+    /// The tenant's delivery as recorded, without claiming it.
+    async fn push_delivery(&self, tenant: &str) -> Result<Option<PushDelivery>, StoreError>;
+
+    /// Leases the tenant's delivery until `lease_until` if its next attempt is due at `now` and
+    /// no replica holds it (a lease ended before `now` is free), making it first if need be.
+    /// `None` when it is not due or held. Replicas claiming at once never both get it.
+    async fn claim_push_delivery(
+        &self,
+        tenant: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<PushDelivery>, StoreError>;
+
+    /// Records `progress` if the delivery is still held under the lease `held` (the
+    /// `lease_until` this replica claimed or last recorded). False when the lease was lost:
+    /// nothing written, and the caller stops sending.
+    async fn record_push(
+        &self,
+        tenant: &str,
+        held: i64,
+        progress: &PushProgress,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The answer to one push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// A 2xx answer.
+    Delivered,
+    /// Any other HTTP answer, with its status.
+    Refused(u16),
+    /// No answer in time.
+    TimedOut,
+    /// No connection (refused, reset, DNS, TLS).
+    Unreachable(String),
+}
+
+impl PushOutcome {
+    /// A bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PushOutcome::Delivered => "delivered",
+            PushOutcome::Refused(_) => "refused",
+            PushOutcome::TimedOut => "timeout",
+            PushOutcome::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+/// Sends one event to a tenant's push endpoint: POSTs it as the proto's canonical JSON, signed
+/// with `Paybridge-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "t.body">` and named by
+/// `Paybridge-Event-Id`. Every failure is an outcome, never an error: the worker retries.
+#[async_trait]
+pub trait EventPusher: Send + Sync + std::fmt::Debug + 'static {
+    async fn push(
+        &self,
+        endpoint: &crate::tenants::PushEndpoint,
+        event: &FeedEvent,
+        now_seconds: i64,
+    ) -> PushOutcome;
+}
+
 /// The whole store the use cases need, one trait object.
 pub trait PaymentStore:
     PaymentRecords
@@ -639,6 +738,7 @@ pub trait PaymentStore:
     + ChangeFeed
     + RefundRecords
     + EventFeed
+    + PushDeliveries
 {
 }
 
@@ -651,5 +751,6 @@ impl<T> PaymentStore for T where
         + ChangeFeed
         + RefundRecords
         + EventFeed
+        + PushDeliveries
 {
 }

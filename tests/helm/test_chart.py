@@ -265,6 +265,27 @@ def test_security_context_of_every_pod_and_container(any_render):
     assert account["automountServiceAccountToken"] is False
 
 
+def test_push_signing_secrets_are_mounted_from_their_secret_only_when_named():
+    def pod(values):
+        return render(values).one("Deployment")["spec"]["template"]["spec"]
+
+    without = pod(None)
+    assert "push-secrets" not in {v["name"] for v in without["volumes"]}
+    with_secret = pod({"tenants": {"pushSecret": "paybridge-push-secrets"}})
+    volumes = {v["name"]: v for v in with_secret["volumes"]}
+    assert volumes["push-secrets"]["secret"] == {"secretName": "paybridge-push-secrets", "defaultMode": 0o440}
+    core = next(c for c in with_secret["containers"] if c["name"] == "core")
+    mounts = {m["name"]: m for m in core["volumeMounts"]}
+    assert mounts["push-secrets"] == {
+        "name": "push-secrets",
+        "mountPath": "/etc/paybridge/push-secrets",
+        "readOnly": True,
+    }
+    gateway = next(c for c in with_secret["containers"] if c["name"] == "gateway")
+    assert "push-secrets" not in {m["name"] for m in gateway["volumeMounts"]}, "the gateway holds no secret"
+    assert "/tenants/pushSecret'" in render_error({"tenants": {"pushSecret": "Not A Name"}})
+
+
 def test_pods_roll_when_the_configuration_changes():
     def annotations(values):
         return render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]

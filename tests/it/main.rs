@@ -16,6 +16,7 @@ mod gateway_return;
 mod gateway_webhook;
 mod operations;
 mod properties;
+mod pushes;
 mod reconciler;
 mod refund_store;
 mod refunds;

@@ -13,8 +13,9 @@
 //!
 //! One file per concern: [`payments`] (the `payment` table and its row type), [`refunds`] (the
 //! `refund` table, its row type, and the payment's refund amounts), [`idempotency`],
-//! [`webhook_events`], [`reconcile_claims`], [`customers`] and [`change_feed`] (the event log and
-//! the announcements). A status change (of a payment or of a refund) is written with its event in
+//! [`webhook_events`], [`reconcile_claims`], [`customers`], [`change_feed`] (the event log and
+//! the announcements) and [`push_deliveries`] (where each tenant's pushes stand). A status
+//! change (of a payment or of a refund) is written with its event in
 //! one transaction, and counted and announced once committed: through a [`WriteTx`], or, for the
 //! create's two writes, as a [`OneTrip`] (one round trip each), which concurrent creates share:
 //! one statement for many on PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
@@ -26,6 +27,7 @@ mod event_feed;
 mod idempotency;
 mod payments;
 mod postgres_grouped_creates;
+mod push_deliveries;
 mod reconcile_claims;
 mod refunds;
 mod sqlite_create_writes;

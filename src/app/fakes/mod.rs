@@ -4,6 +4,7 @@
 //! invoice, one payment per key, compare-and-set changes, each webhook event recorded once).
 
 mod provider;
+mod push;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::app::{AppError, CreatePaymentCommand, CreatedPayment, PaymentSettings, Payments};
 
 pub(crate) use provider::{FakeProvider, FakeWebhooks, payment_id_of};
+pub(crate) use push::{FakeFeed, FakePusher};
 pub(crate) use store::FakeStore;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -17,6 +17,7 @@ use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
 use super::lock;
 
+mod pushes;
 mod refunds;
 
 pub(crate) use refunds::RefundEvent;
@@ -44,6 +45,8 @@ struct StoreState {
     feed_last_id: i64,
     /// The newest position retention deleted.
     feed_horizon: Option<FeedPosition>,
+    /// Each tenant's push delivery.
+    push_deliveries: HashMap<String, crate::app::ports::PushDelivery>,
 }
 
 impl StoreState {

@@ -62,6 +62,12 @@ impl ServeProcess {
         }
     }
 
+    /// Runs with this tenants file instead.
+    pub fn tenants(self, text: &str) -> ServeProcess {
+        std::fs::write(&self.tenants_file, text).expect("tenants file");
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> ServeProcess {
         self.extra_env.push((name.to_owned(), value.to_owned()));
         self

@@ -76,6 +76,40 @@ failure_url = "https://orders.example.com/sorry"
     )
 }
 
+/// The tenants file of `options`: [`tenants_toml_with`], plus the push endpoints it names, whose
+/// secret file is written in `dir`.
+fn tenants_of(options: &Options, dir: &std::path::Path) -> Tenants {
+    Tenants::parse_toml(&tenants_toml_for(options, dir)).expect("tenants")
+}
+
+/// The text of [`tenants_of`]'s file.
+pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
+    let mut text = tenants_toml_with(options.extra_redirect_origin.as_deref());
+    let secret_file = dir.join("push.secret");
+    std::fs::write(&secret_file, PUSH_SECRET).expect("push secret file");
+    for (after, url) in [
+        (
+            "failure_url = \"https://billing.example.com/payment-failed\"\n",
+            &options.billing_webhook_url,
+        ),
+        (
+            "failure_url = \"https://orders.example.com/sorry\"\n",
+            &options.orders_webhook_url,
+        ),
+    ] {
+        if let Some(url) = url {
+            text = text.replace(
+                after,
+                &format!(
+                    "{after}webhook_url = {url:?}\nwebhook_secret_file = {:?}\n",
+                    secret_file.display().to_string()
+                ),
+            );
+        }
+    }
+    text
+}
+
 fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -132,7 +166,15 @@ pub struct Options {
     pub grpc_socket: Option<std::path::PathBuf>,
     /// How long events are kept (the janitor deletes older ones at start and every minute).
     pub event_retention: Duration,
+    /// billing's and orders' `webhook_url` (signed with [`PUSH_SECRET`]); none by default.
+    pub billing_webhook_url: Option<String>,
+    pub orders_webhook_url: Option<String>,
+    pub push: paybridge::app::PushSettings,
+    pub push_timeout: Duration,
 }
+
+/// The signing secret of the tenants' pushes in tests.
+pub const PUSH_SECRET: &str = "psk_paybridge_test_push_secret";
 
 pub const WEBHOOK_SECRET: &str = "whsec_paybridge_test";
 
@@ -151,6 +193,13 @@ impl Default for Options {
             stripe_proxy: false,
             grpc_socket: None,
             event_retention: Duration::from_secs(30 * 86_400),
+            billing_webhook_url: None,
+            orders_webhook_url: None,
+            push: paybridge::app::PushSettings {
+                poll_interval: Duration::from_millis(200),
+                ..Default::default()
+            },
+            push_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -211,7 +260,7 @@ impl TestApp {
             .as_ref()
             .map_or_else(|| stripe.base_url.clone(), |p| p.url());
         let (addr, admin_addr, shutdown, server) =
-            start_server(&database_url, &stripe_api_base, addr, &options).await;
+            start_server(&database_url, &stripe_api_base, addr, &options, dir.path()).await;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -270,6 +319,7 @@ impl TestApp {
             &self.stripe_api_base,
             self.grpc_addr,
             &self.options,
+            self._dir.path(),
         )
         .await;
         self.admin_addr = admin_addr;
@@ -369,6 +419,7 @@ async fn start_server(
     stripe_base_url: &str,
     addr: SocketAddr,
     options: &Options,
+    dir: &std::path::Path,
 ) -> (
     SocketAddr,
     SocketAddr,
@@ -389,8 +440,7 @@ async fn start_server(
         stripe_max_rps: options.stripe_max_rps,
         admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
         return_url: RETURN_URL.parse().expect("return url"),
-        tenants: Tenants::parse_toml(&tenants_toml_with(options.extra_redirect_origin.as_deref()))
-            .expect("tenants"),
+        tenants: tenants_of(options, dir),
         gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
         stripe_webhook_secrets: options
             .webhook_secrets
@@ -403,6 +453,8 @@ async fn start_server(
         reconcile_batch: options.reconcile_batch,
         reconcile_lease: Duration::from_secs(120),
         event_retention: options.event_retention,
+        push: options.push,
+        push_timeout: options.push_timeout,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         health_interval: options.health_interval,
