@@ -12,8 +12,8 @@ use paybridge::pb::v1 as pb;
 use secrecy::SecretString;
 
 use crate::support::{
-    BILLING_TOKEN, Db, ORDERS_TOKEN, Options, PUSH_SECRET, TestApp, as_tenant, create_request,
-    eventually,
+    BILLING_TOKEN, Db, ORDERS_TOKEN, Options, PUSH_SECRET, TestApp, as_tenant, count_rows,
+    create_request, eventually,
 };
 
 /// One push as the receiver saw it.
@@ -58,6 +58,8 @@ impl Received {
 #[derive(Clone, Default)]
 struct Receiver {
     received: Arc<Mutex<Vec<Received>>>,
+    /// The event ids answered with a 2xx, in order.
+    accepted: Arc<Mutex<Vec<String>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
     down: Arc<Mutex<Option<u16>>>,
     /// When set, the next push is recorded and never answered.
@@ -80,8 +82,9 @@ impl Receiver {
                             .unwrap_or_default()
                             .to_owned()
                     };
+                    let event_id = header("paybridge-event-id");
                     state.received.lock().unwrap().push(Received {
-                        event_id: header("paybridge-event-id"),
+                        event_id: event_id.clone(),
                         signature: header("paybridge-signature"),
                         body,
                     });
@@ -95,6 +98,9 @@ impl Receiver {
                     let status = down
                         .or_else(|| state.script.lock().unwrap().pop_front())
                         .unwrap_or(200);
+                    if (200..300).contains(&status) {
+                        state.accepted.lock().unwrap().push(event_id);
+                    }
                     http::StatusCode::from_u16(status).expect("status")
                 }
             }),
@@ -190,15 +196,28 @@ async fn payment_with_events(app: &TestApp, token: &str, invoice: &str, pay: boo
     }
 }
 
-/// Waits until the receiver has every event of the tenant's feed, and returns the feed.
+/// Waits until the receiver has accepted every event of the tenant's feed (the feed holding
+/// every event the tenant's log has: on PostgreSQL an event joins the feed shortly after its
+/// commit), and returns the feed.
 async fn all_pushed(app: &TestApp, token: &str, receiver: &Receiver) -> Vec<String> {
+    let tenant = if token == BILLING_TOKEN {
+        "billing"
+    } else {
+        "orders"
+    };
+    let logged = count_rows(
+        &app.database_url,
+        &format!("select count(*) from payment_event where tenant = '{tenant}'"),
+    )
+    .await;
     eventually(Duration::from_secs(30), || async {
         let feed = feed_ids(app, token).await;
         let sent = first_sends(&receiver.ids());
-        if !feed.is_empty() && sent == feed {
+        let accepted = receiver.accepted.lock().unwrap().clone();
+        if feed.len() as i64 == logged && sent == feed && accepted == feed {
             Ok(feed)
         } else {
-            Err((feed, sent))
+            Err((logged, feed, sent, accepted))
         }
     })
     .await
