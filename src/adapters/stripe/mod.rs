@@ -42,7 +42,7 @@ use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, Retrieve
 use url::Url;
 
 use self::mapping::{
-    CUSTOMER_REQUIRED, PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure,
+    CUSTOMER_REQUIRED, Kind, PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure,
     explain_parse_failure, map_http_error, to_provider_intent, to_provider_refund,
 };
 pub use self::transport::{ConnectionStats, PooledStripeClient, StripeHttpError};
@@ -216,7 +216,37 @@ fn valid_object_id(id: &str) -> bool {
 }
 
 impl StripeProvider {
-    /// Sends a PaymentIntent request; on a parse failure, names what was wrong with the body.
+    /// Sends a request; on a parse failure, names what was wrong with the body (a `kind` object
+    /// needs the `required` fields).
+    async fn send_object<R>(
+        &self,
+        request: &R,
+        strategy: RequestStrategy,
+        kind: &str,
+        required: &[(&str, Kind)],
+    ) -> Result<R::Output, ProviderError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let recorder = RecordingClient::new(&self.client);
+        match request
+            .customize()
+            .request_strategy(strategy)
+            .send(&recorder)
+            .await
+        {
+            Ok(object) => Ok(object),
+            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
+                kind,
+                recorder.take_body().as_deref(),
+                required,
+            )),
+            Err(e) => Err(map_http_error(e)),
+        }
+    }
+
+    /// Sends a PaymentIntent request.
     async fn send_intent<R>(
         &self,
         request: &R,
@@ -225,29 +255,16 @@ impl StripeProvider {
     where
         R: StripeRequest<Output = stripe_shared::PaymentIntent>,
     {
-        let recorder = RecordingClient::new(&self.client);
-        match request
-            .customize()
-            .request_strategy(strategy)
-            .send(&recorder)
-            .await
-        {
-            Ok(pi) => {
-                let intent = to_provider_intent(pi)?;
-                tracing::Span::current().record("payment_intent", intent.id.as_str());
-                tracing::Span::current().record("status", intent.status.as_str());
-                Ok(intent)
-            }
-            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
-                "PaymentIntent",
-                recorder.take_body().as_deref(),
-                PAYMENT_INTENT_REQUIRED,
-            )),
-            Err(e) => Err(map_http_error(e)),
-        }
+        let pi = self
+            .send_object(request, strategy, "PaymentIntent", PAYMENT_INTENT_REQUIRED)
+            .await?;
+        let intent = to_provider_intent(pi)?;
+        tracing::Span::current().record("payment_intent", intent.id.as_str());
+        tracing::Span::current().record("status", intent.status.as_str());
+        Ok(intent)
     }
 
-    /// Sends a Refund request; on a parse failure, names what was wrong with the body.
+    /// Sends a Refund request.
     async fn send_refund<R>(
         &self,
         request: &R,
@@ -256,26 +273,13 @@ impl StripeProvider {
     where
         R: StripeRequest<Output = stripe_shared::Refund>,
     {
-        let recorder = RecordingClient::new(&self.client);
-        match request
-            .customize()
-            .request_strategy(strategy)
-            .send(&recorder)
-            .await
-        {
-            Ok(refund) => {
-                let refund = to_provider_refund(refund)?;
-                tracing::Span::current().record("refund", refund.id.as_str());
-                tracing::Span::current().record("status", refund.status.as_str());
-                Ok(refund)
-            }
-            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
-                "Refund",
-                recorder.take_body().as_deref(),
-                REFUND_REQUIRED,
-            )),
-            Err(e) => Err(map_http_error(e)),
-        }
+        let refund = self
+            .send_object(request, strategy, "Refund", REFUND_REQUIRED)
+            .await?;
+        let refund = to_provider_refund(refund)?;
+        tracing::Span::current().record("refund", refund.id.as_str());
+        tracing::Span::current().record("status", refund.status.as_str());
+        Ok(refund)
     }
 
     /// Reads refunds page by page, newest first, until Stripe has no more or `limit` are read.
@@ -348,25 +352,17 @@ impl PaymentProvider for StripeProvider {
         if !customer.metadata.is_empty() {
             request = request.metadata(customer.metadata.into_iter().collect::<HashMap<_, _>>());
         }
-        let recorder = RecordingClient::new(&self.client);
-        match request
-            .customize()
-            .request_strategy(idempotent(&customer.idempotency_key)?)
-            .send(&recorder)
-            .await
-        {
-            Ok(created) => {
-                let id = created.id.as_str().to_owned();
-                tracing::Span::current().record("customer_id", id.as_str());
-                Ok(id)
-            }
-            Err(StripeHttpError::Deserialize(_)) => Err(explain_parse_failure(
+        let created = self
+            .send_object(
+                &request,
+                idempotent(&customer.idempotency_key)?,
                 "Customer",
-                recorder.take_body().as_deref(),
                 CUSTOMER_REQUIRED,
-            )),
-            Err(e) => Err(map_http_error(e)),
-        }
+            )
+            .await?;
+        let id = created.id.as_str().to_owned();
+        tracing::Span::current().record("customer_id", id.as_str());
+        Ok(id)
     }
 
     #[tracing::instrument(
