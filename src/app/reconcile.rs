@@ -23,8 +23,15 @@ pub struct SweepReport {
     pub failed: usize,
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// When to look again at something still open, last changed at `updated_at`: after as long as it
+/// has been unchanged (at least `after`), at most [`MAX_RECHECK_AFTER`] from `now`.
+pub(super) fn recheck_at(now: i64, updated_at: i64, after: Duration) -> i64 {
+    let unchanged_for = now.saturating_sub(updated_at).max(millis(after));
+    now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)))
 }
 
 impl Payments {
@@ -65,11 +72,8 @@ impl Payments {
                     // Still open: looked at again on the usual schedule, not only when the claim's
                     // lease runs out (a payment changed just now is checked again `after` from now).
                     if !synced.status.is_terminal() {
-                        let unchanged_for =
-                            now.saturating_sub(synced.updated_at).max(millis(after));
-                        let recheck_at =
-                            now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)));
-                        self.store.defer_reconcile(&id, recheck_at).await?;
+                        let until = recheck_at(now, synced.updated_at, after);
+                        self.store.defer_reconcile(&id, until).await?;
                     }
                 }
                 Err(error) => {

@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::reconcile::{millis, recheck_at};
 use super::{AppError, Payments, now_millis};
 use crate::domain::{EventSource, RefundStatus};
 
@@ -16,8 +17,6 @@ const FIRST_SCAN_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 const SCAN_OVERLAP: Duration = Duration::from_secs(300);
 /// Most recent refunds read per sweep (one Stripe request).
 const SCAN_LIMIT: u32 = 100;
-/// A refund not final yet is read again after as long as it has been unchanged, capped here.
-const MAX_RECHECK_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// What one refund sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,10 +35,6 @@ pub struct RefundSweepReport {
 #[derive(Debug, Default)]
 pub(crate) struct RefundScan {
     next_since: Mutex<Option<i64>>,
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn count(outcome: &'static str, how_many: usize) {
@@ -88,11 +83,8 @@ impl Payments {
                             | RefundStatus::Pending
                             | RefundStatus::RequiresAction
                     ) {
-                        let unchanged_for =
-                            now.saturating_sub(synced.updated_at).max(millis(after));
-                        let recheck_at =
-                            now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)));
-                        self.store.defer_refund_reconcile(&id, recheck_at).await?;
+                        let until = recheck_at(now, synced.updated_at, after);
+                        self.store.defer_refund_reconcile(&id, until).await?;
                     }
                 }
                 Err(error) => {
