@@ -12,13 +12,13 @@
 //! statement for many is planned at each run (not kept as a prepared statement), for the table
 //! as it is.
 //!
-//! Kept beside sqlx, alone, for its figure (the bench's creates at 64 callers on PostgreSQL, 2
-//! busy cores, full runs alternated with the binary without it; see bench/README.md): 939 /
-//! 1,741 → 2,270 / 2,279 creates/s, p99 112 / 66 → 56 / 50 ms, the server's CPU per create
-//! 842 / 655 → 273 / 263 µs. The target is p99 ≤ 25 ms; on a quieter VM the binary without it
-//! made 2,364/s at p99 41 ms and 430 µs, the one before the store's rewrite (grouped too)
-//! 4,682/s at p99 22 ms and 170 µs. The price: at 16 callers groups are small and a create
-//! waits for the running statement of its write (1,031 / 1,609 → 976 / 655/s).
+//! Kept beside sqlx, alone, for its figure (issue 14: keep it only if a target is missed without
+//! it). The bench's creates on PostgreSQL, the same binary with the grouping switched off and on,
+//! three alternated pairs on a 2-core VM (bench/README.md, 2026-12-02 16:35): at 64 callers
+//! 963–1,535 creates/s alone against 2,490–2,560/s grouped (the target is 2,000/s), the server's
+//! CPU per create 739–1,387 against 340–354 µs; in the open loop at 1,000/s p99 29–124 against
+//! 26–45 ms. The price: at 16 callers groups are small and a create waits for the running
+//! statement of its write (1,118–1,381 alone against 836–1,022 creates/s grouped).
 //!
 //! Every call gets what its own statement would have answered:
 //! - the rows of the group statement that carry its payment id (none: nothing written for it);
