@@ -13,7 +13,7 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, Store, payments, refunds};
+use super::{Backend, Store, payment_row, refunds};
 use crate::app::ports::{
     EventFeed, FeedEvent, FeedEventType, FeedObject, FeedPosition, PositionState, StoreError,
 };
@@ -45,7 +45,7 @@ impl TryFrom<FeedRow> for FeedEvent {
 
     fn try_from(row: FeedRow) -> Result<FeedEvent, StoreError> {
         let object = match row.refund_id {
-            None => FeedObject::Payment(Box::new(payments::payment_from_json(&row.object)?)),
+            None => FeedObject::Payment(Box::new(payment_row::payment_from_json(&row.object)?)),
             Some(_) => FeedObject::Refund(Box::new(refunds::refund_from_json(&row.object)?)),
         };
         Ok(FeedEvent {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::Store;
-use super::payments::PaymentRow;
+use super::payment_row::PaymentRow;
 use crate::app::ports::{CreateLookup, IdempotencyKeys, IdempotencyRecord, StoreError};
 use crate::domain::Payment;
 

@@ -25,6 +25,7 @@ mod change_feed;
 mod customers;
 mod event_feed;
 mod idempotency;
+mod payment_row;
 mod payments;
 mod postgres_grouped_creates;
 mod push_deliveries;
@@ -362,7 +363,7 @@ impl Store {
         write: &'static OneTrip,
         values: Vec<SqlValue>,
         change: Change,
-    ) -> Result<Vec<payments::PaymentRow>, StoreError> {
+    ) -> Result<Vec<payment_row::PaymentRow>, StoreError> {
         let rows = match &self.sqlite_create_writes {
             None => {
                 let queue = &self.grouped_creates[write.queue];
@@ -422,7 +423,7 @@ impl WriteTx<'_> {
                 let json = refunds::refund_json(backend, "r");
                 ("refund", "r", "refund_id = $7", json)
             } else {
-                let json = payments::payment_json(backend, "p");
+                let json = payment_row::payment_json(backend, "p");
                 ("payment", "p", "payment_id = $1", json)
             };
             format!(

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
-use super::payments::PaymentRow;
+use super::payment_row::PaymentRow;
 use super::{OneTrip, SqlValue};
 use crate::app::ports::StoreError;
 

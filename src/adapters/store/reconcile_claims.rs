@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::payments::PaymentRow;
+use super::payment_row::PaymentRow;
 use super::{Backend, Store};
 use crate::app::ports::{ReconcileClaims, StoreError};
 use crate::domain::Payment;

@@ -31,7 +31,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
 use super::SqlValue;
-use super::payments::PaymentRow;
+use super::payment_row::PaymentRow;
 use crate::app::ports::StoreError;
 
 /// SQLite's writer: the rusqlite connection the create's batches run on, behind the lock every
