@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::adapters::push::HttpPusher;
 use crate::adapters::store::Store;
 use crate::adapters::stripe::webhook::WebhookVerifier;
-use crate::adapters::stripe::{StripeConfig, StripeProvider};
+use crate::adapters::stripe::{StripeBudget, StripeConfig, StripeProvider};
 use crate::app::ports::WebhookVerification;
 use crate::app::{PaymentSettings, Payments, PushTarget, PushWorker, SystemClock};
 use crate::config::ServeConfig;
@@ -46,6 +46,9 @@ pub struct Application {
     event_retention: Duration,
     pushes: Option<Arc<PushWorker>>,
     push_targets: Vec<PushTarget>,
+    stripe_budget: StripeBudget,
+    /// This process's name in the shared Stripe budget (PostgreSQL).
+    replica_id: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +77,23 @@ impl Application {
             max_requests_per_second: config.stripe_max_rps,
         })
         .context("PAYBRIDGE_STRIPE_*: building the Stripe client")?;
+        // On PostgreSQL the budget is the account's, shared by the replicas: take a share of
+        // it before serving.
+        let stripe_budget = provider.budget().clone();
+        let replica_id = replica_id();
+        if let Some(share) = store
+            .renew_budget_share(&replica_id, BUDGET_SHARE_LEASE)
+            .await
+            .context("taking a share of the Stripe request budget")?
+        {
+            stripe_budget.set_share(share.fraction);
+            tracing::info!(
+                replicas = share.replicas,
+                share_per_second = stripe_budget.share_per_second(),
+                account_per_second = stripe_budget.account_per_second(),
+                "Stripe request budget shared"
+            );
+        }
         // Each tenant with a webhook_url gets its events pushed.
         let push_targets: Vec<PushTarget> = config
             .tenants
@@ -148,6 +168,8 @@ impl Application {
             event_retention: config.event_retention,
             pushes,
             push_targets,
+            stripe_budget,
+            replica_id,
         })
     }
 
@@ -190,6 +212,11 @@ impl Application {
             tracing::info!(tenants = self.push_targets.len(), "pushing events");
             tokio::spawn(worker.run(self.push_targets))
         });
+        let budget_shares = tokio::spawn(share_stripe_budget(
+            self.store.clone(),
+            self.stripe_budget.clone(),
+            self.replica_id.clone(),
+        ));
         let janitor = tokio::spawn(run_event_janitor(
             Arc::clone(&self.payments),
             self.event_retention,
@@ -227,6 +254,7 @@ impl Application {
             async {
                 health_task.abort();
                 janitor.abort();
+                budget_shares.abort();
                 // A push in flight keeps its lease until it runs out; then it is sent again.
                 if let Some(pushes) = pushes {
                     pushes.abort();
@@ -239,6 +267,10 @@ impl Application {
             self.shutdown_grace,
         )
         .await;
+        // The other replicas take this one's share at their next renewal.
+        if let Err(error) = self.store.release_budget_share(&self.replica_id).await {
+            tracing::warn!(%error, "giving back the Stripe budget share failed; it lapses");
+        }
         self.store.close().await;
         tracing::info!("stopped");
         served
@@ -279,6 +311,62 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reconciler refund sweep failed"),
         }
+    }
+}
+
+/// How long a replica's share of the Stripe budget counts without a renewal: a replica killed
+/// gives its share back this long after its last renewal at most.
+const BUDGET_SHARE_LEASE: Duration = Duration::from_secs(5);
+/// How often a replica renews its share (and takes up what replicas gone left).
+const BUDGET_SHARE_RENEW_EVERY: Duration = Duration::from_millis(1500);
+/// How often while its share is below an equal part (it joined; the others give up theirs at
+/// their next renewal).
+const BUDGET_SHARE_CATCH_UP_EVERY: Duration = Duration::from_millis(250);
+
+/// A name for this process in the shared budget: unique per start.
+fn replica_id() -> String {
+    use rand::Rng;
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let suffix: u64 = rand::rng().random();
+    format!("{host}-{}-{suffix:016x}", std::process::id())
+}
+
+/// Renews this replica's share of the Stripe budget until aborted at shutdown (PostgreSQL; on
+/// SQLite it ends at once). A replica that cannot renew stops sending once its lease has run out:
+/// the others have taken its share by then.
+async fn share_stripe_budget(store: Store, budget: StripeBudget, replica: String) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        let pause = match store.renew_budget_share(&replica, BUDGET_SHARE_LEASE).await {
+            Ok(None) => return,
+            Ok(Some(share)) => {
+                renewed = tokio::time::Instant::now();
+                let before = budget.share_per_second();
+                budget.set_share(share.fraction);
+                let now = budget.share_per_second();
+                if (now - before).abs() > f64::EPSILON {
+                    tracing::info!(
+                        replicas = share.replicas,
+                        share_per_second = now,
+                        account_per_second = budget.account_per_second(),
+                        "Stripe request budget share changed"
+                    );
+                }
+                if share.settled {
+                    BUDGET_SHARE_RENEW_EVERY
+                } else {
+                    BUDGET_SHARE_CATCH_UP_EVERY
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "renewing the Stripe budget share failed");
+                if renewed.elapsed() >= BUDGET_SHARE_LEASE {
+                    budget.set_share(0.0);
+                }
+                BUDGET_SHARE_CATCH_UP_EVERY
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -28,6 +28,7 @@ mod resilience_shutdown;
 mod resilience_stripe;
 mod stripe_adapter_contract;
 mod stripe_budget;
+mod stripe_budget_shared;
 mod validation;
 mod watch;
 mod webhooks;

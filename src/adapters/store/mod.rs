@@ -21,6 +21,7 @@
 //! one statement for many on PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
 //! ([`sqlite_create_writes`]).
 
+mod budget_shares;
 mod change_feed;
 mod customers;
 mod event_feed;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 
+pub use self::budget_shares::BudgetShare;
 use crate::app::ports::StoreError;
 use crate::domain::{EventSource, PaymentStatus, RefundStatus};
 

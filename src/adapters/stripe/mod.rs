@@ -82,8 +82,9 @@ pub struct StripeConfig {
     pub request_timeout: Duration,
     /// Retries after the first attempt on connection errors, timeouts, 409, 429 and 5xx.
     pub max_retries: u32,
-    /// The process's Stripe request budget (every attempt counts); Stripe allows 25/s in test
-    /// mode and 100/s live, shared by everything the account does.
+    /// The account's Stripe request budget (every attempt counts); Stripe allows 25/s in test
+    /// mode and 100/s live, shared by everything the account does. Replicas on one PostgreSQL
+    /// share it (see [`StripeBudget`]).
     pub max_requests_per_second: u32,
 }
 
@@ -128,6 +129,40 @@ pub enum StripeConfigError {
 #[derive(Clone)]
 pub struct StripeProvider {
     client: PooledStripeClient,
+    budget: StripeBudget,
+}
+
+/// The provider's request budget, as the replicas sharing one Stripe account see it: the
+/// account's budget (`PAYBRIDGE_STRIPE_MAX_RPS`) and this process's share of it. Alone (SQLite),
+/// the share is the whole budget.
+#[derive(Debug, Clone)]
+pub struct StripeBudget {
+    budget: budget::RequestBudget,
+    account_per_second: u32,
+}
+
+impl StripeBudget {
+    /// The account's budget, requests per second.
+    pub fn account_per_second(&self) -> u32 {
+        self.account_per_second
+    }
+
+    /// This process's rate now, requests per second.
+    pub fn share_per_second(&self) -> f64 {
+        self.budget.rate()
+    }
+
+    /// Sends at `fraction` (0 to 1) of the account's budget from now on, requests already
+    /// waiting included.
+    pub fn set_share(&self, fraction: f64) {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.budget
+            .set_rate(f64::from(self.account_per_second) * fraction);
+    }
 }
 
 impl fmt::Debug for StripeProvider {
@@ -177,11 +212,12 @@ impl StripeProvider {
         if config.request_timeout.is_zero() {
             return Err(StripeConfigError::InvalidTimeout);
         }
+        let budget = budget::RequestBudget::new(config.max_requests_per_second);
         let client = PooledStripeClient::new(HttpSettings {
             api_base: base.as_str().trim_end_matches('/').to_owned(),
             authorization,
             request_timeout: config.request_timeout,
-            budget: budget::RequestBudget::new(config.max_requests_per_second),
+            budget: budget.clone(),
             retry: RetryPolicy {
                 max_retries: config.max_retries,
                 base_delay,
@@ -189,7 +225,18 @@ impl StripeProvider {
             },
         })
         .map_err(StripeConfigError::Client)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            budget: StripeBudget {
+                budget,
+                account_per_second: config.max_requests_per_second.max(1),
+            },
+        })
+    }
+
+    /// The request budget every request of this provider (and its clones) spends.
+    pub fn budget(&self) -> &StripeBudget {
+        &self.budget
     }
 
     /// Requests sent and connections opened so far.

@@ -91,6 +91,14 @@ impl LocalStripe {
         self.test_endpoint("/_test/requests").await
     }
 
+    /// Every `/v1` request kept that arrived at or after `since_ms` (unix ms), in order.
+    pub async fn requests_since(&self, since_ms: u64) -> Vec<Value> {
+        let log = self
+            .test_endpoint(&format!("/_test/requests?since_ms={since_ms}"))
+            .await;
+        log["requests"].as_array().cloned().expect("request log")
+    }
+
     /// How many requests a route (`"POST /v1/payment_intents"`) has received.
     pub async fn count(&self, route: &str) -> u64 {
         self.requests().await["by_route"][route]

@@ -1322,7 +1322,7 @@ class TestState:
         self.total += 1
         self.by_route[route_key] = self.by_route.get(route_key, 0) + 1
         self.log.append(entry)
-        if len(self.log) > 5000:
+        if len(self.log) > 20000:
             del self.log[:1000]
 
 
@@ -1458,9 +1458,16 @@ async def _test_endpoint(request):
     path, method = request.path, request.method
     if path == '/_test/requests':
         if method == 'GET':
+            since = request.query.get('since_ms')
+            if since is not None:
+                # Every request kept (the last 19,000 at least) that arrived since then.
+                since = int(since)
+                kept = [e for e in STATE.log if e['at_ms'] - e['ms'] >= since]
+            else:
+                kept = STATE.log[-1000:]
             return _json({'total': STATE.total,
                           'by_route': dict(sorted(STATE.by_route.items())),
-                          'requests': STATE.log[-1000:]})
+                          'requests': kept})
         if method == 'DELETE':
             STATE.total = 0
             STATE.by_route = {}
@@ -1613,7 +1620,8 @@ async def compat_middleware(request, handler):
                 'idempotency_key': idem_key, 'replayed': ctx['replayed'],
                 'fault': ctx['fault'], 'request_id': request_id,
                 'ms': int((time.monotonic() - started) * 1000),
-                'at_ms': int(time.time() * 1000)})
+                'at_ms': int(time.time() * 1000),
+                'key_tail': _key_tail(request)})
 
 
 async def _dispatch(request, handler, ctx, is_api, idem_key):
@@ -1647,6 +1655,15 @@ async def _dispatch(request, handler, ctx, is_api, idem_key):
         if faulted is not None:
             return faulted
     return resp
+
+
+def _key_tail(request):
+    """The last 4 characters of the request's secret key: tells apart the processes that share
+    one (test) account through different keys, without logging a key."""
+    key = _patched_get_api_key(request)
+    if not key or request.get('paybridge_publishable_key'):
+        return None
+    return key[-4:]
 
 
 def _patched_get_api_key(request):
