@@ -148,8 +148,10 @@ pub struct ServeArgs {
     /// How far a webhook signature's timestamp may be from now.
     #[arg(long, env = "PAYBRIDGE_STRIPE_WEBHOOK_TOLERANCE", value_parser = parse_duration, default_value = "300s")]
     pub stripe_webhook_tolerance: Duration,
-    /// How often the reconciler sweeps (0s turns it off).
-    #[arg(long, env = "PAYBRIDGE_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    /// How often the reconciler sweeps (0s turns it off). A sweep claims only what is due, so a
+    /// short interval costs database queries, not Stripe requests; it bounds how long a killed
+    /// replica's claims wait for another replica (the lease, then at most one interval).
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub reconcile_interval: Duration,
     /// How long a payment must have been unchanged before the reconciler reads it at Stripe.
     #[arg(long, env = "PAYBRIDGE_RECONCILE_AFTER", value_parser = parse_duration, default_value = "60s")]
@@ -157,9 +159,10 @@ pub struct ServeArgs {
     /// Most payments one sweep reads at Stripe.
     #[arg(long, env = "PAYBRIDGE_RECONCILE_BATCH", default_value_t = 100)]
     pub reconcile_batch: u32,
-    /// How long a replica holds the payments one sweep claimed. A replica killed mid-sweep
-    /// strands its unread claims this long; then another sweep takes them.
-    #[arg(long, env = "PAYBRIDGE_RECONCILE_LEASE", value_parser = parse_duration, default_value = "120s")]
+    /// The lease on what one sweep claimed, renewed every third of it while the sweep works. A
+    /// replica killed mid-sweep strands its unread claims this long at most; then another
+    /// replica's next sweep takes them.
+    #[arg(long, env = "PAYBRIDGE_RECONCILE_LEASE", value_parser = parse_duration, default_value = "8s")]
     pub reconcile_lease: Duration,
     /// How long events are kept for ListEvents and WatchEvents; a cursor older than that is
     /// refused (CURSOR_EXPIRED). Units: ms, s, m, h, d.
@@ -259,6 +262,12 @@ impl ServeArgs {
                 Some(hash)
             }
         };
+        if self.reconcile_lease < std::time::Duration::from_secs(1) {
+            return Err(
+                "PAYBRIDGE_RECONCILE_LEASE: must be at least 1s (it is renewed every third of it)"
+                    .to_owned(),
+            );
+        }
         if self.push_max_delay.is_zero() || self.push_timeout.is_zero() {
             return Err(
                 "PAYBRIDGE_PUSH_MAX_DELAY and PAYBRIDGE_PUSH_TIMEOUT: must be greater than zero"

@@ -499,6 +499,16 @@ pub trait RefundRecords: Send + Sync + std::fmt::Debug + 'static {
 
     /// Leaves a refund alone until `until` (unix ms).
     async fn defer_refund_reconcile(&self, refund_id: &str, until: i64) -> Result<(), StoreError>;
+
+    /// Extends to `lease_until` the lease of those of `refund_ids` still leased until `held`
+    /// (the claim's lease, or its last renewal: a refund already deferred or claimed by another
+    /// replica is left alone). Returns how many were extended.
+    async fn renew_refund_reconcile_claims(
+        &self,
+        refund_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// The reconciler's claims on open payments, shared by every replica.
@@ -517,6 +527,16 @@ pub trait ReconcileClaims: Send + Sync + std::fmt::Debug + 'static {
 
     /// Leaves a payment alone until `until` (unix ms): the reconciler found nothing new.
     async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError>;
+
+    /// Extends to `lease_until` the lease of those of `payment_ids` still leased until `held`
+    /// (the claim's lease, or its last renewal: a payment already deferred or claimed by another
+    /// replica is left alone). Returns how many were extended.
+    async fn renew_reconcile_claims(
+        &self,
+        payment_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// The provider customers paybridge made for tenants' customer emails.

@@ -3,6 +3,7 @@
 //! crash left behind), reads them at Stripe (finishing the creating ones with the same key), and
 //! records what changed.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::{AppError, Payments, now_millis};
@@ -34,10 +35,56 @@ pub(super) fn recheck_at(now: i64, updated_at: i64, after: Duration) -> i64 {
     now.saturating_add(unchanged_for.min(millis(MAX_RECHECK_AFTER)))
 }
 
+/// Whose claims a sweep holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Claimed {
+    Payments,
+    Refunds,
+}
+
 impl Payments {
+    /// Runs `work`, a sweep's reading of the rows `ids` it claimed until `held`, and while it
+    /// runs renews their lease every third of `lease`: a sweep that takes longer than its lease
+    /// keeps what it claimed, and a replica killed mid-sweep lets it go within `lease`. A row
+    /// done (deferred) is no longer leased until `held`, so it is left alone.
+    pub(super) async fn renewing_claims<T>(
+        &self,
+        claimed: Claimed,
+        ids: &[String],
+        mut held: i64,
+        lease: Duration,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let every = (lease / 3).max(Duration::from_millis(50));
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(every) => {
+                    let until = now_millis().saturating_add(millis(lease));
+                    let renewed = match claimed {
+                        Claimed::Payments => {
+                            self.store.renew_reconcile_claims(ids, held, until).await
+                        }
+                        Claimed::Refunds => {
+                            self.store.renew_refund_reconcile_claims(ids, held, until).await
+                        }
+                    };
+                    match renewed {
+                        Ok(_) => held = until,
+                        Err(error) => {
+                            tracing::warn!(%error, ?claimed, "renewing the reconciler's claims failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// One sweep over at most `batch` payments unchanged for longer than `after`. Claimed
-    /// payments are held for `lease` before another replica may take them (a replica that dies
-    /// mid-sweep loses its claims this way).
+    /// payments are leased for `lease`, renewed while the sweep works: another replica takes
+    /// them only once this one is gone (killed mid-sweep) and the lease ran out. A payment
+    /// Stripe could not answer for is looked at again `after` from now.
     #[tracing::instrument(skip(self))]
     pub async fn reconcile_once(
         &self,
@@ -46,15 +93,29 @@ impl Payments {
         lease: Duration,
     ) -> Result<SweepReport, AppError> {
         let now = now_millis();
+        let held = now.saturating_add(millis(lease));
         let claimed = self
             .store
-            .claim_for_reconcile(
-                now,
-                now.saturating_sub(millis(after)),
-                now.saturating_add(millis(lease)),
-                batch,
-            )
+            .claim_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
             .await?;
+        let ids: Vec<String> = claimed.iter().map(|payment| payment.id.clone()).collect();
+        self.renewing_claims(
+            Claimed::Payments,
+            &ids,
+            held,
+            lease,
+            self.reconcile_claimed(claimed, now, after),
+        )
+        .await
+    }
+
+    /// Reads each claimed payment at Stripe and records what changed.
+    async fn reconcile_claimed(
+        &self,
+        claimed: Vec<crate::domain::Payment>,
+        now: i64,
+        after: Duration,
+    ) -> Result<SweepReport, AppError> {
         let mut report = SweepReport::default();
         for payment in claimed {
             report.checked += 1;
@@ -78,7 +139,11 @@ impl Payments {
                 }
                 Err(error) => {
                     report.failed += 1;
-                    tracing::warn!(payment_id = %id, %error, "reconciling failed; retried next sweep");
+                    tracing::warn!(payment_id = %id, %error, "reconciling failed; retried later");
+                    let until = now_millis().saturating_add(millis(after));
+                    if let Err(error) = self.store.defer_reconcile(&id, until).await {
+                        tracing::warn!(payment_id = %id, %error, "deferring failed; retried once the lease runs out");
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::reconcile::{millis, recheck_at};
+use super::reconcile::{Claimed, millis, recheck_at};
 use super::{AppError, Payments, now_millis};
 use crate::domain::{EventSource, RefundStatus};
 
@@ -31,10 +31,16 @@ pub struct RefundSweepReport {
     pub failed: usize,
 }
 
-/// Where the next scan of Stripe's recent refunds starts (unix seconds).
+/// Scans of Stripe's recent refunds start at most this often on one replica, however often it
+/// sweeps (a sweep every few seconds keeps claims moving; a scan costs a Stripe request).
+const SCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// Where the next scan of Stripe's recent refunds starts (unix seconds), and when the last one
+/// ran (unix ms).
 #[derive(Debug, Default)]
 pub(crate) struct RefundScan {
     next_since: Mutex<Option<i64>>,
+    last_at: Mutex<Option<i64>>,
 }
 
 fn count(outcome: &'static str, how_many: usize) {
@@ -57,15 +63,42 @@ impl Payments {
         lease: Duration,
     ) -> Result<RefundSweepReport, AppError> {
         let now = now_millis();
+        let held = now.saturating_add(millis(lease));
         let claimed = self
             .store
-            .claim_refunds_for_reconcile(
-                now,
-                now.saturating_sub(millis(after)),
-                now.saturating_add(millis(lease)),
-                batch,
+            .claim_refunds_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
+            .await?;
+        let ids: Vec<String> = claimed.iter().map(|refund| refund.id.clone()).collect();
+        let mut report = self
+            .renewing_claims(
+                Claimed::Refunds,
+                &ids,
+                held,
+                lease,
+                self.reconcile_claimed_refunds(claimed, now, after),
             )
             .await?;
+        match self.scan_recent_refunds(now).await {
+            Ok(found) => report.external += found,
+            Err(error) => {
+                report.failed += 1;
+                tracing::warn!(%error, "scanning Stripe's recent refunds failed; retried next sweep");
+            }
+        }
+        count("checked", report.checked);
+        count("changed", report.changed);
+        count("external", report.external);
+        count("failed", report.failed);
+        Ok(report)
+    }
+
+    /// Reads each claimed refund at Stripe (finishing `Creating` ones) and records what changed.
+    async fn reconcile_claimed_refunds(
+        &self,
+        claimed: Vec<crate::domain::Refund>,
+        now: i64,
+        after: Duration,
+    ) -> Result<RefundSweepReport, AppError> {
         let mut report = RefundSweepReport::default();
         for refund in claimed {
             report.checked += 1;
@@ -89,27 +122,31 @@ impl Payments {
                 }
                 Err(error) => {
                     report.failed += 1;
-                    tracing::warn!(refund_id = %id, %error, "reconciling the refund failed; retried next sweep");
+                    tracing::warn!(refund_id = %id, %error, "reconciling the refund failed; retried later");
+                    let until = now_millis().saturating_add(millis(after));
+                    if let Err(error) = self.store.defer_refund_reconcile(&id, until).await {
+                        tracing::warn!(refund_id = %id, %error, "deferring failed; retried once the lease runs out");
+                    }
                 }
             }
         }
-        match self.scan_recent_refunds(now).await {
-            Ok(found) => report.external += found,
-            Err(error) => {
-                report.failed += 1;
-                tracing::warn!(%error, "scanning Stripe's recent refunds failed; retried next sweep");
-            }
-        }
-        count("checked", report.checked);
-        count("changed", report.changed);
-        count("external", report.external);
-        count("failed", report.failed);
         Ok(report)
     }
 
     /// Reads Stripe's refunds created since the last scan and records those of paybridge's
     /// payments it did not know. Returns how many external refunds it recorded.
     async fn scan_recent_refunds(&self, now: i64) -> Result<usize, AppError> {
+        {
+            let mut last_at = self
+                .refund_scan
+                .last_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last_at.is_some_and(|at| now.saturating_sub(at) < millis(SCAN_EVERY)) {
+                return Ok(0);
+            }
+            *last_at = Some(now);
+        }
         let now_seconds = now / 1000;
         let since = {
             let next = self

@@ -18,6 +18,7 @@ mod operations;
 mod properties;
 mod pushes;
 mod reconciler;
+mod reconciler_failover;
 mod refund_store;
 mod refunds;
 mod refunds_crash;

@@ -68,6 +68,33 @@ impl Store {
             .await?)
     }
 
+    /// Extends to `lease_until` the lease of those of `ids` still leased until `held`.
+    pub(super) async fn renew_rows(
+        &self,
+        claimable: &Claimable,
+        ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let placeholders: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "update {} set reconcile_lease_until = $1 \
+             where reconcile_lease_until = $2 and {} in ({})",
+            claimable.table,
+            claimable.id_column,
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(lease_until).bind(held);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let _writer = self.hold_writer().await;
+        Ok(query.execute(&self.write).await?.rows_affected())
+    }
+
     /// Leaves a row alone until `until` (unix ms).
     pub(super) async fn defer_row(
         &self,
@@ -106,5 +133,15 @@ impl ReconcileClaims for Store {
 
     async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
         self.defer_row(&PAYMENTS, payment_id, until).await
+    }
+
+    async fn renew_reconcile_claims(
+        &self,
+        payment_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError> {
+        self.renew_rows(&PAYMENTS, payment_ids, held, lease_until)
+            .await
     }
 }

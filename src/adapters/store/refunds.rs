@@ -468,4 +468,14 @@ impl RefundRecords for Store {
     async fn defer_refund_reconcile(&self, refund_id: &str, until: i64) -> Result<(), StoreError> {
         self.defer_row(&REFUNDS, refund_id, until).await
     }
+
+    async fn renew_refund_reconcile_claims(
+        &self,
+        refund_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError> {
+        self.renew_rows(&REFUNDS, refund_ids, held, lease_until)
+            .await
+    }
 }

@@ -465,6 +465,25 @@ impl ReconcileClaims for FakeStore {
         self.state()?.leases.insert(payment_id.to_owned(), until);
         Ok(())
     }
+
+    async fn renew_reconcile_claims(
+        &self,
+        payment_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let mut renewed = 0;
+        for id in payment_ids {
+            if let Some(until) = state.leases.get_mut(id)
+                && *until == held
+            {
+                *until = lease_until;
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
 }
 
 #[async_trait]

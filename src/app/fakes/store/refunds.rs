@@ -272,6 +272,25 @@ impl RefundRecords for FakeStore {
             .insert(refund_id.to_owned(), until);
         Ok(())
     }
+
+    async fn renew_refund_reconcile_claims(
+        &self,
+        refund_ids: &[String],
+        held: i64,
+        lease_until: i64,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let mut renewed = 0;
+        for id in refund_ids {
+            if let Some(until) = state.refund_leases.get_mut(id)
+                && *until == held
+            {
+                *until = lease_until;
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
 }
 
 #[cfg(test)]
