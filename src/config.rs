@@ -347,6 +347,12 @@ pub struct GatewayArgs {
     /// Return requests one client IP may make in a burst.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_RATE_BURST", default_value_t = 20)]
     pub rate_burst: u32,
+    /// The proxies in front of the gateway (the ingress controller's pods): CIDRs or addresses,
+    /// separated by commas. Only for a request from one of them is the client the right-most
+    /// address of X-Forwarded-For (or Forwarded) that is not one of them; otherwise the client
+    /// is the TCP peer. Empty: nobody is trusted.
+    #[arg(long, env = "PAYBRIDGE_GATEWAY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// Return requests handled at once; more are answered 503 at once.
     #[arg(long, env = "PAYBRIDGE_GATEWAY_MAX_CONCURRENCY", default_value_t = 256)]
     pub max_concurrency: usize,
@@ -380,6 +386,8 @@ pub struct GatewayConfig {
     pub rate_limit: u32,
     /// Burst of return requests per client IP.
     pub rate_burst: u32,
+    /// Whose forwarding headers name the client (the rate limit's key, the access log's client).
+    pub trusted_proxies: crate::transport::gateway::TrustedProxies,
     pub max_concurrency: usize,
     pub core_timeout: Duration,
     /// Headers (and a webhook body) must arrive within this; also the idle keep-alive limit.
@@ -418,6 +426,9 @@ impl GatewayArgs {
         if self.max_concurrency == 0 {
             return Err("PAYBRIDGE_GATEWAY_MAX_CONCURRENCY: must be at least 1".to_owned());
         }
+        let trusted_proxies =
+            crate::transport::gateway::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|error| format!("PAYBRIDGE_GATEWAY_TRUSTED_PROXIES: {error}"))?;
         if self.read_timeout.is_zero() {
             return Err("PAYBRIDGE_GATEWAY_READ_TIMEOUT: must be greater than zero".to_owned());
         }
@@ -427,6 +438,7 @@ impl GatewayArgs {
             gateway_token: self.gateway_token,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
+            trusted_proxies,
             max_concurrency: self.max_concurrency,
             core_timeout: self.core_timeout,
             read_timeout: self.read_timeout,

@@ -12,6 +12,7 @@ mod create_payment;
 mod events;
 mod gateway_browser;
 mod gateway_hostile;
+mod gateway_proxies;
 mod gateway_return;
 mod gateway_webhook;
 mod operations;

@@ -1,10 +1,9 @@
 //! One log line per request — method, path, status, time, client — and the headers every answer
 //! carries. The query string is never logged: on `/payment/return` it holds the client secret.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -30,10 +29,10 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = logged_path(request.uri().path()).to_owned();
     let has_query = request.uri().query().is_some();
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+    // The client as the rate limit sees it: the peer, or behind a trusted proxy the address it
+    // forwards.
+    let client = super::rate_limit::client_of(&request)
+        .map(|ip| ip.to_string())
         .unwrap_or_default();
     let mut response = next.run(request).await;
     for (name, value) in SECURITY_HEADERS {

@@ -5,6 +5,7 @@
 //! shutdown future resolves, then drains. Tests use exactly this.
 
 mod access_log;
+mod client_ip;
 mod core;
 mod health;
 mod pages;
@@ -35,6 +36,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::config::GatewayConfig;
 use crate::lifecycle::{AdminListener, serve_until_stopped};
 
+pub use self::client_ip::TrustedProxies;
 pub use self::core::{BearerToken, CoreClient};
 pub use self::return_route::{Refusal as ReturnRefusal, parse_return_query};
 
@@ -58,6 +60,7 @@ pub struct GatewayApp {
     router: Router,
     read_timeout: Duration,
     shutdown_grace: Duration,
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl GatewayApp {
@@ -85,6 +88,7 @@ impl GatewayApp {
             router,
             read_timeout: config.read_timeout,
             shutdown_grace: config.shutdown_grace,
+            trusted_proxies: Arc::new(config.trusted_proxies),
         })
     }
 
@@ -108,7 +112,14 @@ impl GatewayApp {
         let served = serve_until_stopped(
             self.admin,
             |stopped| async move {
-                serve(self.listener, self.router, self.read_timeout, stopped).await;
+                serve(
+                    self.listener,
+                    self.router,
+                    self.read_timeout,
+                    self.trusted_proxies,
+                    stopped,
+                )
+                .await;
                 Ok(())
             },
             shutdown,
@@ -131,6 +142,7 @@ async fn serve(
     listener: TcpListener,
     router: Router,
     read_timeout: Duration,
+    trusted_proxies: Arc<TrustedProxies>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -152,12 +164,17 @@ async fn serve(
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
-        // What `into_make_service_with_connect_info` would add: the rate limit keys on it.
+        // What `into_make_service_with_connect_info` would add, and the client it stands for
+        // (the peer, or behind a trusted proxy the address it forwards): the rate limit keys on
+        // the client, the access log shows it.
+        let trusted = Arc::clone(&trusted_proxies);
         let service =
             router
                 .clone()
                 .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    let client = trusted.client_of(peer.ip(), request.headers());
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(client_ip::ClientIp(client));
                     request
                 });
         let connection = graceful

@@ -1,4 +1,5 @@
-//! A token bucket per client IP, as an axum middleware (a tower layer) on the return route.
+//! A token bucket per client IP, as an axum middleware (a tower layer) on the return route. The
+//! client is the TCP peer, or behind a trusted proxy the address it forwards (`client_ip`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::client_ip::ClientIp;
 use super::pages;
 
 /// Above this many tracked addresses, full (idle) buckets are dropped: memory stays bounded
@@ -63,16 +65,27 @@ impl PerIpLimiter {
     }
 }
 
+/// The request's client address (see `client_ip`); the peer's if it was not worked out.
+pub(super) fn client_of(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ClientIp>()
+        .map(|ClientIp(ip)| *ip)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip())
+        })
+}
+
 pub(super) async fn limit_per_ip(
     State(limiter): State<Arc<PerIpLimiter>>,
     request: Request,
     next: Next,
 ) -> Response {
-    // The peer address: behind a proxy that is the proxy's, so give it its own limits there.
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+    // The client: the peer, or behind a trusted proxy the address it forwards.
+    let ip = client_of(&request);
     if let Some(ip) = ip
         && !limiter.allow(ip, Instant::now())
     {

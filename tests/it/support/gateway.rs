@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use paybridge::config::GatewayConfig;
 use paybridge::pb::v1 as pb;
-use paybridge::transport::gateway::GatewayApp;
+use paybridge::transport::gateway::{GatewayApp, TrustedProxies};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -64,6 +64,8 @@ pub struct GatewayOptions {
     pub max_concurrency: usize,
     /// Headers and webhook bodies must arrive within this.
     pub read_timeout: Duration,
+    /// Whose X-Forwarded-For is believed (`PAYBRIDGE_GATEWAY_TRUSTED_PROXIES`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for GatewayOptions {
@@ -74,6 +76,7 @@ impl Default for GatewayOptions {
             rate_burst: 1_000,
             max_concurrency: 1_000,
             read_timeout: Duration::from_secs(10),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl GatewayTest {
             gateway_token: SecretString::from(GATEWAY_TOKEN.to_owned()),
             rate_limit: gateway.rate_limit,
             rate_burst: gateway.rate_burst,
+            trusted_proxies: gateway.trusted_proxies.clone(),
             max_concurrency: gateway.max_concurrency,
             core_timeout: Duration::from_secs(15),
             read_timeout: gateway.read_timeout,
@@ -214,6 +218,27 @@ impl GatewayTest {
         })
         .await
         .expect("the return is verified within 10 s")
+    }
+
+    /// The browser's return for `created`, through a proxy that sent these headers too.
+    pub async fn return_with_headers(
+        &self,
+        created: &pb::CreateInvoicePaymentResponse,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let intent = &created
+            .payment
+            .as_ref()
+            .expect("payment")
+            .stripe_payment_intent_id;
+        let mut request = self.http.get(self.url(&format!(
+            "/payment/return?{}",
+            Self::return_query(intent, &created.client_secret, "failed")
+        )));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("gateway answers")
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
