@@ -115,6 +115,9 @@ def test_values_files_pass_the_values_schema(production_values):
         ({"core": {"reconcile": {"interval": "30"}}}, "/core/reconcile/interval'"),
         ({"database": {"url": "mysql://db/paybridge"}}, "/database/url'"),
         ({"image": {"digest": "latest"}}, "/image/digest'"),
+        ({"stripe": {"maxRps": 0}}, "/stripe/maxRps'"),
+        ({"gateway": {"trustedProxies": ["ingress-nginx"]}}, "/gateway/trustedProxies/0'"),
+        ({"gateway": {"rateBurst": 0}}, "/gateway/rateBurst'"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values_with_a_readable_message(values, expected):
@@ -455,6 +458,71 @@ def test_metrics_are_scraped(default_render, production_render):
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     for service in production_render.all("Service"):
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+def test_the_stripe_budget_and_the_reconciler_lease_are_configured(default_render, production_render):
+    default = default_render.one("ConfigMap")["data"]
+    assert default["PAYBRIDGE_STRIPE_MAX_RPS"] == "20"
+    assert default["PAYBRIDGE_RECONCILE_INTERVAL"] == "5s"
+    assert default["PAYBRIDGE_RECONCILE_LEASE"] == "8s"
+    # The account's budget, shared by the replicas: it does not grow with the HPA.
+    assert production_render.one("ConfigMap")["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "80"
+    custom = render({"stripe": {"maxRps": 25}, "core": {"reconcile": {"lease": "12s"}}})
+    assert custom.one("ConfigMap")["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "25"
+    assert custom.one("ConfigMap")["data"]["PAYBRIDGE_RECONCILE_LEASE"] == "12s"
+
+
+def test_the_gateways_limits_and_trusted_proxies_are_configured(default_render, production_render):
+    default = env_values(default_render.container("gateway"))
+    assert default["PAYBRIDGE_GATEWAY_RATE_LIMIT"] == "2"
+    assert default["PAYBRIDGE_GATEWAY_RATE_BURST"] == "20"
+    assert default["PAYBRIDGE_GATEWAY_TRUSTED_PROXIES"] == ""  # nobody: the peer is the client
+    production = env_values(production_render.container("gateway"))
+    assert production["PAYBRIDGE_GATEWAY_TRUSTED_PROXIES"] == "10.244.0.0/16"
+    custom = env_values(
+        render(
+            {"gateway": {"rateLimit": 5, "rateBurst": 50, "trustedProxies": ["10.0.0.0/8", "fd00::/8"]}}
+        ).container("gateway")
+    )
+    assert custom["PAYBRIDGE_GATEWAY_RATE_LIMIT"] == "5"
+    assert custom["PAYBRIDGE_GATEWAY_RATE_BURST"] == "50"
+    assert custom["PAYBRIDGE_GATEWAY_TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8"
+
+
+# PostgreSQL's default max_connections, less its superuser_reserved_connections.
+POSTGRES_DEFAULT_CONNECTIONS = 100 - 3
+
+
+def test_the_production_values_fit_postgresqls_default_connection_limit(production_render):
+    """Every replica the HPA may run, plus the rollout's surge pod, holds its pool and one
+    LISTEN connection; the migration Job holds one of each too."""
+    hpa = production_render.one("HorizontalPodAutoscaler")
+    surge = production_render.one("Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    pool = int(production_render.one("ConfigMap")["data"]["PAYBRIDGE_DATABASE_MAX_CONNECTIONS"])
+    pods = hpa["spec"]["maxReplicas"] + surge
+    needed = pods * (pool + 1) + 2
+    assert needed <= POSTGRES_DEFAULT_CONNECTIONS, (
+        f"{pods} pods × ({pool} pooled + 1 LISTEN) + 2 for the migration Job = {needed} connections"
+    )
+
+
+def test_the_notes_name_only_objects_the_chart_makes(default_render, production_render):
+    for rendered in (default_render, production_render):
+        kinds = {"deployment": "Deployment", "service": "Service", "job": "Job"}
+        named = set(re.findall(r"\b(deployment|service|job)/([a-z0-9][-a-z0-9]*)", rendered.notes))
+        assert named, rendered.notes
+        for kind, name in named:
+            assert [o for o in rendered.all(kinds[kind]) if o["metadata"]["name"] == name], (
+                f"NOTES name {kind}/{name}, which the chart does not make: {rendered.kinds()}"
+            )
+    assert "deployment/pb-paybridge," in default_render.notes
+    assert "service/pb-paybridge-gateway" in default_render.notes
+    assert "job/pb-paybridge-migrate" in production_render.notes
+    assert "job/" not in default_render.notes  # SQLite: no migration Job
+    # The webhook endpoint's API version and events.
+    assert "2026-09-30.endive" in production_render.notes
+    for event in ("payment_intent.succeeded", "refund.updated", "charge.refunded"):
+        assert event in production_render.notes
 
 
 def test_notes_tell_how_to_call_the_service(default_render, production_render):
