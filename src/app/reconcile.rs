@@ -94,19 +94,42 @@ impl Payments {
     ) -> Result<SweepReport, AppError> {
         let now = now_millis();
         let held = now.saturating_add(millis(lease));
-        let claimed = self
-            .store
-            .claim_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
-            .await?;
-        let ids: Vec<String> = claimed.iter().map(|payment| payment.id.clone()).collect();
-        self.renewing_claims(
-            Claimed::Payments,
-            &ids,
-            held,
-            lease,
-            self.reconcile_claimed(claimed, now, after),
-        )
-        .await
+        let report = async {
+            let claimed = self
+                .store
+                .claim_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
+                .await?;
+            let ids: Vec<String> = claimed.iter().map(|payment| payment.id.clone()).collect();
+            self.renewing_claims(
+                Claimed::Payments,
+                &ids,
+                held,
+                lease,
+                self.reconcile_claimed(claimed, now, after),
+            )
+            .await
+        }
+        .await;
+        let result = if report.is_ok() { "ok" } else { "failed" };
+        crate::metrics::METRICS
+            .reconciler_sweeps
+            .get_or_create(&crate::metrics::SweepLabels { result })
+            .inc();
+        if let Ok(report) = &report {
+            for (outcome, how_many) in [
+                ("checked", report.checked),
+                ("changed", report.changed),
+                ("failed", report.failed),
+            ] {
+                if how_many > 0 {
+                    crate::metrics::METRICS
+                        .reconciled_payments
+                        .get_or_create(&crate::metrics::ReconciledLabels { outcome })
+                        .inc_by(how_many as u64);
+                }
+            }
+        }
+        report
     }
 
     /// Reads each claimed payment at Stripe and records what changed.

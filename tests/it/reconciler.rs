@@ -33,6 +33,21 @@ async fn a_paid_payment_without_return_or_webhook_is_settled_by_the_reconciler(d
     let app = TestApp::spawn_with(db, reconciling()).await;
     let (_, payment, _) = app.create_paid("k1", "inv-1").await;
     wait_for_status(&app, &payment.id, pb::PaymentStatus::Succeeded).await;
+    // Counted where an operator looks.
+    let changed = support::metric_sum(
+        &app.admin_addr,
+        "paybridge_reconciler_payments_total",
+        "outcome=\"changed\"",
+    )
+    .await;
+    assert!(changed >= 1, "reconciler_payments changed: {changed}");
+    let sweeps = support::metric_sum(
+        &app.admin_addr,
+        "paybridge_reconciler_sweeps_total",
+        "result=\"ok\"",
+    )
+    .await;
+    assert!(sweeps >= 1, "reconciler_sweeps ok: {sweeps}");
 }
 
 async fn a_payment_left_creating_by_a_lost_answer_is_finished_with_the_same_intent_and_settled_once_paid(
