@@ -335,6 +335,19 @@ def test_the_migration_hook_job_runs_before_install_and_upgrade(production_rende
     assert job["spec"]["backoffLimit"] >= 0 and job["spec"]["activeDeadlineSeconds"] > 0
 
 
+def test_the_migration_job_may_use_its_own_database_url(production_values):
+    two_urls = render(
+        merge(
+            production_values,
+            {"database": {"migrations": {"existingSecret": "paybridge-database-owner", "existingSecretKey": "url"}}},
+        )
+    )
+    [container] = two_urls.one("Job")["spec"]["template"]["spec"]["containers"]
+    assert secret_refs(container) == {"PAYBRIDGE_DATABASE_URL": ("paybridge-database-owner", "url")}
+    # The pods keep the row-only URL.
+    assert secret_refs(two_urls.container("core"))["PAYBRIDGE_DATABASE_URL"] == ("paybridge-database", "database-url")
+
+
 def test_sqlite_runs_one_pod_on_a_kept_volume_and_migrates_at_start(default_render):
     assert default_render.maybe("Job") is None
     deployment = default_render.one("Deployment")
