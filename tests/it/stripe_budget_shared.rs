@@ -30,6 +30,12 @@ const LOAD: Duration = Duration::from_secs(20);
 const AFTER_KILL: Duration = Duration::from_secs(15);
 /// Within this of the kill, the two others send at the whole budget.
 const TAKE_OVER_WITHIN: Duration = Duration::from_secs(10);
+/// How late a request may reach the Stripe fake after it left its replica's budget: a loaded
+/// machine (the whole suite on two cores) holds up a replica's runtime or the fake's one Python
+/// thread, and the requests held up arrive together. On an idle machine the busiest second is
+/// within the budget plus the burst (the figure is printed); the assertion allows each window
+/// the requests this lateness can crowd into it.
+const LATE_BY_AT_MOST_MS: u64 = 500;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -146,13 +152,13 @@ async fn return_until(
     }
 }
 
-/// The most requests among `arrivals` (sorted, unix ms) in any one-second window, and where
+/// The most requests among `arrivals` (sorted, unix ms) in any window of `width_ms`, and where
 /// that window starts.
-fn busiest_second(arrivals: &[u64]) -> (u64, u64) {
+fn busiest_window(arrivals: &[u64], width_ms: u64) -> (u64, u64) {
     let mut best = (0, 0);
     let mut first = 0;
     for (last, at) in arrivals.iter().enumerate() {
-        while arrivals[first] + 1000 <= *at {
+        while arrivals[first] + width_ms <= *at {
             first += 1;
         }
         let count = (last - first + 1) as u64;
@@ -263,7 +269,8 @@ async fn three_replicas_on_postgres_share_one_stripe_budget() {
         arrivals.sort_unstable();
     }
 
-    let (busiest, at) = busiest_second(&all);
+    let (busiest, at) = busiest_window(&all, 1000);
+    let (busiest_5s, at_5s) = busiest_window(&all, 5000);
     // Before the kill: each replica's rate, from the moment every caller was busy.
     let steady_from = started + 2_000;
     let steady_secs = (killed_at - steady_from) as f64 / 1000.0;
@@ -292,7 +299,8 @@ async fn three_replicas_on_postgres_share_one_stripe_budget() {
         .collect();
     eprintln!(
         "shared Stripe budget {BUDGET}/s, burst {BURST}: {} Stripe requests, {} calls answered, \
-         refused {:?}; busiest one-second window {busiest} (from {at}); before the kill per \
+         refused {:?}; busiest one-second window {busiest} (from {at}), five-second window \
+         {busiest_5s} (from {at_5s}); before the kill per \
          replica {rates:.1?}/s; after the kill, the two others per second {per_second_after:?} \
          (at 90 % of the budget after {taken_over_in:?} s), {late_rates:.1?}/s from {} s on",
         all.len(),
@@ -301,9 +309,18 @@ async fn three_replicas_on_postgres_share_one_stripe_budget() {
         TAKE_OVER_WITHIN.as_secs(),
     );
 
+    // In any window of w seconds: at most w × the budget plus the burst, plus what arrived late
+    // from before the window.
+    let late_allowance = BUDGET * LATE_BY_AT_MOST_MS / 1000;
     assert!(
-        busiest <= BUDGET + BURST,
-        "{busiest} Stripe requests in the second from {at}: over {BUDGET}/s plus a burst of {BURST}"
+        busiest <= BUDGET + BURST + late_allowance,
+        "{busiest} Stripe requests in the second from {at}: over {BUDGET}/s plus a burst of \
+         {BURST} (and {late_allowance} late)"
+    );
+    assert!(
+        busiest_5s <= 5 * BUDGET + BURST + late_allowance,
+        "{busiest_5s} Stripe requests in the five seconds from {at_5s}: over {BUDGET}/s plus a \
+         burst of {BURST} (and {late_allowance} late)"
     );
     let fair = BUDGET as f64 / REPLICAS as f64;
     for (replica, rate) in rates.iter().enumerate() {
