@@ -9,6 +9,7 @@ mod events;
 #[cfg(test)]
 mod fakes;
 mod locks;
+mod payment_link;
 pub mod ports;
 mod push;
 mod query;
@@ -37,6 +38,7 @@ pub use events::{
 pub use push::{
     Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
 };
+pub use payment_link::{HostedPage, IssuedLink};
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
 pub use reconcile_refunds::RefundSweepReport;
@@ -51,6 +53,9 @@ pub struct PaymentSettings {
     pub publishable_key: String,
     /// The gateway's public return URL, for `stripe.confirmPayment`'s `return_url`.
     pub return_url: String,
+    /// The gateway's public base (`PAYBRIDGE_PUBLIC_URL`, no trailing `/`): hosted page links
+    /// are `<public_url>/pay/<token>`.
+    pub public_url: String,
     /// Checks webhook signatures; `None` when no webhook secret is configured.
     pub webhook_verifier: Option<Arc<dyn WebhookVerification>>,
 }
