@@ -554,7 +554,9 @@ mod tests {
 
     #[test]
     fn the_public_url_defaults_to_the_return_urls_origin() {
-        let return_url: Url = "https://pay.example.com:8443/payment/return".parse().unwrap();
+        let return_url: Url = "https://pay.example.com:8443/payment/return"
+            .parse()
+            .unwrap();
         let default = public_url(None, &return_url).unwrap();
         assert_eq!(public_base(&default), "https://pay.example.com:8443");
         let given: Url = "https://example.com/payments/".parse().unwrap();
@@ -580,7 +582,10 @@ mod tests {
             "http://127.0.0.1:4000/v3/",
             "http://localhost/v3/",
         ] {
-            assert!(check_stripe_js_url(&good.parse().unwrap()).is_ok(), "{good}");
+            assert!(
+                check_stripe_js_url(&good.parse().unwrap()).is_ok(),
+                "{good}"
+            );
         }
         for bad in [
             "http://js.stripe.com/v3/",

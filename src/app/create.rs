@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, IssuedLink, Payments, now_millis};
 use crate::domain::{
-    Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, LinkTtl, Metadata,
-    Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
-    StatusChange,
+    Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, LinkTtl,
+    Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus,
+    RedirectUrl, StatusChange,
 };
 use crate::tenants::Tenant;
 

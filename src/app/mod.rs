@@ -35,10 +35,10 @@ pub use events::{
     DEFAULT_EVENT_PAGE_SIZE, EventPage, ListEventsQuery, MAX_EVENT_PAGE_SIZE, event_cursor,
     event_id, event_type,
 };
+pub use payment_link::{HostedPage, IssuedLink};
 pub use push::{
     Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
 };
-pub use payment_link::{HostedPage, IssuedLink};
 pub use query::{DEFAULT_PAGE_SIZE, ListPage, ListPaymentsQuery, MAX_PAGE_SIZE};
 pub use reconcile::SweepReport;
 pub use reconcile_refunds::RefundSweepReport;

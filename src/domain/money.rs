@@ -234,7 +234,10 @@ impl Money {
         if shown == 0 {
             format!("{grouped} {code}")
         } else {
-            format!("{grouped}.{fraction:0width$} {code}", width = shown as usize)
+            format!(
+                "{grouped}.{fraction:0width$} {code}",
+                width = shown as usize
+            )
         }
     }
 }

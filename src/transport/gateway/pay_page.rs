@@ -162,7 +162,9 @@ fn state_text(status: pb::PaymentStatus, merchant: &str) -> (&'static str, Strin
         ),
         S::Canceled => (
             "state",
-            format!("This payment was cancelled. Please contact {merchant} if you still need to pay."),
+            format!(
+                "This payment was cancelled. Please contact {merchant} if you still need to pay."
+            ),
         ),
         S::Creating
         | S::Unspecified
@@ -170,7 +172,8 @@ fn state_text(status: pb::PaymentStatus, merchant: &str) -> (&'static str, Strin
         | S::RequiresConfirmation
         | S::RequiresAction => (
             "state",
-            "This payment cannot be made right now. Please reload this page in a moment.".to_owned(),
+            "This payment cannot be made right now. Please reload this page in a moment."
+                .to_owned(),
         ),
     }
 }
@@ -214,8 +217,9 @@ fn render(settings: &PageSettings, page: &pb::PaymentPage) -> Response {
                 "<p id=\"payment-message\" class=\"message\" role=\"alert\">{}</p>",
                 escape(text)
             ),
-            None => "<p id=\"payment-message\" class=\"message\" role=\"alert\" hidden></p>"
-                .to_owned(),
+            None => {
+                "<p id=\"payment-message\" class=\"message\" role=\"alert\" hidden></p>".to_owned()
+            }
         };
         (
             format!(

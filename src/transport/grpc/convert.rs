@@ -5,13 +5,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::app::ports::ListCursor;
 use crate::app::{
-    CreatePaymentCommand, CreatedPayment, HostedPage, IssuedLink, ListPaymentsQuery,
-    VerifiedReturn,
+    CreatePaymentCommand, CreatedPayment, HostedPage, IssuedLink, ListPaymentsQuery, VerifiedReturn,
 };
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
-    Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
-    LinkTtl, Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery,
+    Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId, LinkTtl,
+    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery,
     ReturnQueryField, StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
@@ -293,10 +292,7 @@ pub(super) fn created_to_proto(created: CreatedPayment) -> pb::CreateInvoicePaym
         publishable_key: created.publishable_key,
         return_url: created.return_url,
         created: created.created,
-        hosted_url_expires_at: created
-            .link
-            .as_ref()
-            .map(|link| timestamp(link.expires_at)),
+        hosted_url_expires_at: created.link.as_ref().map(|link| timestamp(link.expires_at)),
         hosted_url: created.link.map(|link| link.url).unwrap_or_default(),
     }
 }

@@ -265,18 +265,19 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
     ) -> Result<Response<pb::PaymentLink>, Status> {
         let tenant = authenticate(&self.tenants, &request)?;
         let request = request.into_inner();
-        let (id, ttl) = match (
-            crate::domain::PaymentId::parse_field(&request.payment_id, "payment_id"),
-            convert::link_ttl(request.ttl),
-        ) {
-            (Ok(id), Ok(ttl)) => (id, ttl),
-            (id, ttl) => {
-                return Err(crate::app::AppError::from(
-                    crate::domain::ValidationError::collect([id.err(), ttl.err()]),
-                )
-                .into());
-            }
-        };
+        let (id, ttl) =
+            match (
+                crate::domain::PaymentId::parse_field(&request.payment_id, "payment_id"),
+                convert::link_ttl(request.ttl),
+            ) {
+                (Ok(id), Ok(ttl)) => (id, ttl),
+                (id, ttl) => {
+                    return Err(crate::app::AppError::from(
+                        crate::domain::ValidationError::collect([id.err(), ttl.err()]),
+                    )
+                    .into());
+                }
+            };
         let link = self
             .payments
             .create_payment_link(tenant.id().as_str(), id.as_str(), ttl)

@@ -5,6 +5,7 @@
 
 #![allow(unreachable_pub)]
 
+pub mod browser;
 pub mod child;
 pub mod events;
 pub mod fault_proxy;
@@ -65,6 +66,7 @@ token_sha256 = "{}"
 allowed_redirect_origins = ["https://billing.example.com", "billingapp:"{extra}]
 success_url = "https://billing.example.com/paid"
 failure_url = "https://billing.example.com/payment-failed"
+display_name = "Billing Example & Co"
 
 [[tenants]]
 id = "orders"
@@ -87,6 +89,12 @@ fn tenants_of(options: &Options, dir: &std::path::Path) -> Tenants {
 /// The text of [`tenants_of`]'s file.
 pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
     let mut text = tenants_toml_with(options.extra_redirect_origin.as_deref());
+    if let Some(logo) = &options.billing_logo_url {
+        text = text.replace(
+            "display_name = \"Billing Example & Co\"\n",
+            &format!("display_name = \"Billing Example & Co\"\nlogo_url = {logo:?}\n"),
+        );
+    }
     let secret_file = dir.join("push.secret");
     std::fs::write(&secret_file, PUSH_SECRET).expect("push secret file");
     for (after, url) in [
@@ -177,6 +185,8 @@ pub struct Options {
     /// [`PUBLIC_URL`] when unset); `GatewayOptions::core_points_here` sets both to its gateway.
     pub return_url: Option<String>,
     pub public_url: Option<String>,
+    /// billing's `logo_url` (on one of its allowed origins); none by default.
+    pub billing_logo_url: Option<String>,
 }
 
 /// The signing secret of the tenants' pushes in tests.
@@ -208,6 +218,7 @@ impl Default for Options {
             push_timeout: Duration::from_secs(5),
             return_url: None,
             public_url: None,
+            billing_logo_url: None,
         }
     }
 }

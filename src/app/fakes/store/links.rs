@@ -19,10 +19,9 @@ impl PaymentLinks for FakeStore {
         if state.links.contains_key(token_sha256) {
             return Err(StoreError::Conflict);
         }
-        state.links.insert(
-            token_sha256.to_owned(),
-            (payment_id.to_owned(), expires_at),
-        );
+        state
+            .links
+            .insert(token_sha256.to_owned(), (payment_id.to_owned(), expires_at));
         Ok(())
     }
 
@@ -42,7 +41,9 @@ impl PaymentLinks for FakeStore {
     async fn delete_expired_payment_links(&self, before: i64) -> Result<u64, StoreError> {
         let mut state = self.state()?;
         let count = state.links.len();
-        state.links.retain(|_, (_, expires_at)| *expires_at >= before);
+        state
+            .links
+            .retain(|_, (_, expires_at)| *expires_at >= before);
         Ok((count - state.links.len()) as u64)
     }
 }
