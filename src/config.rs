@@ -28,7 +28,7 @@ pub enum Command {
     /// Applies the database migrations and exits.
     Migrate(DatabaseArgs),
     /// Runs the HTTP return gateway (browser returns from Stripe, Stripe webhooks).
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

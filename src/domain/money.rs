@@ -225,7 +225,7 @@ impl Money {
         let digits = whole.to_string();
         let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
         for (i, digit) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(digit);
@@ -257,7 +257,7 @@ mod tests {
         let shown = |amount, currency| Money::parse(amount, currency).unwrap().for_display();
         assert_eq!(shown(4200, "usd"), "42.00 USD");
         assert_eq!(shown(5, "eur"), "0.05 EUR");
-        assert_eq!(shown(123_456_78, "eur"), "123,456.78 EUR");
+        assert_eq!(shown(12_345_678, "eur"), "123,456.78 EUR");
         assert_eq!(shown(1500, "jpy"), "1,500 JPY");
         assert_eq!(shown(99_999_999, "krw"), "99,999,999 KRW");
         assert_eq!(shown(12_340, "kwd"), "12.340 KWD");
