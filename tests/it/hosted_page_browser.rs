@@ -183,8 +183,8 @@ async fn lands_on_the_success_page(
     assert_eq!(status_of(test, created).await, pb::PaymentStatus::Succeeded);
 }
 
-/// Where the browser test writes its screenshots: `PAYBRIDGE_TEST_SCREENSHOTS` (a folder), or
-/// the test target's temporary folder.
+/// Where the browser test writes its screenshots: `PAYBRIDGE_TEST_SCREENSHOTS` (a folder, e.g.
+/// `docs/images` to renew the README's), or the test target's temporary folder.
 fn screenshot_path(name: &str) -> std::path::PathBuf {
     let folder = std::env::var_os("PAYBRIDGE_TEST_SCREENSHOTS")
         .map(std::path::PathBuf::from)
@@ -229,13 +229,18 @@ async fn paying_with_4242_on_the_hosted_page_lands_on_the_success_page(db: Db) {
         )
         .await;
     let phone = browser.screenshot().await;
+    // The README shows the SQLite run's (the page is the same on both engines).
+    let suffix = match db {
+        Db::Sqlite => "",
+        Db::Postgres => "-postgres",
+    };
     for (name, png) in [
-        (format!("hosted-page-{db:?}.png"), &desktop),
-        (format!("hosted-page-360-{db:?}.png"), &phone),
+        (format!("hosted-page{suffix}.png"), &desktop),
+        (format!("hosted-page-360{suffix}.png"), &phone),
     ] {
         assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
         assert!(png.len() > 10_000, "{name}: {} bytes", png.len());
-        std::fs::write(screenshot_path(&name.to_lowercase()), png).expect("screenshot written");
+        std::fs::write(screenshot_path(&name), png).expect("screenshot written");
     }
 
     browser.click("#pay-button").await;

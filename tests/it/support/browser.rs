@@ -231,8 +231,8 @@ impl Browser {
         Ok(result["result"]["value"].clone())
     }
 
-    /// Waits (at most `within`) until `expression` is true in the page, and returns the value
-    /// of `report` then; on timeout, panics with `report`'s last value.
+    /// Waits (at most `within`) until `expression` is true in the page; on timeout, panics with
+    /// `what`, the last value seen, and what the page shows.
     pub async fn wait_until(&mut self, within: Duration, expression: &str, what: &str) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
