@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::support::gateway::{GatewayOptions, GatewayTest};
 use crate::support::{
-    BILLING_TOKEN, Db, GATEWAY_TOKEN, ORDERS_TOKEN, Options, as_tenant, create_request, eventually,
+    BILLING_TOKEN, Db, GATEWAY_TOKEN, ORDERS_TOKEN, Options, as_tenant, count_rows, create_request,
+    eventually, sha256_hex,
 };
 use paybridge::pb::v1 as pb;
 
@@ -275,6 +276,41 @@ async fn an_expired_link_is_404_and_create_payment_link_gives_a_working_one(db: 
     })
     .await
     .expect("the 5 s link answers 404 once expired");
+
+    // The store holds the token's hash, never the token; the janitor's delete removes the
+    // expired link (on this engine's SQL).
+    let token = path.strip_prefix("/pay/").expect("token");
+    let url = &test.app.database_url;
+    let rows_with = |column_value: String| {
+        format!("select count(*) from payment_link where token_sha256 = '{column_value}'")
+    };
+    assert_eq!(count_rows(url, &rows_with(sha256_hex(token))).await, 1);
+    // (The token itself is not queried for: this query's own log line would show it.)
+    assert_eq!(
+        count_rows(url, "select count(*) from payment_link").await,
+        1,
+        "the one row is the hash's"
+    );
+    let store = paybridge::adapters::store::Store::connect(url, 2)
+        .await
+        .expect("store");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    use paybridge::app::ports::PaymentLinks;
+    assert_eq!(
+        store
+            .delete_expired_payment_links(now_ms)
+            .await
+            .expect("deleted"),
+        1
+    );
+    store.close().await;
+    assert_eq!(
+        count_rows(url, "select count(*) from payment_link").await,
+        0
+    );
 
     let link = create_payment_link(&test, BILLING_TOKEN, &payment.id, None)
         .await
