@@ -506,6 +506,7 @@ def test_notes_tell_how_to_call_the_service(default_render, production_render):
     assert "kubectl -n payments create secret generic pb-paybridge-stripe" in default_render.notes
     assert "port-forward service/pb-paybridge 50051:50051" in default_render.notes
     assert "https://pay.example.com/stripe/webhook" in production_render.notes
+    assert "https://pay.example.com/pay/<token>" in production_render.notes
     assert "create secret generic paybridge-gateway" in production_render.notes
 
 

@@ -34,7 +34,8 @@ pub const NOT_FOUND_FLOOR: Duration = Duration::from_millis(200);
 pub(super) struct PageSettings {
     /// Stripe.js (`PAYBRIDGE_STRIPE_JS_URL`).
     stripe_js_url: String,
-    /// The policy up to `img-src`, which depends on the tenant's logo.
+    /// The sources of the policy's `script-src` (beside `'self'`), `frame-src` and
+    /// `connect-src`: Stripe's, or the stand-in's origin.
     script_src: String,
     frame_src: String,
     connect_src: String,
