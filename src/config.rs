@@ -627,6 +627,30 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_refuses_a_stripe_js_url_naming_the_setting() {
+        let parse = |url: &str| {
+            let cli = Cli::try_parse_from([
+                "paybridge",
+                "gateway",
+                "--gateway-token",
+                "a-long-enough-gateway-token-for-tests",
+                "--stripe-js-url",
+                url,
+            ])
+            .map_err(|error| error.to_string())?;
+            match cli.command {
+                Command::Gateway(args) => args.into_config(),
+                _ => unreachable!("parsed the gateway subcommand"),
+            }
+        };
+        let default = gateway_with_core_url("http://127.0.0.1:50051").unwrap();
+        assert_eq!(default.stripe_js_url.as_str(), "https://js.stripe.com/v3/");
+        let error = parse("http://js.example.com/v3/").unwrap_err();
+        assert!(error.contains("PAYBRIDGE_STRIPE_JS_URL"), "{error}");
+        assert!(parse("http://127.0.0.1:9/v3/").is_ok());
+    }
+
+    #[test]
     fn the_core_url_is_http_host_port_or_a_unix_socket_path() {
         for good in [
             "http://127.0.0.1:50051",
