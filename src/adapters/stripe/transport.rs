@@ -149,7 +149,7 @@ pub enum StripeHttpError {
         code: Option<String>,
         message: String,
     },
-    #[error("the process's Stripe request budget is exhausted")]
+    #[error("this replica's share of the Stripe request budget is exhausted")]
     OverBudget,
     #[error("gave up after {attempts} attempts; last error: {last}")]
     Exhausted {
