@@ -28,6 +28,8 @@ mod resilience_shutdown;
 mod resilience_stripe;
 mod stripe_adapter_contract;
 mod stripe_budget;
+mod tenants_reload;
+mod tls;
 mod validation;
 mod watch;
 mod webhooks;

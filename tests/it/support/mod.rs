@@ -107,6 +107,7 @@ pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
             );
         }
     }
+    text.push_str(&options.extra_tenants_toml);
     text
 }
 
@@ -176,6 +177,8 @@ pub struct Options {
     pub grpc_tls: Option<paybridge::transport::grpc::TlsFiles>,
     /// How often the core checks its tenants file (`TestApp::tenants_file`) and TLS files.
     pub reload_interval: Duration,
+    /// More `[[tenants]]` tables for the tenants file.
+    pub extra_tenants_toml: String,
 }
 
 /// The signing secret of the tenants' pushes in tests.
@@ -207,6 +210,7 @@ impl Default for Options {
             push_timeout: Duration::from_secs(5),
             grpc_tls: None,
             reload_interval: Duration::from_millis(100),
+            extra_tenants_toml: String::new(),
         }
     }
 }
