@@ -76,6 +76,9 @@ pub trait Reloadable: Send + 'static {
     fn load(&self, reads: &mut FileReads) -> Result<Self::Value, String>;
 }
 
+/// What readers hold: the latest value that checked out.
+pub type Current<T> = watch::Receiver<Arc<T>>;
+
 /// What one check of the files found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
@@ -100,7 +103,7 @@ where
     L: std::fmt::Debug,
 {
     /// Loads the value once: a file that does not check out at start stops start-up.
-    pub fn start(loader: L) -> Result<(Reloader<L>, watch::Receiver<Arc<L::Value>>), String> {
+    pub fn start(loader: L) -> Result<(Reloader<L>, Current<L::Value>), String> {
         let mut reads = FileReads::new();
         let value = loader.load(&mut reads)?;
         let (sender, receiver) = watch::channel(Arc::new(value));
