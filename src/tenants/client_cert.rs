@@ -114,6 +114,67 @@ mod tests {
         assert_eq!(CertHash::of_der(b"x"), CertHash::of_der(b"x"));
     }
 
+    /// A certificate (self-signed: the handshake's checks are not the point here) naming `names`.
+    fn certificate(names: &[&str]) -> CertificateDer<'static> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    fn tenants(extra: &[(&str, &str)]) -> crate::tenants::Tenants {
+        let text: String = extra
+            .iter()
+            .map(|(id, credential)| {
+                format!(
+                    "[[tenants]]\nid = \"{id}\"\n{credential}\n\
+                     allowed_redirect_origins = [\"https://{id}.example.com\"]\n\
+                     success_url = \"https://{id}.example.com/ok\"\n\
+                     failure_url = \"https://{id}.example.com/ko\"\n"
+                )
+            })
+            .collect();
+        crate::tenants::Tenants::parse_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_is_the_tenant_of_its_fingerprint_else_of_its_one_name() {
+        let both = certificate(&["a.clients.test", "b.clients.test"]);
+        let only_a = certificate(&["a.clients.test"]);
+        let fingerprint = hex::encode(Sha256::digest(both.as_ref()));
+        let set = tenants(&[
+            ("a", "client_cert_san = \"a.clients.test\""),
+            ("b", "client_cert_san = \"b.clients.test\""),
+            ("c", &format!("client_cert_sha256 = \"{fingerprint}\"")),
+        ]);
+        let id = |cert: &CertificateDer<'_>| {
+            set.authenticate_client_cert(cert)
+                .map(|t| t.id().as_str().to_owned())
+        };
+        assert_eq!(id(&only_a).as_deref(), Some("a"));
+        assert_eq!(id(&both).as_deref(), Some("c"), "the fingerprint first");
+        let set = tenants(&[
+            ("a", "client_cert_san = \"a.clients.test\""),
+            ("b", "client_cert_san = \"b.clients.test\""),
+        ]);
+        assert!(
+            set.authenticate_client_cert(&both).is_none(),
+            "two tenants' names: nobody's"
+        );
+        assert!(
+            set.authenticate_client_cert(&certificate(&["a.clients.test.evil"]))
+                .is_none()
+        );
+        assert!(
+            set.authenticate_client_cert(&certificate(&["x.a.clients.test"]))
+                .is_none()
+        );
+    }
+
     #[test]
     fn subject_names_are_dns_names_or_ips_without_wildcards() {
         assert!(SubjectName::parse("billing.clients.internal").is_ok());

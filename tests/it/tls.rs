@@ -244,12 +244,18 @@ async fn a_plaintext_client_is_refused_and_a_tls_client_with_a_token_is_served()
     );
     assert_eq!(app.rpc_count("ListPayments").await, 0, "no call reached it");
 
+    // A client that connects and says nothing holds up nobody: handshakes run side by side (one
+    // after another, the next would wait out the silent one's 10 s handshake timeout).
+    let _silent = TcpStream::connect(app.grpc_addr).await.expect("connects");
     let mut client = tls_client(app.grpc_addr, &server_ca.der(), None).await;
-    let created = client
-        .create_invoice_payment(as_tenant(BILLING_TOKEN, create_request("k1", "inv-1")))
-        .await
-        .expect("a token tenant over TLS")
-        .into_inner();
+    let created = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.create_invoice_payment(as_tenant(BILLING_TOKEN, create_request("k1", "inv-1"))),
+    )
+    .await
+    .expect("not held up by the silent client")
+    .expect("a token tenant over TLS")
+    .into_inner();
     assert!(created.payment.is_some());
     let status = client
         .list_payments(tonic::Request::new(pb::ListPaymentsRequest::default()))
