@@ -29,6 +29,38 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Runs the HTTP return gateway (browser returns from Stripe, Stripe webhooks).
     Gateway(Box<GatewayArgs>),
+    /// Tenants file tools: make a tenant's token, check a file.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Makes a new tenant's bearer token, prints it once, and prints the TOML block (with the
+    /// token's SHA-256, never the token) to add to the tenants file.
+    New(TenantNewArgs),
+    /// Checks a tenants file (and the push secrets it names) as `serve` would; exits non-zero
+    /// with the reason when it would be refused.
+    Check {
+        /// The tenants file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TenantNewArgs {
+    /// The tenant's id (lowercase letters, digits, `-` and `_`).
+    pub id: String,
+    /// An origin the tenant's customers may be sent back to (`https://host[:port]` or `scheme:`
+    /// of an app); repeat for more.
+    #[arg(long = "origin", required = true)]
+    pub origins: Vec<String>,
+    /// Where the browser goes after a successful payment by default.
+    #[arg(long)]
+    pub success_url: String,
+    /// Where the browser goes after a failed or cancelled payment by default.
+    #[arg(long)]
+    pub failure_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,9 +172,24 @@ pub struct ServeArgs {
     /// Default: the origin of PAYBRIDGE_RETURN_URL.
     #[arg(long, env = "PAYBRIDGE_PUBLIC_URL")]
     pub public_url: Option<Url>,
-    /// The tenants file (TOML).
+    /// The tenants file (TOML). Followed while serving: a change applies without a restart.
     #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]
     pub tenants_file: PathBuf,
+    /// How often the tenants file and the TLS files are checked for changes.
+    #[arg(long, env = "PAYBRIDGE_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub reload_interval: Duration,
+    /// PEM certificate chain of the gRPC port; with PAYBRIDGE_GRPC_TLS_KEY, the port speaks
+    /// only TLS. Renewed files are picked up without a restart.
+    #[arg(long, env = "PAYBRIDGE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of PAYBRIDGE_GRPC_TLS_CERT.
+    #[arg(long, env = "PAYBRIDGE_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are checked against: a tenant may then
+    /// authenticate with a client certificate (`client_cert_sha256` or `client_cert_san`)
+    /// instead of a token. Needs the TLS certificate and key.
+    #[arg(long, env = "PAYBRIDGE_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
     /// Stripe webhook signing secret (`whsec_…`). Unset: webhooks are refused.
     #[arg(long, env = "PAYBRIDGE_STRIPE_WEBHOOK_SECRET", value_parser = parse_webhook_secret, hide_env_values = true)]
     pub stripe_webhook_secret: Option<SecretString>,
@@ -219,6 +266,12 @@ pub struct ServeConfig {
     /// The gateway's public base, for hosted page links ([`public_url`]).
     pub public_url: Url,
     pub tenants: Tenants,
+    /// The file `tenants` came from, followed while serving; `None`: the set never changes.
+    pub tenants_file: Option<PathBuf>,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub grpc_tls: Option<crate::transport::grpc::TlsFiles>,
+    /// How often the tenants and TLS files are checked for changes.
+    pub reload_interval: Duration,
     /// SHA-256 of the return gateway's token.
     pub gateway_token_sha256: Option<TokenHash>,
     /// Webhook signing secrets: the current one, then the previous one during a rotation.
@@ -289,6 +342,9 @@ impl ServeArgs {
                     .to_owned(),
             );
         }
+        if self.reload_interval.is_zero() {
+            return Err("PAYBRIDGE_RELOAD_INTERVAL: must be greater than zero".to_owned());
+        }
         crate::adapters::store::Backend::from_url(&self.database.database_url)
             .map_err(|error| format!("PAYBRIDGE_DATABASE_URL: {error}"))?;
         let database_max_connections = self.database.max_connections();
@@ -308,6 +364,16 @@ impl ServeArgs {
             return_url: self.return_url,
             public_url,
             tenants,
+            tenants_file: Some(self.tenants_file),
+            grpc_tls: match (self.grpc_tls_cert, self.grpc_tls_key) {
+                (Some(cert), Some(key)) => Some(crate::transport::grpc::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.grpc_tls_client_ca,
+                }),
+                _ => None,
+            },
+            reload_interval: self.reload_interval,
             gateway_token_sha256,
             stripe_webhook_secrets: self
                 .stripe_webhook_secret

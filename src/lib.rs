@@ -27,6 +27,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pb;
+pub mod reload;
 pub mod startup;
 pub mod telemetry;
 pub mod tenants;

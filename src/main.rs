@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paybridge::adapters::store::Store;
-use paybridge::config::{Cli, Command};
+use paybridge::config::{Cli, Command, TenantCommand};
 use paybridge::startup::{Application, shutdown_signal};
 use paybridge::transport::gateway::GatewayApp;
 
@@ -13,6 +13,9 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Tenant(command) = cli.command {
+        return tenant(command);
+    }
     // The gateway runs on one thread: it is a thin, I/O-bound sidecar (the chart gives it half a
     // core), and a worker per node core would only add wake-ups across threads and CFS
     // throttling. One thread costs less CPU per return at equal or better rates (bench/README.md).
@@ -20,9 +23,11 @@ fn main() -> ExitCode {
         Command::Gateway(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Command::Serve(_) | Command::Migrate(_) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+        Command::Serve(_) | Command::Migrate(_) | Command::Tenant(_) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        }
     };
     match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
@@ -30,6 +35,43 @@ fn main() -> ExitCode {
             eprintln!("error: starting the async runtime: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `paybridge tenant …`: no runtime, no telemetry; the answer on stdout, a refusal on stderr.
+fn tenant(command: TenantCommand) -> ExitCode {
+    match command {
+        TenantCommand::New(args) => match paybridge::tenants::new_tenant(
+            &args.id,
+            &args.origins,
+            &args.success_url,
+            &args.failure_url,
+        ) {
+            Ok(new) => {
+                // The token goes to stderr, the block to stdout: `… >> tenants.toml` appends the
+                // block, and the token is seen once, on the terminal.
+                eprintln!(
+                    "tenant {}'s bearer token (shown only this once; paybridge keeps only its SHA-256):\n{}\n",
+                    args.id, new.token
+                );
+                print!("{}", new.toml);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        TenantCommand::Check { file } => match paybridge::tenants::check_file(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -70,6 +112,7 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::Tenant(_) => unreachable!("handled before the runtime starts"),
         Command::Gateway(args) => {
             run_service(
                 || args.into_config(),

@@ -88,6 +88,19 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// A file `serve` reloads (`tenants`, `tls`) and what became of a changed one.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub file: &'static str,
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: &'static str,
+}
+
 /// Every metric of the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -108,6 +121,8 @@ pub struct Metrics {
     pub pushes: Family<PushLabels, Counter>,
     pub push_given_up: Family<TenantLabels, Counter>,
     pub push_oldest_undelivered_age: Family<TenantLabels, Gauge>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_file_rejected: Family<FileLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -223,8 +238,23 @@ impl Metrics {
             "Age of the oldest event not yet pushed to the tenant (0 when caught up)",
             push_oldest_undelivered_age.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Changed files serve read again (tenants, tls) by result: applied, or rejected (the \
+             previous one stays in use)",
+            config_reloads.clone(),
+        );
+        let config_file_rejected = Family::<FileLabels, Gauge>::default();
+        registry.register(
+            "config_file_rejected",
+            "1 while the file on disk (tenants, tls) is refused and the previous one is in use",
+            config_file_rejected.clone(),
+        );
         Metrics {
             registry,
+            config_reloads,
+            config_file_rejected,
             pushes,
             push_given_up,
             push_oldest_undelivered_age,

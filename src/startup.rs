@@ -22,8 +22,9 @@ use crate::app::{PaymentSettings, Payments, PushTarget, PushWorker, SystemClock}
 use crate::config::ServeConfig;
 use crate::lifecycle::{AdminListener, serve_until_stopped};
 use crate::pb::v1 as pb;
-use crate::tenants::{Tenants, TokenHash};
-use crate::transport::grpc::{CoreSocket, PaymentGrpcService, incoming};
+use crate::reload::Reloader;
+use crate::tenants::{LiveTenants, Tenants, TenantsFile, TokenHash};
+use crate::transport::grpc::{CoreSocket, CoreTls, PaymentGrpcService, TlsFiles, incoming};
 
 /// The gRPC service name health reports on, beside the overall `""`.
 const PAYMENT_SERVICE_NAME: &str = "paybridge.v1.PaymentService";
@@ -37,15 +38,19 @@ pub struct Application {
     grpc_addr: SocketAddr,
     store: Store,
     payments: Arc<Payments>,
-    tenants: Arc<Tenants>,
+    tenants: LiveTenants,
+    tls: Option<CoreTls>,
+    /// Follow the tenants file and the TLS files while serving.
+    tenants_reloader: Option<Reloader<TenantsFile>>,
+    tls_reloader: Option<Reloader<TlsFiles>>,
+    reload_interval: Duration,
     gateway_token: Option<TokenHash>,
     request_timeout: Duration,
     shutdown_grace: Duration,
     health_interval: Duration,
     reconcile: ReconcileSettings,
     event_retention: Duration,
-    pushes: Option<Arc<PushWorker>>,
-    push_targets: Vec<PushTarget>,
+    pushes: Arc<PushWorker>,
     stripe_budget: StripeBudget,
     /// This process's name in the shared Stripe budget (PostgreSQL).
     replica_id: String,
@@ -94,34 +99,43 @@ impl Application {
                 "Stripe request budget shared"
             );
         }
-        // Each tenant with a webhook_url gets its events pushed.
-        let push_targets: Vec<PushTarget> = config
-            .tenants
-            .iter()
-            .filter_map(|tenant| {
-                tenant.push().map(|endpoint| PushTarget {
-                    tenant: tenant.id().as_str().to_owned(),
-                    endpoint: endpoint.clone(),
+        // The tenants file is read again here (it may have changed since the settings were
+        // checked) and followed from now on.
+        let (tenants, tenants_reloader) = match config.tenants_file {
+            Some(path) => {
+                let (reloader, receiver) = Reloader::start(TenantsFile {
+                    path,
+                    gateway_token: config.gateway_token_sha256,
                 })
-            })
-            .collect();
-        let pushes = if push_targets.is_empty() {
-            None
-        } else {
-            let pusher = HttpPusher::new(
-                config.push_timeout,
-                Arc::new(crate::transport::grpc::push_body),
-            )
-            .map_err(anyhow::Error::msg)
-            .context("PAYBRIDGE_PUSH_*: building the push client")?;
-            Some(Arc::new(PushWorker::new(
-                Arc::new(store.clone()),
-                Arc::new(store.clone()),
-                Arc::new(pusher),
-                Arc::new(SystemClock),
-                config.push,
-            )))
+                .map_err(anyhow::Error::msg)
+                .context("PAYBRIDGE_TENANTS_FILE")?;
+                (LiveTenants::following(receiver), Some(reloader))
+            }
+            None => (LiveTenants::fixed(config.tenants), None),
         };
+        let (tls, tls_reloader) = match config.grpc_tls {
+            Some(files) => {
+                let (reloader, receiver) = Reloader::start(files)
+                    .map_err(anyhow::Error::msg)
+                    .context("PAYBRIDGE_GRPC_TLS_*")?;
+                (Some(CoreTls::following(receiver)), Some(reloader))
+            }
+            None => (None, None),
+        };
+        // Each tenant with a webhook_url gets its events pushed (`run_pushes`).
+        let pusher = HttpPusher::new(
+            config.push_timeout,
+            Arc::new(crate::transport::grpc::push_body),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("PAYBRIDGE_PUSH_*: building the push client")?;
+        let pushes = Arc::new(PushWorker::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(pusher),
+            Arc::new(SystemClock),
+            config.push,
+        ));
         let payments = Arc::new(Payments::new(
             Arc::new(store.clone()),
             Arc::new(provider),
@@ -155,7 +169,11 @@ impl Application {
             grpc_addr,
             store,
             payments,
-            tenants: Arc::new(config.tenants),
+            tenants,
+            tls,
+            tenants_reloader,
+            tls_reloader,
+            reload_interval: config.reload_interval,
             gateway_token: config.gateway_token_sha256,
             request_timeout: config.request_timeout,
             shutdown_grace: config.shutdown_grace,
@@ -168,7 +186,6 @@ impl Application {
             },
             event_retention: config.event_retention,
             pushes,
-            push_targets,
             stripe_budget,
             replica_id,
         })
@@ -209,10 +226,13 @@ impl Application {
             .context("building the reflection service (v1alpha)")?;
         let reconciler = (!self.reconcile.interval.is_zero())
             .then(|| tokio::spawn(run_reconciler(Arc::clone(&self.payments), self.reconcile)));
-        let pushes = self.pushes.map(|worker| {
-            tracing::info!(tenants = self.push_targets.len(), "pushing events");
-            tokio::spawn(worker.run(self.push_targets))
-        });
+        let pushes = tokio::spawn(run_pushes(self.pushes, self.tenants.clone()));
+        let reloaders = [
+            self.tenants_reloader
+                .map(|reloader| tokio::spawn(reloader.run(self.reload_interval))),
+            self.tls_reloader
+                .map(|reloader| tokio::spawn(reloader.run(self.reload_interval))),
+        ];
         let budget_shares = tokio::spawn(share_stripe_budget(
             self.store.clone(),
             self.stripe_budget.clone(),
@@ -240,8 +260,9 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(payment_service);
-        let incoming = incoming(self.listener, self.socket);
-        tracing::info!(grpc_addr = %self.grpc_addr, grpc_socket = ?socket_path, "paybridge serving");
+        let tls = self.tls.is_some();
+        let incoming = incoming(self.listener, self.socket, self.tls);
+        tracing::info!(grpc_addr = %self.grpc_addr, grpc_socket = ?socket_path, tls, "paybridge serving");
         let served = serve_until_stopped(
             self.admin,
             |stopped| async move {
@@ -257,8 +278,9 @@ impl Application {
                 janitor.abort();
                 budget_shares.abort();
                 // A push in flight keeps its lease until it runs out; then it is sent again.
-                if let Some(pushes) = pushes {
-                    pushes.abort();
+                pushes.abort();
+                for reloader in reloaders.into_iter().flatten() {
+                    reloader.abort();
                 }
                 if let Some(reconciler) = reconciler {
                     reconciler.abort();
@@ -275,6 +297,62 @@ impl Application {
         self.store.close().await;
         tracing::info!("stopped");
         served
+    }
+}
+
+/// The push targets of a set of tenants: each tenant with a `webhook_url`.
+fn push_targets(tenants: &Tenants) -> Vec<PushTarget> {
+    tenants
+        .iter()
+        .filter_map(|tenant| {
+            tenant.push().map(|endpoint| PushTarget {
+                tenant: tenant.id().as_str().to_owned(),
+                endpoint: endpoint.clone(),
+            })
+        })
+        .collect()
+}
+
+fn same_targets(a: &[PushTarget], b: &[PushTarget]) -> bool {
+    use secrecy::ExposeSecret;
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.tenant == b.tenant
+                && a.endpoint.url() == b.endpoint.url()
+                && a.endpoint.secret().expose_secret() == b.endpoint.secret().expose_secret()
+        })
+}
+
+/// Pushes the events of the tenants that have a `webhook_url`, until aborted at shutdown. When
+/// the tenants file changes the push targets (a URL or secret added, changed or removed), the
+/// loops stop and start again with the new ones: a push cut short keeps its lease until it runs
+/// out and is then sent again (same `Paybridge-Event-Id`).
+async fn run_pushes(worker: Arc<PushWorker>, mut tenants: LiveTenants) {
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut targets = push_targets(&tenants.current());
+    loop {
+        let running = (!targets.is_empty()).then(|| {
+            tracing::info!(tenants = targets.len(), "pushing events");
+            AbortOnDrop(tokio::spawn(Arc::clone(&worker).run(targets.clone())))
+        });
+        let next = loop {
+            let Some(changed) = tenants.changed().await else {
+                // The set can no longer change: push to the current targets until shutdown.
+                std::future::pending::<()>().await;
+                unreachable!("pending never resolves");
+            };
+            let next = push_targets(&changed);
+            if !same_targets(&next, &targets) {
+                break next;
+            }
+        };
+        drop(running);
+        targets = next;
     }
 }
 

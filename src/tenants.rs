@@ -17,8 +17,13 @@
 //! logo_url = "https://billing.example.com/logo.png"
 //! ```
 //!
-//! Only the SHA-256 of each bearer token is stored, never the token. Every problem is reported as
-//! one line naming the tenant and the field, so a bad file stops start-up with a clear message.
+//! Only the SHA-256 of each bearer token is stored, never the token. Instead of a token (or beside
+//! it) a tenant may present a client certificate over TLS (`PAYBRIDGE_GRPC_TLS_CLIENT_CA`), named by
+//! `client_cert_sha256` (its fingerprint) or `client_cert_san` (a DNS name or IP address it
+//! carries); a tenant declares at least one credential.
+//!
+//! Every problem is reported as one line naming the line of the file, the tenant and the field,
+//! so a bad file stops start-up (or is refused by a reload, `live.rs`) with a clear message.
 //! A relative `webhook_secret_file` is read from the tenants file's folder; the secret itself
 //! never appears in a message, a log line or a Debug.
 
@@ -32,6 +37,16 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::domain::{FieldViolation, RedirectOrigin, RedirectUrl, TenantId};
+use crate::reload::FileReads;
+
+mod cli;
+mod client_cert;
+mod live;
+
+pub use cli::{NewTenant, check_file, new_tenant};
+pub use client_cert::{CertHash, ClientCertMatch, SubjectName};
+pub use live::{LiveTenants, TenantsFile};
+use rustls::pki_types::CertificateDer;
 
 /// The SHA-256 of a bearer token. Its Debug never shows the hash.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -161,8 +176,11 @@ pub struct Tenant {
     success_url: RedirectUrl,
     /// Where the browser goes after a failed or cancelled payment, likewise.
     failure_url: RedirectUrl,
-    /// Private and left out of Debug: even a hash should not end up in logs.
-    token_sha256: TokenHash,
+    /// Private and left out of Debug: even a hash should not end up in logs. `None` for a tenant
+    /// that authenticates with a client certificate only.
+    token_sha256: Option<TokenHash>,
+    /// Its client certificate, if it declared one.
+    client_cert: ClientCertMatch,
     /// Where its events are pushed, if anywhere.
     push: Option<PushEndpoint>,
     /// The name the hosted payment page shows.
@@ -217,6 +235,7 @@ impl fmt::Debug for Tenant {
             .field("success_url", &self.success_url)
             .field("failure_url", &self.failure_url)
             .field("push", &self.push)
+            .field("client_cert", &self.client_cert)
             .field("display_name", &self.display_name)
             .field("logo_url", &self.logo_url)
             .finish_non_exhaustive()
@@ -252,9 +271,11 @@ pub enum TenantsError {
     },
     #[error("no tenants: declare at least one [[tenants]] table")]
     NoTenants,
-    /// `tenant` is the tenant's id when it has a readable one, else its position (`#2`).
-    #[error("tenant {tenant}: {field} {message}")]
+    /// `tenant` is the tenant's id when it has a readable one, else its position (`#2`); `line`
+    /// the line of the field (or of the tenant's table) in the file, when known.
+    #[error("{}tenant {tenant}: {field} {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Invalid {
+        line: Option<usize>,
         tenant: String,
         field: String,
         message: String,
@@ -267,7 +288,7 @@ pub enum TenantsError {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    tenants: Vec<RawTenant>,
+    tenants: Vec<toml::Spanned<RawTenant>>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +296,8 @@ struct RawFile {
 struct RawTenant {
     id: Option<String>,
     token_sha256: Option<String>,
+    client_cert_sha256: Option<String>,
+    client_cert_san: Option<String>,
     allowed_redirect_origins: Option<Vec<String>>,
     success_url: Option<String>,
     failure_url: Option<String>,
@@ -287,13 +310,20 @@ struct RawTenant {
 impl Tenants {
     /// Reads and checks the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Tenants, TenantsError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        Tenants::load_recording(path.as_ref(), &mut FileReads::new())
+    }
+
+    /// [`Tenants::load`], recording every file read (the tenants file, the push secrets) in
+    /// `reads`, so that a reload can tell whether any of them changed.
+    pub fn load_recording(path: &Path, reads: &mut FileReads) -> Result<Tenants, TenantsError> {
+        let text = reads
+            .read_to_string(path)
+            .map_err(|source| TenantsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let folder = path.parent().unwrap_or(Path::new("."));
-        Tenants::parse_toml_in(&text, folder).map_err(|e| TenantsError::InFile {
+        Tenants::parse_with(&text, folder, reads).map_err(|e| TenantsError::InFile {
             path: path.to_owned(),
             source: Box::new(e),
         })
@@ -307,6 +337,14 @@ impl Tenants {
 
     /// Checks the text of a tenants file whose relative `webhook_secret_file`s lie in `folder`.
     pub fn parse_toml_in(text: &str, folder: &Path) -> Result<Tenants, TenantsError> {
+        Tenants::parse_with(text, folder, &mut FileReads::new())
+    }
+
+    fn parse_with(
+        text: &str,
+        folder: &Path,
+        reads: &mut FileReads,
+    ) -> Result<Tenants, TenantsError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| TenantsError::Syntax {
             line: e
                 .span()
@@ -317,10 +355,15 @@ impl Tenants {
             return Err(TenantsError::NoTenants);
         }
         let mut tenants: Vec<Tenant> = Vec::with_capacity(raw.tenants.len());
+        // A `[[tenants]]` table's span is its header: its fields run to the next one's.
+        let starts: Vec<usize> = raw.tenants.iter().map(|t| t.span().start).collect();
         for (index, raw_tenant) in raw.tenants.into_iter().enumerate() {
-            let tenant = check_tenant(index, raw_tenant, folder)?;
+            let span = starts[index]..starts.get(index + 1).copied().unwrap_or(text.len());
+            let at_line = |error: TenantsError| at_line(error, text, span.clone());
+            let tenant =
+                check_tenant(index, raw_tenant.into_inner(), folder, reads).map_err(at_line)?;
             if let Some(first) = tenants.iter().position(|t| t.id == tenant.id) {
-                return Err(invalid(
+                return Err(at_line(invalid(
                     tenant.id.as_str(),
                     "id",
                     format!(
@@ -328,20 +371,43 @@ impl Tenants {
                         first + 1,
                         index + 1
                     ),
-                ));
+                )));
             }
             if let Some(other) = tenants
                 .iter()
-                .find(|t| t.token_sha256 == tenant.token_sha256)
+                .find(|t| t.token_sha256.is_some() && t.token_sha256 == tenant.token_sha256)
             {
-                return Err(invalid(
+                return Err(at_line(invalid(
                     tenant.id.as_str(),
                     "token_sha256",
                     format!(
                         "is the same as tenant {}'s: each tenant needs its own token",
                         other.id
                     ),
-                ));
+                )));
+            }
+            for (field, same) in [
+                (
+                    "client_cert_sha256",
+                    &(|t: &Tenant| {
+                        t.client_cert.sha256.is_some()
+                            && t.client_cert.sha256 == tenant.client_cert.sha256
+                    }) as &dyn Fn(&Tenant) -> bool,
+                ),
+                ("client_cert_san", &|t: &Tenant| {
+                    t.client_cert.san.is_some() && t.client_cert.san == tenant.client_cert.san
+                }),
+            ] {
+                if let Some(other) = tenants.iter().find(|t| same(t)) {
+                    return Err(at_line(invalid(
+                        tenant.id.as_str(),
+                        field,
+                        format!(
+                            "is the same as tenant {}'s: each tenant needs its own certificate",
+                            other.id
+                        ),
+                    )));
+                }
             }
             tenants.push(tenant);
         }
@@ -358,19 +424,47 @@ impl Tenants {
         let presented = TokenHash::of_token(bearer_token);
         let mut found = None;
         for tenant in &self.tenants {
-            if tenant.token_sha256.matches(&presented) {
+            if tenant
+                .token_sha256
+                .is_some_and(|hash| hash.matches(&presented))
+            {
                 found = Some(tenant);
             }
         }
         found
     }
 
+    /// The tenant whose client certificate this is (a certificate the TLS handshake verified
+    /// against `PAYBRIDGE_GRPC_TLS_CLIENT_CA`): the one that named its SHA-256, else the one whose
+    /// `client_cert_san` it carries. A certificate that carries the names of two tenants is
+    /// nobody's.
+    pub fn authenticate_client_cert(&self, certificate: &CertificateDer<'_>) -> Option<&Tenant> {
+        let hash = CertHash::of_der(certificate);
+        if let Some(tenant) = self
+            .tenants
+            .iter()
+            .find(|t| t.client_cert.sha256 == Some(hash))
+        {
+            return Some(tenant);
+        }
+        let mut by_name = self.tenants.iter().filter(|t| {
+            t.client_cert
+                .san
+                .as_ref()
+                .is_some_and(|name| name.is_in(certificate))
+        });
+        match (by_name.next(), by_name.next()) {
+            (Some(tenant), None) => Some(tenant),
+            _ => None,
+        }
+    }
+
     /// Whether some tenant's token has this hash (to keep the gateway's token apart from all
     /// tenants').
     pub fn uses_token_hash(&self, hash: &TokenHash) -> bool {
-        self.tenants
-            .iter()
-            .fold(false, |found, t| found | t.token_sha256.matches(hash))
+        self.tenants.iter().fold(false, |found, t| {
+            found | t.token_sha256.is_some_and(|own| own.matches(hash))
+        })
     }
 
     /// The tenant with this id (e.g. the one a stored payment belongs to).
@@ -394,13 +488,57 @@ impl Tenants {
 
 fn invalid(tenant: &str, field: &str, message: impl Into<String>) -> TenantsError {
     TenantsError::Invalid {
+        line: None,
         tenant: tenant.to_owned(),
         field: field.to_owned(),
         message: message.into(),
     }
 }
 
-fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, TenantsError> {
+/// Gives a problem of the tenant whose table spans `span` of `text` (from its header) its line:
+/// the line where its field is set, or else the table's header.
+fn at_line(error: TenantsError, text: &str, span: std::ops::Range<usize>) -> TenantsError {
+    let TenantsError::Invalid {
+        line: None,
+        tenant,
+        field,
+        message,
+    } = error
+    else {
+        return error;
+    };
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    let table = &text[start..end];
+    let mut offset = 0;
+    let mut at = None;
+    for line in table.split_inclusive('\n') {
+        let key = line
+            .trim_start()
+            .split(['=', ' ', '\t'])
+            .next()
+            .unwrap_or("");
+        if key == field || key == format!("\"{field}\"") {
+            at = Some(start + offset);
+            break;
+        }
+        offset += line.len();
+    }
+    let at = at.unwrap_or(start);
+    TenantsError::Invalid {
+        line: Some(text[..at].matches('\n').count() + 1),
+        tenant,
+        field,
+        message,
+    }
+}
+
+fn check_tenant(
+    index: usize,
+    raw: RawTenant,
+    folder: &Path,
+    reads: &mut FileReads,
+) -> Result<Tenant, TenantsError> {
     let position = format!("#{}", index + 1);
     let Some(raw_id) = raw.id else {
         return Err(invalid(&position, "id", "is missing"));
@@ -410,9 +548,31 @@ fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, T
     let name = id.as_str();
     let missing = |field: &str| invalid(name, field, "is missing");
 
-    let token_sha256 = raw.token_sha256.ok_or_else(|| missing("token_sha256"))?;
-    let token_sha256 = TokenHash::parse_hex(&token_sha256)
+    let token_sha256 = raw
+        .token_sha256
+        .map(|hex| TokenHash::parse_hex(&hex))
+        .transpose()
         .map_err(|message| invalid(name, "token_sha256", message))?;
+    let client_cert = ClientCertMatch {
+        sha256: raw
+            .client_cert_sha256
+            .map(|hex| CertHash::parse_hex(&hex))
+            .transpose()
+            .map_err(|message| invalid(name, "client_cert_sha256", message))?,
+        san: raw
+            .client_cert_san
+            .map(|san| SubjectName::parse(&san))
+            .transpose()
+            .map_err(|message| invalid(name, "client_cert_san", message))?,
+    };
+    if token_sha256.is_none() && client_cert.is_none() {
+        return Err(invalid(
+            name,
+            "token_sha256",
+            "is missing (or client_cert_sha256 / client_cert_san, for a tenant that presents a \
+             client certificate)",
+        ));
+    }
 
     let raw_origins = raw
         .allowed_redirect_origins
@@ -437,7 +597,13 @@ fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, T
     };
     let success_url = default_url("success_url", raw.success_url)?;
     let failure_url = default_url("failure_url", raw.failure_url)?;
-    let push = check_push(name, raw.webhook_url, raw.webhook_secret_file, folder)?;
+    let push = check_push(
+        name,
+        raw.webhook_url,
+        raw.webhook_secret_file,
+        folder,
+        reads,
+    )?;
     let display_name = check_display_name(name, raw.display_name)?;
     let logo_url = raw
         .logo_url
@@ -450,6 +616,7 @@ fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, T
         success_url,
         failure_url,
         token_sha256,
+        client_cert,
         push,
         display_name,
         logo_url,
@@ -506,6 +673,7 @@ fn check_push(
     url: Option<String>,
     secret_file: Option<PathBuf>,
     folder: &Path,
+    reads: &mut FileReads,
 ) -> Result<Option<PushEndpoint>, TenantsError> {
     let (url, secret_file) = match (url, secret_file) {
         (None, None) => return Ok(None),
@@ -525,7 +693,7 @@ fn check_push(
         }
         (Some(url), Some(file)) => (url, folder.join(file)),
     };
-    let text = std::fs::read_to_string(&secret_file).map_err(|e| {
+    let text = reads.read_to_string(&secret_file).map_err(|e| {
         invalid(
             name,
             "webhook_secret_file",
@@ -619,11 +787,102 @@ failure_url = "https://{id}.example.com/ko"
         lines.join("\n")
     }
 
+    /// Why `text` is refused, without the line of a tenant's problem (`refused_at` has it).
     fn refused(text: &str) -> String {
         let err = Tenants::parse_toml(text).expect_err(text);
         let message = err.to_string();
         assert!(!message.contains('\n'), "not one line: {message}");
-        message
+        match err {
+            TenantsError::Invalid {
+                line: Some(line), ..
+            } => message
+                .strip_prefix(&format!("line {line}: "))
+                .expect("the line first")
+                .to_owned(),
+            _ => message,
+        }
+    }
+
+    /// The line a tenant's problem names.
+    fn refused_at(text: &str) -> Option<usize> {
+        match Tenants::parse_toml(text).expect_err(text) {
+            TenantsError::Invalid { line, .. } => line,
+            TenantsError::Syntax { line, .. } => line,
+            other => panic!("no line: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_tenants_problem_names_the_line_of_its_field_or_of_its_table() {
+        let text = format!(
+            "{}{}",
+            tenant_toml("billing", "one"),
+            tenant_toml("orders", "two")
+        );
+        // tenant_toml starts with an empty line: billing's header is line 2, orders' line 9.
+        assert_eq!(text.lines().nth(8), Some("[[tenants]]"));
+        assert_eq!(
+            text.lines().nth(12),
+            Some("success_url = \"https://orders.example.com/ok\"")
+        );
+        let bad_url = text.replace(
+            "success_url = \"https://orders.example.com/ok\"",
+            "success_url = \"https://evil.example/ok\"",
+        );
+        assert_eq!(refused_at(&bad_url), Some(13));
+        assert_eq!(
+            Tenants::parse_toml(&bad_url).unwrap_err().to_string(),
+            "line 13: tenant orders: success_url must lie under one of the tenant's allowed redirect origins"
+        );
+        let missing = text.replace("failure_url = \"https://orders.example.com/ko\"\n", "");
+        assert_eq!(refused_at(&missing), Some(9), "the table's header");
+        let same_token = format!(
+            "{}{}",
+            tenant_toml("billing", "one"),
+            tenant_toml("orders", "one")
+        );
+        assert_eq!(refused_at(&same_token), Some(11));
+    }
+
+    #[test]
+    fn a_tenant_may_use_a_client_certificate_instead_of_a_token() {
+        let fingerprint = vec!["AB"; 32].join(":");
+        let text = with_line(
+            "token_sha256",
+            &format!("client_cert_sha256 = {fingerprint:?}"),
+        );
+        let tenants = Tenants::parse_toml(&text).unwrap();
+        assert!(tenants.authenticate("test").is_none(), "no token");
+        let text = with_line(
+            "token_sha256",
+            r#"client_cert_san = "billing.clients.internal""#,
+        );
+        assert!(Tenants::parse_toml(&text).is_ok());
+        let message = refused(&with_line(
+            "token_sha256",
+            r#"client_cert_san = "*.clients.internal""#,
+        ));
+        assert!(
+            message.starts_with("tenant billing: client_cert_san must be one DNS name"),
+            "{message}"
+        );
+        let message = refused(&with_line("token_sha256", r#"client_cert_sha256 = "abc""#));
+        assert!(
+            message.starts_with("tenant billing: client_cert_sha256 must be 64 hex digits"),
+            "{message}"
+        );
+        let twice = format!(
+            "{}\n{}\nclient_cert_san = \"shared.clients.internal\"\n",
+            with_line(
+                "token_sha256",
+                r#"client_cert_san = "shared.clients.internal""#
+            ),
+            tenant_toml("orders", "two")
+        );
+        assert_eq!(
+            refused(&twice),
+            "tenant orders: client_cert_san is the same as tenant billing's: each tenant needs its own certificate"
+        );
     }
 
     #[test]
@@ -895,12 +1154,12 @@ failure_url = "https://{id}.example.com/ko"
 
     #[test]
     fn every_field_is_required() {
-        for field in [
-            "token_sha256",
-            "allowed_redirect_origins",
-            "success_url",
-            "failure_url",
-        ] {
+        assert_eq!(
+            refused(&with_line("token_sha256", "")),
+            "tenant billing: token_sha256 is missing (or client_cert_sha256 / client_cert_san, \
+             for a tenant that presents a client certificate)"
+        );
+        for field in ["allowed_redirect_origins", "success_url", "failure_url"] {
             assert_eq!(
                 refused(&with_line(field, "")),
                 format!("tenant billing: {field} is missing")
@@ -1012,7 +1271,11 @@ failure_url = "https://{id}.example.com/ko"
             !message.contains(secret.trim()) || secret.trim().is_empty(),
             "{message}"
         );
-        message
+        // Without the line of the field (tested in a_tenants_problem_names_the_line…).
+        match message.split_once(": tenant ") {
+            Some((line, rest)) if line.starts_with("line ") => format!("tenant {rest}"),
+            _ => message,
+        }
     }
 
     const GOOD_SECRET: &str = "psk_0123456789abcdef";

@@ -31,7 +31,7 @@ from conftest import (
 
 OLDEST, NEWEST = kube_version_range()
 # Custom resources have no schema in kubernetes-validate; these are the only ones the chart makes.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate")}
 VALUE_SETS = ["default", "production"]
 
 
@@ -227,8 +227,14 @@ def test_the_gateway_talks_to_the_core_over_its_socket_on_a_shared_memory_volume
 
 def test_probes(any_render):
     core = any_render.container("core")
+    tls = "PAYBRIDGE_GRPC_TLS_CERT" in any_render.one("ConfigMap")["data"]
     for probe in ("startupProbe", "readinessProbe"):
-        assert core[probe]["grpc"] == {"port": 50051}, probe  # grpc.health.v1, service ""
+        if tls:
+            # The kubelet's gRPC probe speaks no TLS; the gateway's /readyz asks the core's health.
+            assert core[probe]["tcpSocket"] == {"port": "grpc"}, probe
+            assert "grpc" not in core[probe]
+        else:
+            assert core[probe]["grpc"] == {"port": 50051}, probe  # grpc.health.v1, service ""
     assert core["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
     startup = core["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
@@ -635,3 +641,107 @@ def test_production_values_file_is_shipped_beside_the_chart():
     assert load_yaml(PRODUCTION_VALUES)["database"]["existingSecret"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["kubeVersion"]
+
+
+# --- TLS on the core's gRPC port, and the reloaded files ---------------------------------------
+
+TLS_ENV = ("PAYBRIDGE_GRPC_TLS_CERT", "PAYBRIDGE_GRPC_TLS_KEY", "PAYBRIDGE_GRPC_TLS_CLIENT_CA")
+
+
+def volumes_of(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_tls_is_off_by_default_and_the_files_are_followed(default_render):
+    config = default_render.one("ConfigMap")["data"]
+    assert not any(name in config for name in TLS_ENV)
+    assert config["PAYBRIDGE_RELOAD_INTERVAL"] == "5s"
+    assert default_render.maybe("Certificate") is None
+    assert "grpc-tls" not in volumes_of(default_render)
+    # The tenants Secret is mounted whole-key by items, never by subPath: updates reach the file.
+    core = default_render.container("core")
+    assert all("subPath" not in m for m in core["volumeMounts"])
+
+
+def test_tls_from_an_existing_secret_mounts_it_whole_for_renewals():
+    rendered = render({"core": {"tls": {"enabled": True, "existingSecret": "core-grpc-cert"}}})
+    config = rendered.one("ConfigMap")["data"]
+    assert config["PAYBRIDGE_GRPC_TLS_CERT"] == "/etc/paybridge/grpc-tls/tls.crt"
+    assert config["PAYBRIDGE_GRPC_TLS_KEY"] == "/etc/paybridge/grpc-tls/tls.key"
+    assert "PAYBRIDGE_GRPC_TLS_CLIENT_CA" not in config
+    volume = volumes_of(rendered)["grpc-tls"]
+    assert volume["secret"]["secretName"] == "core-grpc-cert"
+    assert "items" not in volume["secret"]
+    core = rendered.container("core")
+    mount = next(m for m in core["volumeMounts"] if m["name"] == "grpc-tls")
+    assert mount == {"name": "grpc-tls", "mountPath": "/etc/paybridge/grpc-tls", "readOnly": True}
+    assert core["readinessProbe"]["tcpSocket"] == {"port": "grpc"}
+    assert rendered.maybe("Certificate") is None
+    # The gateway keeps the plain Unix socket and never sees the certificate.
+    gateway = rendered.container("gateway")
+    assert env_values(gateway)["PAYBRIDGE_CORE_URL"] == "unix:///run/paybridge/core.sock"
+    assert [m["name"] for m in gateway["volumeMounts"]] == ["tmp", "core-socket"]
+
+
+def test_tls_from_cert_manager_covers_the_core_services_names(production_render):
+    certificate = production_render.one("Certificate")
+    service = production_render.one("Service", "pb-paybridge")
+    name = service["metadata"]["name"]
+    spec = certificate["spec"]
+    assert spec["secretName"] == "pb-paybridge-grpc-tls"
+    assert volumes_of(production_render)["grpc-tls"]["secret"]["secretName"] == spec["secretName"]
+    assert spec["dnsNames"][:4] == [name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc", f"{name}.{NAMESPACE}.svc.cluster.local"]
+    assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["usages"] == ["server auth"]
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+    config = production_render.one("ConfigMap")["data"]
+    # Client certificates are checked against the CA cert-manager writes beside the certificate.
+    assert config["PAYBRIDGE_GRPC_TLS_CLIENT_CA"] == "/etc/paybridge/grpc-tls/ca.crt"
+
+
+def test_more_dns_names_and_a_client_ca_of_its_own():
+    rendered = render(
+        {
+            "core": {
+                "tls": {
+                    "enabled": True,
+                    "certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "Issuer"}, "dnsNames": ["payments.internal"]},
+                    "clientCA": {"enabled": True, "existingSecret": "tenant-ca", "key": "bundle.pem"},
+                }
+            }
+        }
+    )
+    spec = rendered.one("Certificate")["spec"]
+    assert spec["dnsNames"][-1] == "payments.internal"
+    assert spec["issuerRef"]["kind"] == "Issuer"
+    config = rendered.one("ConfigMap")["data"]
+    assert config["PAYBRIDGE_GRPC_TLS_CLIENT_CA"] == "/etc/paybridge/grpc-client-ca/bundle.pem"
+    assert volumes_of(rendered)["grpc-client-ca"]["secret"]["secretName"] == "tenant-ca"
+    mounts = {m["name"]: m["mountPath"] for m in rendered.container("core")["volumeMounts"]}
+    assert mounts["grpc-client-ca"] == "/etc/paybridge/grpc-client-ca"
+
+
+def test_pointing_at_another_tls_secret_rolls_the_pods():
+    def refs(secret: str) -> str:
+        rendered = render({"core": {"tls": {"enabled": True, "existingSecret": secret}}})
+        return rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/secret-refs"]
+
+    assert refs("grpc-cert-v1") != refs("grpc-cert-v2")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"core": {"tls": {"enabled": True}}}, "core.tls.enabled needs a certificate"),
+        (
+            {"core": {"tls": {"enabled": True, "existingSecret": "x", "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}},
+            "set either existingSecret",
+        ),
+        ({"core": {"tls": {"enabled": True, "certManager": {"enabled": True}}}}, "needs core.tls.certManager.issuerRef.name"),
+        ({"core": {"tls": {"clientCA": {"enabled": True}}}}, "core.tls.clientCA.enabled needs core.tls.enabled"),
+        ({"core": {"reloadInterval": "5"}}, "/core/reloadInterval'"),
+        ({"core": {"tls": {"certManager": {"issuerRef": {"kind": "Cluster"}}}}}, "/core/tls/certManager/issuerRef/kind'"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused(values, expected):
+    assert expected in render_error(values)

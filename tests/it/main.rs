@@ -33,6 +33,8 @@ mod resilience_stripe;
 mod stripe_adapter_contract;
 mod stripe_budget;
 mod stripe_budget_shared;
+mod tenants_reload;
+mod tls;
 mod validation;
 mod watch;
 mod webhooks;

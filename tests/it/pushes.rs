@@ -239,7 +239,77 @@ on_both_databases!(
     a_failing_endpoint_holds_back_only_its_own_tenant,
     kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_lease,
     replicas_claiming_one_tenants_pushes_at_once_never_both_get_them,
+    a_webhook_url_added_to_the_tenants_file_while_serving_starts_pushes_and_removing_it_stops_them,
 );
+
+/// The tenants file followed while serving: orders gets a `webhook_url` (its backlog is pushed),
+/// then loses it (nothing more is sent).
+async fn a_webhook_url_added_to_the_tenants_file_while_serving_starts_pushes_and_removing_it_stops_them(
+    db: Db,
+) {
+    let (receiver, url) = Receiver::start().await;
+    let app = TestApp::spawn(db).await;
+    payment_with_events(&app, ORDERS_TOKEN, "inv-before", false).await;
+    assert!(receiver.ids().is_empty());
+
+    let without = std::fs::read_to_string(app.tenants_file()).expect("tenants file");
+    let secret = app.tenants_file().with_file_name("push.secret");
+    let with = without.replace(
+        "failure_url = \"https://orders.example.com/sorry\"\n",
+        &format!(
+            "failure_url = \"https://orders.example.com/sorry\"\nwebhook_url = {url:?}\n\
+             webhook_secret_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    );
+    assert_ne!(with, without);
+    std::fs::write(app.tenants_file(), &with).expect("tenants file");
+    let feed = all_pushed(&app, ORDERS_TOKEN, &receiver).await;
+    assert!(!feed.is_empty());
+    for received in receiver.received() {
+        received.verified_json();
+    }
+
+    std::fs::write(app.tenants_file(), &without).expect("tenants file");
+    // Once the file without the URL is applied, the pushes follow it: a new event of orders stays
+    // unsent.
+    eventually(Duration::from_secs(10), || async {
+        let applied = crate::support::metric_sum(
+            &app.admin_addr,
+            "paybridge_config_reloads_total",
+            "result=\"applied\"",
+        )
+        .await;
+        if applied == 2 { Ok(()) } else { Err(applied) }
+    })
+    .await
+    .expect("the file without the URL applied");
+    let sent = receiver.ids().len();
+    payment_with_events(&app, ORDERS_TOKEN, "inv-after", true).await;
+    // The new events are in the feed; a push loop (woken at once by the change, polling every
+    // 200 ms in tests) would have sent them well within 2 s.
+    let logged = count_rows(
+        &app.database_url,
+        "select count(*) from payment_event where tenant = 'orders'",
+    )
+    .await;
+    assert!(logged as usize > feed.len());
+    let feed_after = feed_ids(&app, ORDERS_TOKEN).await;
+    assert!(feed_after.len() > feed.len());
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            if receiver.ids().len() > sent {
+                Ok(())
+            } else {
+                Err(())
+            }
+        })
+        .await
+        .is_err(),
+        "no push after the URL was removed: {:?}",
+        receiver.ids()
+    );
+}
 
 async fn a_push_answered_500_500_then_200_is_received_three_times_signed_then_no_more(db: Db) {
     let (receiver, url) = Receiver::start().await;

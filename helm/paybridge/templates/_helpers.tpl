@@ -112,6 +112,15 @@ A URL kept in a Secret is taken to be PostgreSQL: SQLite needs no credentials.
 {{- end }}
 
 {{/* The return URL handed to pages: core.returnUrl, else the first ingress host, else unset. */}}
+{{/* The Secret holding the gRPC port's certificate and key (tls.crt, tls.key). */}}
+{{- define "paybridge.grpcTlsSecretName" -}}
+{{- if .Values.core.tls.certManager.enabled -}}
+{{- printf "%s-grpc-tls" (include "paybridge.fullname" .) -}}
+{{- else -}}
+{{- .Values.core.tls.existingSecret -}}
+{{- end -}}
+{{- end }}
+
 {{- define "paybridge.returnUrl" -}}
 {{- if .Values.core.returnUrl }}
 {{- .Values.core.returnUrl }}
@@ -175,6 +184,20 @@ change.
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not $maxUnavailable) (not $minAvailable) }}
 {{- fail "podDisruptionBudget: set maxUnavailable or minAvailable" }}
+{{- end }}
+{{- $tls := .Values.core.tls }}
+{{- if $tls.enabled }}
+{{- if and $tls.existingSecret $tls.certManager.enabled }}
+{{- fail "core.tls: set either existingSecret (a TLS Secret you manage) or certManager.enabled, not both" }}
+{{- end }}
+{{- if not (or $tls.existingSecret $tls.certManager.enabled) }}
+{{- fail "core.tls.enabled needs a certificate: set core.tls.existingSecret (a kubernetes.io/tls Secret) or core.tls.certManager.enabled" }}
+{{- end }}
+{{- if and $tls.certManager.enabled (not $tls.certManager.issuerRef.name) }}
+{{- fail "core.tls.certManager.enabled needs core.tls.certManager.issuerRef.name (an Issuer or ClusterIssuer)" }}
+{{- end }}
+{{- else if $tls.clientCA.enabled }}
+{{- fail "core.tls.clientCA.enabled needs core.tls.enabled: client certificates come over TLS" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not be larger than autoscaling.maxReplicas" }}

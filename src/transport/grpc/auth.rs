@@ -1,7 +1,9 @@
-//! Bearer-token authentication: tenants, and the return gateway's own credential.
+//! Authentication: tenants (a bearer token, or a client certificate over TLS), and the return
+//! gateway's own credential (a bearer token).
 
 use tonic::{Request, Status};
 
+use super::incoming::CoreConnectInfo;
 use crate::tenants::{Tenant, Tenants, TokenHash};
 
 /// Who is calling.
@@ -13,22 +15,49 @@ pub(super) enum Caller<'t> {
     Gateway,
 }
 
-fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+/// The credential a request carries: its bearer token when it has an `authorization` header,
+/// else the client certificate its TLS connection verified.
+enum Credential<'r> {
+    Token(&'r str),
+    ClientCert(&'r rustls::pki_types::CertificateDer<'static>),
+}
+
+fn credential<T>(request: &Request<T>) -> Result<Credential<'_>, Status> {
+    if let Some(header) = request.metadata().get("authorization") {
+        return header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(Credential::Token)
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"));
+    }
     request
-        .metadata()
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .extensions()
+        .get::<CoreConnectInfo>()
+        .and_then(|info| info.client_cert.as_ref())
+        .map(Credential::ClientCert)
         .ok_or_else(|| Status::unauthenticated("missing bearer token"))
 }
 
-/// The caller of the request; `UNAUTHENTICATED` for a missing or unknown token.
+fn tenant_of_cert<'t>(
+    tenants: &'t Tenants,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> Result<&'t Tenant, Status> {
+    tenants
+        .authenticate_client_cert(cert)
+        .ok_or_else(|| Status::unauthenticated("the client certificate is no tenant's"))
+}
+
+/// The caller of the request; `UNAUTHENTICATED` for a missing or unknown credential.
 pub(super) fn authenticate_caller<'t, T>(
     tenants: &'t Tenants,
     gateway: Option<&TokenHash>,
     request: &Request<T>,
 ) -> Result<Caller<'t>, Status> {
-    let token = bearer_token(request)?;
+    let token = match credential(request)? {
+        Credential::Token(token) => token,
+        Credential::ClientCert(cert) => return tenant_of_cert(tenants, cert).map(Caller::Tenant),
+    };
     // Both checks always run, so the answer's timing does not tell which kind of token it was.
     let tenant = tenants.authenticate(token);
     let is_gateway = gateway.is_some_and(|hash| hash.matches(&TokenHash::of_token(token)));
@@ -39,14 +68,16 @@ pub(super) fn authenticate_caller<'t, T>(
     }
 }
 
-/// The tenant whose bearer token the request carries; `UNAUTHENTICATED` otherwise (the gateway's
-/// credential included: it may not act as a tenant).
+/// The tenant whose bearer token (or client certificate) the request carries; `UNAUTHENTICATED`
+/// otherwise (the gateway's credential included: it may not act as a tenant).
 pub(super) fn authenticate<'t, T>(
     tenants: &'t Tenants,
     request: &Request<T>,
 ) -> Result<&'t Tenant, Status> {
-    let token = bearer_token(request)?;
-    tenants
-        .authenticate(token)
-        .ok_or_else(|| Status::unauthenticated("invalid bearer token"))
+    match credential(request)? {
+        Credential::Token(token) => tenants
+            .authenticate(token)
+            .ok_or_else(|| Status::unauthenticated("invalid bearer token")),
+        Credential::ClientCert(cert) => tenant_of_cert(tenants, cert),
+    }
 }

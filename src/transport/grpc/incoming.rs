@@ -2,6 +2,11 @@
 //! when `PAYBRIDGE_GRPC_SOCKET` is set, a Unix socket for a gateway in the same pod. Both feed
 //! one server, so every call gets the same services, layers and credentials check.
 //!
+//! With TLS configured (`tls.rs`) the TCP port speaks only TLS: each accepted connection's
+//! handshake runs in its own task (a slow or silent client holds up nobody), with the config in
+//! force when it was accepted; a connection whose handshake fails (a plaintext client, an unknown
+//! client certificate) is closed and never reaches the server. The socket stays plain.
+//!
 //! Over the socket the gateway's hop skips TCP: on loopback, sending to the gateway runs its
 //! receive path too, and that path was a large share of serve's CPU on a settled return
 //! (bench/README.md).
@@ -13,16 +18,34 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+use super::tls::CoreTls;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One accepted connection.
 #[derive(Debug)]
 pub enum CoreConnection {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Unix(UnixStream),
+}
+
+/// What the server knows of a call's connection (in each request's extensions).
+#[derive(Debug, Clone)]
+pub struct CoreConnectInfo {
+    /// The TCP peer, if the call came over TCP (plain or TLS).
+    pub tcp: Option<TcpConnectInfo>,
+    /// The client certificate the TLS handshake verified against `PAYBRIDGE_GRPC_TLS_CLIENT_CA`,
+    /// if the client presented one.
+    pub client_cert: Option<CertificateDer<'static>>,
 }
 
 /// The core's Unix socket: bound at start, its file removed when this is dropped.
@@ -91,10 +114,13 @@ impl Stream for CoreSocket {
 pub fn incoming(
     tcp: TcpListener,
     socket: Option<CoreSocket>,
+    tls: Option<CoreTls>,
 ) -> impl Stream<Item = io::Result<CoreConnection>> + Send + 'static {
-    let tcp = TcpIncoming::from(tcp)
-        .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(CoreConnection::Tcp));
+    let accepted = TcpIncoming::from(tcp).with_nodelay(Some(true));
+    let tcp: Pin<Box<dyn Stream<Item = io::Result<CoreConnection>> + Send>> = match tls {
+        None => Box::pin(accepted.map(|accepted| accepted.map(CoreConnection::Tcp))),
+        Some(tls) => Box::pin(tls_handshakes(accepted, tls)),
+    };
     let unix: Pin<Box<dyn Stream<Item = io::Result<CoreConnection>> + Send>> = match socket {
         Some(socket) => Box::pin(socket),
         None => Box::pin(tokio_stream::pending()),
@@ -102,14 +128,70 @@ pub fn incoming(
     tcp.merge(unix)
 }
 
+/// The connections of `accepted` whose TLS handshake succeeded, as they finish. The accepting
+/// task stops when the stream is dropped (the server stopped).
+fn tls_handshakes(
+    mut accepted: TcpIncoming,
+    tls: CoreTls,
+) -> impl Stream<Item = io::Result<CoreConnection>> + Send + 'static {
+    let (ready, handshaken) = mpsc::channel::<io::Result<CoreConnection>>(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = ready.closed() => return,
+                next = accepted.next() => match next {
+                    None => return,
+                    Some(Err(error)) => {
+                        if ready.send(Err(error)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Ok(stream)) => stream,
+                },
+            };
+            let acceptor = tls.acceptor();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(CoreConnection::Tls(Box::new(stream)))).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(?peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(handshaken)
+}
+
 impl Connected for CoreConnection {
-    /// The TCP peer, if the call came over TCP.
-    type ConnectInfo = Option<tonic::transport::server::TcpConnectInfo>;
+    type ConnectInfo = CoreConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
-            CoreConnection::Tcp(stream) => Some(stream.connect_info()),
-            CoreConnection::Unix(_) => None,
+            CoreConnection::Tcp(stream) => CoreConnectInfo {
+                tcp: Some(stream.connect_info()),
+                client_cert: None,
+            },
+            CoreConnection::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                CoreConnectInfo {
+                    tcp: Some(tcp.connect_info()),
+                    client_cert: session
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| cert.clone().into_owned()),
+                }
+            }
+            CoreConnection::Unix(_) => CoreConnectInfo {
+                tcp: None,
+                client_cert: None,
+            },
         }
     }
 }
@@ -122,6 +204,7 @@ impl AsyncRead for CoreConnection {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             CoreConnection::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            CoreConnection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             CoreConnection::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
@@ -135,6 +218,7 @@ impl AsyncWrite for CoreConnection {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             CoreConnection::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            CoreConnection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
             CoreConnection::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
@@ -146,6 +230,7 @@ impl AsyncWrite for CoreConnection {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             CoreConnection::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            CoreConnection::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
             CoreConnection::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
         }
     }
@@ -153,6 +238,7 @@ impl AsyncWrite for CoreConnection {
     fn is_write_vectored(&self) -> bool {
         match self {
             CoreConnection::Tcp(stream) => stream.is_write_vectored(),
+            CoreConnection::Tls(stream) => stream.is_write_vectored(),
             CoreConnection::Unix(stream) => stream.is_write_vectored(),
         }
     }
@@ -160,6 +246,7 @@ impl AsyncWrite for CoreConnection {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             CoreConnection::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            CoreConnection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             CoreConnection::Unix(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
@@ -167,6 +254,7 @@ impl AsyncWrite for CoreConnection {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             CoreConnection::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            CoreConnection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
             CoreConnection::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }

@@ -9,13 +9,13 @@ use super::auth::{Caller, authenticate, authenticate_caller};
 use super::{convert, event_convert, refund_convert};
 use crate::app::{Payments, ReturnCaller};
 use crate::pb::v1 as pb;
-use crate::tenants::{Tenants, TokenHash};
+use crate::tenants::{LiveTenants, TokenHash};
 
 /// The gRPC face of [`Payments`].
 #[derive(Debug, Clone)]
 pub struct PaymentGrpcService {
     payments: Arc<Payments>,
-    tenants: Arc<Tenants>,
+    tenants: LiveTenants,
     /// SHA-256 of the return gateway's token; `None` when no gateway is configured.
     gateway_token: Option<TokenHash>,
 }
@@ -23,7 +23,7 @@ pub struct PaymentGrpcService {
 impl PaymentGrpcService {
     pub fn new(
         payments: Arc<Payments>,
-        tenants: Arc<Tenants>,
+        tenants: LiveTenants,
         gateway_token: Option<TokenHash>,
     ) -> Self {
         PaymentGrpcService {
@@ -40,7 +40,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::CreateInvoicePaymentRequest>,
     ) -> Result<Response<pb::CreateInvoicePaymentResponse>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let command = convert::create_command(request.into_inner(), tenant)
             .map_err(crate::app::AppError::from)?;
         let created = self
@@ -54,7 +55,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let request = request.into_inner();
         let id = convert::payment_id(&request.id).map_err(crate::app::AppError::from)?;
         let payment = self
@@ -68,7 +70,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let query =
             convert::list_query(request.into_inner()).map_err(crate::app::AppError::from)?;
         let page = self
@@ -93,7 +96,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::CancelPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let id = convert::payment_id(&request.get_ref().id).map_err(crate::app::AppError::from)?;
         let payment = self
             .payments
@@ -106,7 +110,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::VerifyReturnRequest>,
     ) -> Result<Response<pb::VerifyReturnResponse>, Status> {
-        let caller = authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)?;
+        let tenants = self.tenants.current();
+        let caller = authenticate_caller(&tenants, self.gateway_token.as_ref(), &request)?;
         let caller = match caller {
             Caller::Gateway => ReturnCaller::Gateway,
             Caller::Tenant(tenant) => ReturnCaller::Tenant(tenant.id().as_str()),
@@ -121,7 +126,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::HandleStripeEventRequest>,
     ) -> Result<Response<pb::HandleStripeEventResponse>, Status> {
-        match authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)? {
+        let tenants = self.tenants.current();
+        match authenticate_caller(&tenants, self.gateway_token.as_ref(), &request)? {
             Caller::Gateway => {}
             Caller::Tenant(_) => {
                 return Err(Status::permission_denied(
@@ -147,7 +153,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::WatchPaymentRequest>,
     ) -> Result<Response<Self::WatchPaymentStream>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let id = convert::payment_id(&request.get_ref().id).map_err(crate::app::AppError::from)?;
         let payments = self
             .payments
@@ -163,7 +170,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let command = refund_convert::refund_command(request.into_inner())
             .map_err(crate::app::AppError::from)?;
         let answer = self
@@ -180,7 +188,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::GetRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let request = request.into_inner();
         let id = refund_convert::refund_id(&request.id).map_err(crate::app::AppError::from)?;
         let refund = self
@@ -194,7 +203,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::ListRefundsRequest>,
     ) -> Result<Response<pb::ListRefundsResponse>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let query = refund_convert::list_refunds_query(request.into_inner())
             .map_err(crate::app::AppError::from)?;
         let page = self
@@ -219,7 +229,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let query = event_convert::list_events_query(request.into_inner())
             .map_err(crate::app::AppError::from)?;
         let page = self
@@ -243,7 +254,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let request = request.into_inner();
         let types = event_convert::event_types(&request.types).map_err(|violation| {
             crate::app::AppError::from(crate::domain::ValidationError::from(violation))
@@ -263,7 +275,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::CreatePaymentLinkRequest>,
     ) -> Result<Response<pb::PaymentLink>, Status> {
-        let tenant = authenticate(&self.tenants, &request)?;
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
         let request = request.into_inner();
         let (id, ttl) =
             match (
@@ -289,7 +302,8 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         &self,
         request: Request<pb::ResolvePaymentLinkRequest>,
     ) -> Result<Response<pb::PaymentPage>, Status> {
-        match authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)? {
+        let tenants = self.tenants.current();
+        match authenticate_caller(&tenants, self.gateway_token.as_ref(), &request)? {
             Caller::Gateway => {}
             Caller::Tenant(_) => {
                 return Err(Status::permission_denied(
@@ -301,7 +315,7 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .payments
             .resolve_payment_link(&request.into_inner().token)
             .await?;
-        let tenant = self.tenants.get(&page.payment.tenant);
+        let tenant = tenants.get(&page.payment.tenant);
         Ok(Response::new(convert::page_to_proto(page, tenant)))
     }
 }

@@ -117,6 +117,7 @@ pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
             );
         }
     }
+    text.push_str(&options.extra_tenants_toml);
     text
 }
 
@@ -181,6 +182,13 @@ pub struct Options {
     pub orders_webhook_url: Option<String>,
     pub push: paybridge::app::PushSettings,
     pub push_timeout: Duration,
+    /// TLS on the core's gRPC port; then `TestApp::client` is not usable (it speaks plaintext):
+    /// the test connects its own TLS client.
+    pub grpc_tls: Option<paybridge::transport::grpc::TlsFiles>,
+    /// How often the core checks its tenants file (`TestApp::tenants_file`) and TLS files.
+    pub reload_interval: Duration,
+    /// More `[[tenants]]` tables for the tenants file.
+    pub extra_tenants_toml: String,
     /// The core's PAYBRIDGE_RETURN_URL and PAYBRIDGE_PUBLIC_URL ([`RETURN_URL`] and
     /// [`PUBLIC_URL`] when unset); `GatewayOptions::core_points_here` sets both to its gateway.
     pub return_url: Option<String>,
@@ -216,6 +224,9 @@ impl Default for Options {
                 ..Default::default()
             },
             push_timeout: Duration::from_secs(5),
+            grpc_tls: None,
+            reload_interval: Duration::from_millis(100),
+            extra_tenants_toml: String::new(),
             return_url: None,
             public_url: None,
             billing_logo_url: None,
@@ -289,11 +300,12 @@ impl TestApp {
             .map_or_else(|| stripe.base_url.clone(), |p| p.url());
         let (addr, admin_addr, shutdown, server) =
             start_server(&database_url, &stripe_api_base, addr, &options, dir.path()).await;
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connects");
+        let endpoint = Channel::from_shared(format!("http://{addr}")).expect("uri");
+        let channel = if options.grpc_tls.is_some() {
+            endpoint.connect_lazy()
+        } else {
+            endpoint.connect().await.expect("connects")
+        };
         TestApp {
             client: PaymentServiceClient::new(channel.clone()),
             channel,
@@ -309,6 +321,11 @@ impl TestApp {
             server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// The tenants file the core follows (rewrite it to change the tenants).
+    pub fn tenants_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("tenants.toml")
     }
 
     /// Stops the server gracefully and returns how it ended.
@@ -480,6 +497,13 @@ async fn start_server(
             .parse()
             .expect("public url"),
         tenants: tenants_of(options, dir),
+        tenants_file: Some({
+            let path = dir.join("tenants.toml");
+            std::fs::write(&path, tenants_toml_for(options, dir)).expect("tenants file");
+            path
+        }),
+        grpc_tls: options.grpc_tls.clone(),
+        reload_interval: options.reload_interval,
         gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
         stripe_webhook_secrets: options
             .webhook_secrets
