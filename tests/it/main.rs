@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod cancel_and_list;
+mod chart_metrics;
 mod create_payment;
 mod events;
 mod gateway_browser;
@@ -28,6 +29,7 @@ mod resilience_shutdown;
 mod resilience_stripe;
 mod stripe_adapter_contract;
 mod stripe_budget;
+mod traces;
 mod validation;
 mod watch;
 mod webhooks;

@@ -8,6 +8,8 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest path written to the log; the rest is cut (paths are attacker-chosen).
 const MAX_LOGGED_PATH: usize = 128;
@@ -29,6 +31,40 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = logged_path(request.uri().path()).to_owned();
+    let route = route_label(&path);
+    let span = request_span(&method, route, request.headers());
+    access_logged(request, next, started, method, path, route)
+        .instrument(span)
+        .await
+}
+
+/// The request's server span (a caller's W3C `traceparent` is its parent); probes get none.
+fn request_span(method: &http::Method, route: &'static str, headers: &http::HeaderMap) -> Span {
+    if matches!(route, "/healthz" | "/readyz") {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    // Before the span starts: afterwards its parent is fixed.
+    let _ = span.set_parent(crate::telemetry::extract_context(headers));
+    span
+}
+
+async fn access_logged(
+    request: Request,
+    next: Next,
+    started: Instant,
+    method: http::Method,
+    path: String,
+    route: &'static str,
+) -> Response {
     let has_query = request.uri().query().is_some();
     let client = request
         .extensions()
@@ -41,7 +77,11 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
             .headers_mut()
             .insert(name.clone(), HeaderValue::from_static(value));
     }
-    let route = route_label(&path);
+    let span = Span::current();
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     crate::metrics::METRICS
         .gateway_requests
         .get_or_create(&crate::metrics::GatewayLabels {
@@ -49,10 +89,12 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
             status: response.status().as_u16(),
         })
         .inc();
-    crate::metrics::METRICS
-        .gateway_duration
-        .get_or_create(&crate::metrics::RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
+    crate::metrics::observe_latency(
+        &crate::metrics::METRICS
+            .gateway_duration
+            .get_or_create(&crate::metrics::RouteLabels { route }),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "paybridge::gateway::access",
         %method,

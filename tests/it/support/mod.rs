@@ -10,6 +10,7 @@ pub mod events;
 pub mod fault_proxy;
 pub mod gateway;
 pub mod localstripe;
+pub mod otlp;
 pub mod postgres;
 pub mod wait;
 
