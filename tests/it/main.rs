@@ -29,6 +29,7 @@ mod resilience_shutdown;
 mod resilience_stripe;
 mod stripe_adapter_contract;
 mod stripe_budget;
+mod transient_payments;
 mod traces;
 mod validation;
 mod watch;
