@@ -1,9 +1,9 @@
-//! Logs and traces. Logs: text for people, JSON for collectors (each line inside a span carries
-//! its `trace_id` and `span_id`). Traces: `tracing`'s spans become OpenTelemetry spans
-//! (tracing-opentelemetry); a W3C `traceparent` from a caller is honoured and passed on (gateway →
-//! core); they are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Without it spans still get ids, for the logs and
-//! the core, but nothing is exported or buffered: the provider has no processor.
+//! Logs and traces. Logs: text for people, JSON for collectors (while traces are exported, each
+//! line inside a span carries its `trace_id` and `span_id`). Traces: `tracing`'s spans become
+//! OpenTelemetry spans (tracing-opentelemetry), a W3C `traceparent` from a caller is honoured and
+//! passed on (gateway → core), and they are exported over OTLP — only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Without it no
+//! OpenTelemetry layer is installed: nothing is built, exported or buffered.
 //!
 //! The standard variables are honoured: `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or
 //! `http/protobuf`, the default), `_HEADERS`, `_TIMEOUT`, `_COMPRESSION` (by the exporter),
@@ -85,15 +85,22 @@ pub fn init(args: &TelemetryArgs, service: Service) -> Result<Telemetry, String>
             .boxed(),
     }
     .with_filter(filter);
-    let (provider, traces) = if env_flag("OTEL_SDK_DISABLED") {
-        (None, None)
-    } else {
-        let provider = tracer_provider(service)?;
+    let endpoint = non_empty_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| non_empty_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .filter(|_| !env_flag("OTEL_SDK_DISABLED"))
+        .filter(|_| non_empty_env("OTEL_TRACES_EXPORTER").is_none_or(|e| e != "none"));
+    // Without an endpoint there is no OpenTelemetry layer at all: building spans nobody exports
+    // would double the CPU of the cheapest calls (bench/README.md, "Tracing").
+    let (provider, traces) = if let Some(endpoint) = endpoint {
+        let provider = tracer_provider(service, &endpoint)?;
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        EXPORTING.store(true, Ordering::Relaxed);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("paybridge"))
             .with_filter(tracing_subscriber::filter::dynamic_filter_fn(traced));
         (Some(provider), Some(layer))
+    } else {
+        (None, None)
     };
     Registry::default()
         .with(logs)
@@ -108,8 +115,8 @@ pub fn init(args: &TelemetryArgs, service: Service) -> Result<Telemetry, String>
 /// look at its tenant, a watcher's timer) makes no trace of its own.
 const ROOT_SPANS: [&str; 4] = ["grpc", "http", "reconcile_once", "reconcile_refunds_once"];
 
-/// What goes to OpenTelemetry: paybridge's own spans and events at INFO and above (the
-/// libraries' — sqlx, hyper, h2 — would only add noise and cost), new traces only from
+/// What goes to OpenTelemetry: paybridge's own spans at INFO and above and its warnings and errors
+/// (the libraries' — sqlx, hyper, h2 — would only add noise and cost), new traces only from
 /// [`ROOT_SPANS`].
 fn traced<S>(
     metadata: &tracing::Metadata<'_>,
@@ -118,16 +125,19 @@ fn traced<S>(
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    if !metadata.target().starts_with("paybridge") || *metadata.level() > tracing::Level::INFO {
+    if !metadata.target().starts_with("paybridge") {
         return false;
     }
-    !metadata.is_span()
-        || ROOT_SPANS.contains(&metadata.name())
-        || context.lookup_current().is_some()
+    if !metadata.is_span() {
+        // Warnings and errors become span events; the rest is in the logs, by trace id.
+        return *metadata.level() <= tracing::Level::WARN;
+    }
+    *metadata.level() <= tracing::Level::INFO
+        && (ROOT_SPANS.contains(&metadata.name()) || context.lookup_current().is_some())
 }
 
-/// The provider: with a batch exporter when an endpoint is set, else with no processor at all.
-fn tracer_provider(service: Service) -> Result<SdkTracerProvider, String> {
+/// The provider, with a batch exporter to `endpoint`.
+fn tracer_provider(service: Service, endpoint: &str) -> Result<SdkTracerProvider, String> {
     let mut resource = Resource::builder();
     let named = non_empty_env("OTEL_SERVICE_NAME").is_some()
         || non_empty_env("OTEL_RESOURCE_ATTRIBUTES")
@@ -139,21 +149,17 @@ fn tracer_provider(service: Service) -> Result<SdkTracerProvider, String> {
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     // The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based, always on).
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    let endpoint = non_empty_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| non_empty_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    let exporter_off = non_empty_env("OTEL_TRACES_EXPORTER").is_some_and(|e| e == "none");
-    if let Some(endpoint) = endpoint.filter(|_| !exporter_off) {
-        let exporter = span_exporter(&endpoint)?;
-        let batch = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+    let exporter = span_exporter(endpoint)?;
+    let batch =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::TokioCurrentThread,
         )
         .build();
-        builder = builder.with_span_processor(batch);
-        EXPORTING.store(true, Ordering::Relaxed);
-    }
-    Ok(builder.build())
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(batch)
+        .build())
 }
 
 /// The OTLP exporter for `OTEL_EXPORTER_OTLP_PROTOCOL`; endpoint, headers, timeout and

@@ -2,7 +2,7 @@
 //! `paybridge gateway` carrying a W3C `traceparent` is one trace — the gateway's request, its call
 //! to the core, the core's call, its store calls and its Stripe request — exported over
 //! OTLP/HTTP to a stub collector; the log lines and the latency exemplars name that trace. With
-//! no endpoint set nothing is exported, and nothing fails.
+//! no endpoint set nothing is exported (nor traced), and nothing fails.
 
 use std::time::Duration;
 
@@ -222,6 +222,18 @@ async fn a_return_with_a_traceparent_is_one_trace_through_the_gateway_the_core_a
         "{spans:#?}"
     );
 
+    // Only calls, requests and reconciler sweeps start traces: a store call never does.
+    for span in collector.spans() {
+        if span.parent_span_id.is_empty() {
+            assert!(
+                span.kind == SERVER
+                    || span.name == "reconcile_once"
+                    || span.name == "reconcile_refunds_once",
+                "a trace started by {span:#?}"
+            );
+        }
+    }
+
     // Never a secret in any span.
     for span in collector.spans() {
         for value in span.attributes.values() {
@@ -319,12 +331,17 @@ async fn without_an_endpoint_nothing_is_exported_and_nothing_fails() {
             "{line}"
         );
     }
-    // The trace still goes through, for the logs: the caller's trace id is on the access line.
+    // No OpenTelemetry layer without an endpoint (its cost): the lines carry no trace ids.
+    let access = gateway_log
+        .iter()
+        .find(|line| line.contains(r#""path":"\"/payment/return\"""#))
+        .expect("the gateway's access log line");
+    assert!(!access.contains("trace_id"), "{access}");
     assert!(
-        gateway_log
+        !gateway_log
             .iter()
-            .any(|line| line.contains(&format!(r#""trace_id":"{trace_id}""#))),
-        "{gateway_log:#?}"
+            .chain(&core_log)
+            .any(|line| line.contains(&trace_id))
     );
 }
 

@@ -1,5 +1,6 @@
-//! One log line per request — method, path, status, time, client — and the headers every answer
-//! carries. The query string is never logged: on `/payment/return` it holds the client secret.
+//! Each request's server span (its trace), one log line per request — method, path, status, time,
+//! client — its count and latency, and the headers every answer carries. The query string is
+//! never logged nor put on the span: on `/payment/return` it holds the client secret.
 
 use std::net::SocketAddr;
 use std::time::Instant;
