@@ -348,7 +348,7 @@ pub fn rpc_method_label(path: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
-const KNOWN_RPCS: [&str; 16] = [
+const KNOWN_RPCS: [&str; 18] = [
     "/paybridge.v1.PaymentService/CreateInvoicePayment",
     "/paybridge.v1.PaymentService/GetPayment",
     "/paybridge.v1.PaymentService/ListPayments",
@@ -361,6 +361,8 @@ const KNOWN_RPCS: [&str; 16] = [
     "/paybridge.v1.PaymentService/ListRefunds",
     "/paybridge.v1.PaymentService/ListEvents",
     "/paybridge.v1.PaymentService/WatchEvents",
+    "/paybridge.v1.PaymentService/CreatePaymentLink",
+    "/paybridge.v1.PaymentService/ResolvePaymentLink",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",

@@ -40,6 +40,7 @@ impl Harness {
             PaymentSettings {
                 publishable_key: "pk_test_fake".to_owned(),
                 return_url: "https://pay.example.com/payment/return".to_owned(),
+                public_url: "https://pay.example.com".to_owned(),
                 webhook_verifier: Some(webhooks.clone()),
             },
         ));
@@ -81,6 +82,7 @@ pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> CreatePaymentCom
         metadata: Metadata::parse([("order".to_owned(), "o-1".to_owned())]).expect("metadata"),
         success_url: None,
         failure_url: None,
+        hosted_page: None,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
 use super::lock;
 
+mod links;
 mod pushes;
 mod refunds;
 
@@ -47,6 +48,8 @@ struct StoreState {
     feed_horizon: Option<FeedPosition>,
     /// Each tenant's push delivery.
     push_deliveries: HashMap<String, crate::app::ports::PushDelivery>,
+    /// Hosted page links: token hash → (payment id, expires at).
+    links: HashMap<String, (String, i64)>,
 }
 
 impl StoreState {

@@ -1,6 +1,8 @@
 //! Each request's server span (its trace), one log line per request — method, path, status, time,
-//! client — its count and latency, and the headers every answer carries. The query string is
-//! never logged nor put on the span: on `/payment/return` it holds the client secret.
+//! client — its count and latency, and the headers every answer carries (unless its handler set
+//! its own: the payment page's policy, the assets' caching). The query string is never logged nor
+//! put on the span: on `/payment/return` it holds the client secret; nor is a payment page's token
+//! (`/pay/…`: the span names the route, `/pay/{token}`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -76,7 +78,8 @@ async fn access_logged(
     for (name, value) in SECURITY_HEADERS {
         response
             .headers_mut()
-            .insert(name.clone(), HeaderValue::from_static(value));
+            .entry(name.clone())
+            .or_insert_with(|| HeaderValue::from_static(value));
     }
     let span = Span::current();
     span.record("http.response.status_code", response.status().as_u16());
@@ -116,11 +119,17 @@ fn route_label(path: &str) -> &'static str {
         "/stripe/webhook" => "/stripe/webhook",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
+        _ if path.starts_with("/pay/") => "/pay/{token}",
+        _ if path.starts_with("/assets/") => "/assets",
         _ => "other",
     }
 }
 
 fn logged_path(path: &str) -> &str {
+    // The token is a credential to the page.
+    if path.starts_with("/pay/") {
+        return "/pay/…";
+    }
     match path.char_indices().nth(MAX_LOGGED_PATH) {
         Some((cut, _)) => &path[..cut],
         None => path,

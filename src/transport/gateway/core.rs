@@ -123,6 +123,26 @@ impl CoreClient {
             .map(tonic::Response::into_inner)
     }
 
+    #[tracing::instrument(
+        name = "core",
+        skip_all,
+        fields(
+            otel.name = "paybridge.v1.PaymentService/ResolvePaymentLink",
+            otel.kind = "client",
+            rpc.system = "grpc",
+        )
+    )]
+    pub(super) async fn resolve_payment_link(
+        &self,
+        request: pb::ResolvePaymentLinkRequest,
+    ) -> Result<pb::PaymentPage, tonic::Status> {
+        self.payments
+            .clone()
+            .resolve_payment_link(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Whether the core reports its payment service SERVING (database up and migrated).
     pub(super) async fn is_serving(&self) -> bool {
         let mut health = self.health.clone();

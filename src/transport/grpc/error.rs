@@ -37,6 +37,9 @@ impl From<AppError> for Status {
             }
             AppError::CursorExpired => precondition(&error, "CURSOR_EXPIRED", "after_cursor"),
             AppError::NotCancelable { .. } => precondition(&error, "NOT_CANCELABLE", "id"),
+            AppError::PaymentNotOpen { .. } => {
+                precondition(&error, "PAYMENT_NOT_OPEN", "payment_id")
+            }
             AppError::ProviderRejected { .. } => precondition(&error, "STRIPE_REFUSED", "stripe"),
             AppError::NotConfigured(_) => {
                 tracing::error!(%error, "operation needs a setting");
