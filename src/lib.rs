@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags and `PAYBRIDGE_*` variables, checked at start.
-//! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`telemetry`]: logs (text or JSON, with trace ids) and OpenTelemetry traces (OTLP export).
 //! - [`metrics`]: Prometheus metrics and the admin endpoint.
 //! - [`startup`]: builds the application (binds listeners) and runs it until a signal.
 //! - [`lifecycle`]: what `serve` and the gateway share: the admin endpoint and the drain at stop.

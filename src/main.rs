@@ -76,11 +76,27 @@ fn tenant(command: TenantCommand) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Err(error) = paybridge::telemetry::init(&cli.telemetry) {
-        eprintln!("error: {error}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    match cli.command {
+    let service = match cli.command {
+        Command::Gateway(_) => paybridge::telemetry::Service::Gateway,
+        Command::Serve(_) | Command::Migrate(_) | Command::Tenant(_) => {
+            paybridge::telemetry::Service::Core
+        }
+    };
+    let telemetry = match paybridge::telemetry::init(&cli.telemetry, service) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = run_command(cli.command).await;
+    // The spans still batched are exported before the process ends.
+    telemetry.shutdown().await;
+    code
+}
+
+async fn run_command(command: Command) -> ExitCode {
+    match command {
         Command::Migrate(database) => {
             let result = async {
                 let store =

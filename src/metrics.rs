@@ -8,11 +8,13 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -84,6 +86,11 @@ pub struct PushLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
 }
@@ -101,14 +108,47 @@ pub struct FileLabels {
     pub file: &'static str,
 }
 
+/// An exemplar's labels: the trace of one observation (OpenMetrics exemplars; only while spans
+/// are exported, see `telemetry::exemplar_trace_id`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+/// A latency histogram whose buckets carry the trace of their latest observation.
+pub type LatencyHistogram = HistogramWithExemplars<TraceLabels>;
+
+/// Records `seconds` in `histogram`, with the current span's trace id as its exemplar when spans
+/// are exported.
+pub fn observe_latency(histogram: &LatencyHistogram, seconds: f64) {
+    let exemplar = crate::telemetry::exemplar_trace_id().map(|trace_id| TraceLabels { trace_id });
+    histogram.observe(seconds, exemplar, None);
+}
+
+/// A metric family whose `# HELP` and `# TYPE` are written even before its first series, so
+/// that every family the dashboard and the alerts name is in `/metrics` from the start (an empty
+/// family is valid OpenMetrics).
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 /// Every metric of the process.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub rpc_requests: Family<RpcLabels, Counter>,
-    pub rpc_duration: Family<MethodLabels, Histogram>,
+    pub rpc_duration: Family<MethodLabels, LatencyHistogram>,
     pub stripe_requests: Family<StripeLabels, Counter>,
-    pub stripe_duration: Family<MethodLabels, Histogram>,
+    pub stripe_duration: Family<MethodLabels, LatencyHistogram>,
     pub webhook_events: Family<WebhookLabels, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub refund_transitions: Family<TransitionLabels, Counter>,
@@ -117,17 +157,23 @@ pub struct Metrics {
     pub refund_requests: Family<OutcomeLabels, Counter>,
     pub reconciled_refunds: Family<ReconciledLabels, Counter>,
     pub gateway_requests: Family<GatewayLabels, Counter>,
-    pub gateway_duration: Family<RouteLabels, Histogram>,
+    pub gateway_duration: Family<RouteLabels, LatencyHistogram>,
     pub pushes: Family<PushLabels, Counter>,
     pub push_given_up: Family<TenantLabels, Counter>,
     pub push_oldest_undelivered_age: Family<TenantLabels, Gauge>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_file_rejected: Family<FileLabels, Gauge>,
+    /// Payments in a status they should soon leave (`creating`, `processing`), by status.
+    pub transient_payments: Family<StatusLabels, Gauge>,
+    /// Seconds since the oldest of those last changed, by status (0 when there is none).
+    pub transient_oldest_age: Family<StatusLabels, Gauge>,
+    /// 1 while the core reports SERVING (database up and migrated), else 0.
+    pub ready: Gauge,
 }
 
-fn latency_histogram() -> Histogram {
+fn latency_histogram() -> LatencyHistogram {
     // 1 ms … ~16 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+    HistogramWithExemplars::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 impl Metrics {
@@ -137,106 +183,126 @@ impl Metrics {
         registry.register(
             "grpc_requests",
             "gRPC calls by method and status code",
-            rpc_requests.clone(),
+            Listed(rpc_requests.clone()),
         );
-        let rpc_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+        let rpc_duration = Family::<MethodLabels, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         registry.register(
             "grpc_request_duration_seconds",
             "gRPC call latency by method",
-            rpc_duration.clone(),
+            Listed(rpc_duration.clone()),
         );
         let stripe_requests = Family::<StripeLabels, Counter>::default();
         registry.register(
             "stripe_requests",
             "Stripe API requests (each attempt) by operation and outcome",
-            stripe_requests.clone(),
+            Listed(stripe_requests.clone()),
         );
-        let stripe_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+        let stripe_duration = Family::<MethodLabels, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         registry.register(
             "stripe_request_duration_seconds",
             "Stripe API request latency by HTTP method",
-            stripe_duration.clone(),
+            Listed(stripe_duration.clone()),
         );
         let webhook_events = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhook_events",
             "Stripe webhook events by type and result",
-            webhook_events.clone(),
+            Listed(webhook_events.clone()),
         );
         let transitions = Family::<TransitionLabels, Counter>::default();
         registry.register(
             "payment_transitions",
             "Payment status changes by from, to and source",
-            transitions.clone(),
+            Listed(transitions.clone()),
         );
         let refund_transitions = Family::<TransitionLabels, Counter>::default();
         registry.register(
             "refund_transitions",
             "Refund status changes by from, to and source",
-            refund_transitions.clone(),
+            Listed(refund_transitions.clone()),
         );
         let reconciler_sweeps = Family::<SweepLabels, Counter>::default();
         registry.register(
             "reconciler_sweeps",
             "Reconciler sweeps by result",
-            reconciler_sweeps.clone(),
+            Listed(reconciler_sweeps.clone()),
         );
         let reconciled_payments = Family::<ReconciledLabels, Counter>::default();
         registry.register(
             "reconciler_payments",
             "Payments the reconciler checked, changed or failed to check",
-            reconciled_payments.clone(),
+            Listed(reconciled_payments.clone()),
         );
         let refund_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "refund_requests",
             "RefundPayment calls by outcome (created, replayed, not_refundable, exceeds_remaining, \
              key_reused, stripe_refused, stripe_unavailable, not_found, error)",
-            refund_requests.clone(),
+            Listed(refund_requests.clone()),
         );
         let reconciled_refunds = Family::<ReconciledLabels, Counter>::default();
         registry.register(
             "reconciler_refunds",
             "Refunds the reconciler checked, changed, found made at Stripe directly, or failed to \
              check",
-            reconciled_refunds.clone(),
+            Listed(reconciled_refunds.clone()),
         );
         let gateway_requests = Family::<GatewayLabels, Counter>::default();
         registry.register(
             "gateway_requests",
             "Gateway HTTP requests by route and status",
-            gateway_requests.clone(),
+            Listed(gateway_requests.clone()),
         );
-        let gateway_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+        let gateway_duration = Family::<RouteLabels, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         registry.register(
             "gateway_request_duration_seconds",
             "Gateway HTTP request latency by route",
-            gateway_duration.clone(),
+            Listed(gateway_duration.clone()),
         );
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register(
             "pushes",
             "Event pushes to tenants' webhook_url (each attempt) by result: delivered, refused \
              (a non-2xx answer), timeout, unreachable",
-            pushes.clone(),
+            Listed(pushes.clone()),
         );
         let push_given_up = Family::<TenantLabels, Counter>::default();
         registry.register(
             "push_events_given_up",
             "Events whose push kept failing for PAYBRIDGE_PUSH_RETRY_FOR, given up, by tenant",
-            push_given_up.clone(),
+            Listed(push_given_up.clone()),
         );
         let push_oldest_undelivered_age = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "push_oldest_undelivered_age_seconds",
             "Age of the oldest event not yet pushed to the tenant (0 when caught up)",
-            push_oldest_undelivered_age.clone(),
+            Listed(push_oldest_undelivered_age.clone()),
+        );
+        let transient_payments = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "payments_transient",
+            "Payments in a status they should soon leave (creating, processing), by status; \
+             counted by the reconciler's sweeps",
+            Listed(transient_payments.clone()),
+        );
+        let transient_oldest_age = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "payments_transient_oldest_age_seconds",
+            "Seconds since the oldest payment in the status last changed (0 when there is none); \
+             measured by the reconciler's sweeps",
+            Listed(transient_oldest_age.clone()),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the core reports SERVING (its database answers and is migrated), else 0",
+            Listed(ready.clone()),
         );
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
@@ -255,6 +321,9 @@ impl Metrics {
             registry,
             config_reloads,
             config_file_rejected,
+            ready,
+            transient_payments,
+            transient_oldest_age,
             pushes,
             push_given_up,
             push_oldest_undelivered_age,
@@ -286,34 +355,49 @@ impl Metrics {
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// The span name of a gRPC call (`paybridge.v1.PaymentService/GetPayment`): one of ours, or
+/// `unknown` (paths come from clients); `None` for health checks, which get no span.
+pub fn rpc_span_name(path: &str) -> Option<&'static str> {
+    if path.starts_with("/grpc.health.") {
+        return None;
+    }
+    Some(
+        KNOWN_RPCS
+            .iter()
+            .find(|known| **known == path)
+            .map_or("unknown", |known| &known[1..]),
+    )
+}
+
 /// The label for a gRPC path: one of ours, or `unknown` (paths come from clients).
 pub fn rpc_method_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 18] = [
-        "/paybridge.v1.PaymentService/CreateInvoicePayment",
-        "/paybridge.v1.PaymentService/GetPayment",
-        "/paybridge.v1.PaymentService/ListPayments",
-        "/paybridge.v1.PaymentService/CancelPayment",
-        "/paybridge.v1.PaymentService/VerifyReturn",
-        "/paybridge.v1.PaymentService/HandleStripeEvent",
-        "/paybridge.v1.PaymentService/WatchPayment",
-        "/paybridge.v1.PaymentService/RefundPayment",
-        "/paybridge.v1.PaymentService/GetRefund",
-        "/paybridge.v1.PaymentService/ListRefunds",
-        "/paybridge.v1.PaymentService/ListEvents",
-        "/paybridge.v1.PaymentService/WatchEvents",
-        "/paybridge.v1.PaymentService/CreatePaymentLink",
-        "/paybridge.v1.PaymentService/ResolvePaymentLink",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    ];
-    KNOWN
+    KNOWN_RPCS
         .iter()
         .find(|known| **known == path)
         .and_then(|known| known.rsplit('/').next())
         .unwrap_or("unknown")
 }
+
+const KNOWN_RPCS: [&str; 18] = [
+    "/paybridge.v1.PaymentService/CreateInvoicePayment",
+    "/paybridge.v1.PaymentService/GetPayment",
+    "/paybridge.v1.PaymentService/ListPayments",
+    "/paybridge.v1.PaymentService/CancelPayment",
+    "/paybridge.v1.PaymentService/VerifyReturn",
+    "/paybridge.v1.PaymentService/HandleStripeEvent",
+    "/paybridge.v1.PaymentService/WatchPayment",
+    "/paybridge.v1.PaymentService/RefundPayment",
+    "/paybridge.v1.PaymentService/GetRefund",
+    "/paybridge.v1.PaymentService/ListRefunds",
+    "/paybridge.v1.PaymentService/ListEvents",
+    "/paybridge.v1.PaymentService/WatchEvents",
+    "/paybridge.v1.PaymentService/CreatePaymentLink",
+    "/paybridge.v1.PaymentService/ResolvePaymentLink",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+];
 
 /// The label for a gRPC status code number.
 pub fn grpc_code_label(code: &str) -> &'static str {

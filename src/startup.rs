@@ -474,6 +474,9 @@ async fn run_event_janitor(payments: Arc<Payments>, retention: Duration) {
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    crate::metrics::METRICS
+        .ready
+        .set(i64::from(status == ServingStatus::Serving));
     reporter.set_service_status("", status).await;
     reporter
         .set_service_status(PAYMENT_SERVICE_NAME, status)

@@ -537,6 +537,23 @@ pub trait ReconcileClaims: Send + Sync + std::fmt::Debug + 'static {
         held: i64,
         lease_until: i64,
     ) -> Result<u64, StoreError>;
+
+    /// How many payments are in each of [`TRANSIENT_STATUSES`] and when the oldest of them last
+    /// changed: a status that should pass within minutes (`Creating`) or days (`Processing`).
+    async fn transient_payments(&self) -> Result<Vec<TransientPayments>, StoreError>;
+}
+
+/// The statuses a payment should not stay in for long, watched by the reconciler's gauges.
+pub const TRANSIENT_STATUSES: [PaymentStatus; 2] =
+    [PaymentStatus::Creating, PaymentStatus::Processing];
+
+/// The payments in one of [`TRANSIENT_STATUSES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransientPayments {
+    pub status: PaymentStatus,
+    pub count: u64,
+    /// The oldest one's last change (unix ms).
+    pub oldest_updated_at: i64,
 }
 
 /// The provider customers paybridge made for tenants' customer emails.

@@ -92,44 +92,33 @@ impl Payments {
         batch: u32,
         lease: Duration,
     ) -> Result<SweepReport, AppError> {
+        let swept = self.sweep(after, batch, lease).await;
+        count_sweep(&swept);
+        swept
+    }
+
+    async fn sweep(
+        &self,
+        after: Duration,
+        batch: u32,
+        lease: Duration,
+    ) -> Result<SweepReport, AppError> {
         let now = now_millis();
         let held = now.saturating_add(millis(lease));
-        let report = async {
-            let claimed = self
-                .store
-                .claim_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
-                .await?;
-            let ids: Vec<String> = claimed.iter().map(|payment| payment.id.clone()).collect();
-            self.renewing_claims(
-                Claimed::Payments,
-                &ids,
-                held,
-                lease,
-                self.reconcile_claimed(claimed, now, after),
-            )
-            .await
-        }
-        .await;
-        let result = if report.is_ok() { "ok" } else { "failed" };
-        crate::metrics::METRICS
-            .reconciler_sweeps
-            .get_or_create(&crate::metrics::SweepLabels { result })
-            .inc();
-        if let Ok(report) = &report {
-            for (outcome, how_many) in [
-                ("checked", report.checked),
-                ("changed", report.changed),
-                ("failed", report.failed),
-            ] {
-                if how_many > 0 {
-                    crate::metrics::METRICS
-                        .reconciled_payments
-                        .get_or_create(&crate::metrics::ReconciledLabels { outcome })
-                        .inc_by(how_many as u64);
-                }
-            }
-        }
-        report
+        let claimed = self
+            .store
+            .claim_for_reconcile(now, now.saturating_sub(millis(after)), held, batch)
+            .await?;
+        self.report_transient(now).await;
+        let ids: Vec<String> = claimed.iter().map(|payment| payment.id.clone()).collect();
+        self.renewing_claims(
+            Claimed::Payments,
+            &ids,
+            held,
+            lease,
+            self.reconcile_claimed(claimed, now, after),
+        )
+        .await
     }
 
     /// Reads each claimed payment at Stripe and records what changed.
@@ -171,6 +160,61 @@ impl Payments {
             }
         }
         Ok(report)
+    }
+}
+
+/// Counts a sweep by result (`ok`, `failed`: the claim itself failed) and its payments by
+/// outcome (`checked`, `changed`, `failed`).
+fn count_sweep(swept: &Result<SweepReport, AppError>) {
+    use crate::metrics::{METRICS, ReconciledLabels, SweepLabels};
+    let result = if swept.is_ok() { "ok" } else { "failed" };
+    METRICS
+        .reconciler_sweeps
+        .get_or_create(&SweepLabels { result })
+        .inc();
+    if let Ok(report) = swept {
+        for (outcome, how_many) in [
+            ("checked", report.checked),
+            ("changed", report.changed),
+            ("failed", report.failed),
+        ] {
+            if how_many > 0 {
+                METRICS
+                    .reconciled_payments
+                    .get_or_create(&ReconciledLabels { outcome })
+                    .inc_by(how_many as u64);
+            }
+        }
+    }
+}
+
+impl Payments {
+    /// Sets the gauges of payments in a transient status (every replica's sweep measures the
+    /// same table; the alerts take the max). A failed read leaves them as they were.
+    async fn report_transient(&self, now: i64) {
+        use crate::app::ports::TRANSIENT_STATUSES;
+        use crate::metrics::{METRICS, StatusLabels};
+        let transient = match self.store.transient_payments().await {
+            Ok(transient) => transient,
+            Err(error) => {
+                tracing::warn!(%error, "counting payments in transient statuses failed");
+                return;
+            }
+        };
+        for status in TRANSIENT_STATUSES {
+            let found = transient.iter().find(|t| t.status == status);
+            let labels = StatusLabels {
+                status: status.as_str(),
+            };
+            METRICS
+                .transient_payments
+                .get_or_create(&labels)
+                .set(found.map_or(0, |t| i64::try_from(t.count).unwrap_or(i64::MAX)));
+            METRICS
+                .transient_oldest_age
+                .get_or_create(&labels)
+                .set(found.map_or(0, |t| now.saturating_sub(t.oldest_updated_at).max(0) / 1000));
+        }
     }
 }
 

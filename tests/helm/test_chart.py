@@ -32,6 +32,12 @@ from conftest import (
 OLDEST, NEWEST = kube_version_range()
 # Custom resources have no schema in kubernetes-validate; these are the only ones the chart makes.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate")}
+
+
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 VALUE_SETS = ["default", "production"]
 
 
@@ -118,6 +124,11 @@ def test_values_files_pass_the_values_schema(production_values):
         ({"stripe": {"maxRps": 0}}, "/stripe/maxRps'"),
         ({"gateway": {"trustedProxies": ["ingress-nginx"]}}, "/gateway/trustedProxies/0'"),
         ({"gateway": {"rateBurst": 0}}, "/gateway/rateBurst'"),
+
+
+        ({"tracing": {"protocol": "http/json"}}, "/tracing/protocol'"),
+        ({"tracing": {"samplerArg": "2"}}, "/tracing/samplerArg'"),
+        ({"metrics": {"prometheusRule": {"stripeErrorRatio": 5}}}, "/metrics/prometheusRule/stripeErrorRatio'"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values_with_a_readable_message(values, expected):
@@ -174,7 +185,7 @@ def test_the_pod_runs_the_core_and_the_gateway_from_one_image(production_render)
 
 def test_the_core_is_configured_for_a_pod(production_render):
     core = production_render.container("core")
-    config = production_render.one("ConfigMap")["data"]
+    config = production_render.one("ConfigMap", "pb-paybridge")["data"]
     assert core["envFrom"] == [{"configMapRef": {"name": "pb-paybridge"}}]
     assert config["PAYBRIDGE_GRPC_ADDR"] == "0.0.0.0:50051"
     assert config["PAYBRIDGE_ADMIN_ADDR"] == "0.0.0.0:9090"
@@ -209,7 +220,7 @@ def test_the_gateway_talks_to_the_core_over_its_socket_on_a_shared_memory_volume
     env = env_values(gateway)
     assert env["PAYBRIDGE_GATEWAY_ADDR"] == "0.0.0.0:8080"
     assert env["PAYBRIDGE_CORE_URL"] == "unix:///run/paybridge/core.sock"
-    config = production_render.one("ConfigMap")["data"]
+    config = production_render.one("ConfigMap", "pb-paybridge")["data"]
     assert config["PAYBRIDGE_GRPC_SOCKET"] == "/run/paybridge/core.sock"
     core = production_render.container("core")
     for container in (core, gateway):
@@ -247,7 +258,7 @@ def test_probes(any_render):
 
 def test_graceful_shutdown_outlasts_the_drain(any_render):
     pod = any_render.one("Deployment")["spec"]["template"]["spec"]
-    config = any_render.one("ConfigMap")["data"]
+    config = any_render.one("ConfigMap", "pb-paybridge")["data"]
     grace = int(config["PAYBRIDGE_SHUTDOWN_GRACE"].removesuffix("s"))
     for container in pod["containers"]:
         pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -449,7 +460,7 @@ def test_the_ingress_routes_only_the_public_paths(production_render):
 
 def test_the_return_url_defaults_to_the_first_ingress_host():
     rendered = render({"ingress": {"enabled": True, "hosts": ["pay.example.org"]}})
-    assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_RETURN_URL"] == "https://pay.example.org/payment/return"
+    assert rendered.one("ConfigMap", "pb-paybridge")["data"]["PAYBRIDGE_RETURN_URL"] == "https://pay.example.org/payment/return"
 
 
 def test_the_public_url_defaults_to_the_first_ingress_host_and_can_be_set():
@@ -586,6 +597,89 @@ def test_the_notes_name_only_objects_the_chart_makes(default_render, production_
     assert "2026-09-30.endive" in production_render.notes
     for event in ("payment_intent.succeeded", "refund.updated", "charge.refunded"):
         assert event in production_render.notes
+
+
+# --- dashboard, alerts, tracing ----------------------------------------------------------------
+
+ALERTS = [
+    "PaybridgeStripeErrors",
+    "PaybridgeStripeRateLimited",
+    "PaybridgeWebhookSignatureFailures",
+    "PaybridgePaymentsStuckCreating",
+    "PaybridgePaymentsStuckProcessing",
+    "PaybridgeReconcilerFailing",
+    "PaybridgeGatewayErrors",
+    "PaybridgeCoreNotReady",
+    "PaybridgePushBacklog",
+    "PaybridgePushEventsGivenUp",
+]
+
+
+def test_no_dashboard_rules_or_tracing_by_default(default_render):
+    assert default_render.maybe("PrometheusRule") is None
+    assert all("grafana_dashboard" not in c["metadata"].get("labels", {}) for c in default_render.all("ConfigMap"))
+    for container in default_render.one("Deployment")["spec"]["template"]["spec"]["containers"]:
+        assert not [e for e in container.get("env", []) if e["name"].startswith("OTEL_")]
+
+
+def test_the_dashboard_is_a_configmap_for_grafanas_sidecar(production_render):
+    dashboards = [
+        c for c in production_render.all("ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    assert len(dashboards) == 1
+    config_map = dashboards[0]
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Payments"}
+    dashboard = json.loads(config_map["data"]["paybridge.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert dashboard["uid"] == "paybridge"
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    # Every panel reads one release's namespace, through the datasource variable.
+    assert all('namespace="$namespace"' in e for e in exprs), exprs
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}"
+    # The latency panels show exemplars (links to traces).
+    assert any(t.get("exemplar") for p in dashboard["panels"] for t in p.get("targets", []))
+
+
+def test_the_alerts_cover_the_on_call_and_each_has_a_runbook(production_render, production_values):
+    rule = production_render.one("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert [r["alert"] for r in rules] == ALERTS
+    readme = (ROOT / "README.md").read_text()
+    base = production_values["metrics"]["prometheusRule"]["runbookBaseUrl"]
+    for r in rules:
+        assert f'namespace="{NAMESPACE}"' in r["expr"], r
+        assert "{{" not in r["expr"] and "}}" not in r["expr"], r
+        assert r["labels"]["severity"] in ("critical", "warning")
+        assert r["annotations"]["summary"]
+        assert r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}"
+        assert re.search(rf"^#### {r['alert']}$", readme, re.M), f"README has no runbook section for {r['alert']}"
+    by_name = {r["alert"]: r for r in rules}
+    assert by_name["PaybridgeStripeErrors"]["expr"].rstrip().endswith("> 0.05")
+    assert by_name["PaybridgePaymentsStuckCreating"]["expr"].rstrip().endswith("> 600")
+
+
+def test_without_a_runbook_url_the_alerts_name_their_readme_section():
+    rendered = render({"metrics": {"prometheusRule": {"enabled": True}}})
+    for group in rendered.one("PrometheusRule")["spec"]["groups"]:
+        for r in group["rules"]:
+            assert r["annotations"]["runbook"] == f"README.md, Runbook: {r['alert']}"
+
+
+def test_tracing_exports_from_both_containers_when_an_endpoint_is_set(production_render):
+    containers = production_render.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 2
+    for container in containers:
+        env = env_values(container)
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+        # Each binary names its own service.
+        assert "OTEL_SERVICE_NAME" not in env
 
 
 def test_notes_tell_how_to_call_the_service(default_render, production_render):

@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod cancel_and_list;
+mod chart_metrics;
 mod create_payment;
 mod events;
 mod gateway_browser;
@@ -35,6 +36,8 @@ mod stripe_budget;
 mod stripe_budget_shared;
 mod tenants_reload;
 mod tls;
+mod traces;
+mod transient_payments;
 mod validation;
 mod watch;
 mod webhooks;

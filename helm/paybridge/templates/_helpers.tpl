@@ -203,3 +203,37 @@ change.
 {{- fail "autoscaling.minReplicas must not be larger than autoscaling.maxReplicas" }}
 {{- end }}
 {{- end }}
+
+{{/*
+An alert's runbook: its README section, as runbook_url when metrics.prometheusRule.runbookBaseUrl
+is set, else as text. Call with (dict "root" . "alert" "Name").
+*/}}
+{{- define "paybridge.runbook" -}}
+{{- $base := .root.Values.metrics.prometheusRule.runbookBaseUrl -}}
+{{- if $base -}}
+runbook_url: {{ printf "%s#%s" $base (lower .alert) | quote }}
+{{- else -}}
+runbook: {{ printf "README.md, Runbook: %s" .alert | quote }}
+{{- end -}}
+{{- end }}
+
+{{/*
+OpenTelemetry tracing for both containers: the standard OTEL_* variables, only when
+tracing.otlpEndpoint is set (without it nothing is exported). Each container reports its own
+service.name (paybridge, paybridge-gateway). Headers with a credential go in through extraEnv
+(OTEL_EXPORTER_OTLP_HEADERS from a Secret).
+*/}}
+{{- define "paybridge.tracingEnv" -}}
+{{- with .Values.tracing }}
+{{- if .otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

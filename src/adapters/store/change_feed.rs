@@ -72,6 +72,7 @@ impl ChangeFeed for Store {
         self.changes.subscribe()
     }
 
+    #[tracing::instrument(name = "store.status_events_after", skip_all)]
     async fn status_events_after(
         &self,
         payment_id: &str,

@@ -7,6 +7,7 @@ use crate::app::ports::{CustomerRecords, StoreError};
 
 #[async_trait]
 impl CustomerRecords for Store {
+    #[tracing::instrument(name = "store.find_customer", skip_all)]
     async fn find_customer(&self, tenant: &str, email: &str) -> Result<Option<String>, StoreError> {
         let found: Option<(String,)> = sqlx::query_as(
             "select stripe_customer_id from customer where tenant = $1 and email = $2",
@@ -18,6 +19,7 @@ impl CustomerRecords for Store {
         Ok(found.map(|(id,)| id))
     }
 
+    #[tracing::instrument(name = "store.remember_customer", skip_all)]
     async fn remember_customer(
         &self,
         tenant: &str,

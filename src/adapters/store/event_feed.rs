@@ -66,6 +66,7 @@ impl TryFrom<FeedRow> for FeedEvent {
 
 #[async_trait]
 impl EventFeed for Store {
+    #[tracing::instrument(name = "store.events_after", skip_all)]
     async fn events_after(
         &self,
         tenant: &str,
@@ -108,6 +109,7 @@ impl EventFeed for Store {
         rows.into_iter().map(FeedEvent::try_from).collect()
     }
 
+    #[tracing::instrument(name = "store.position_state", skip_all)]
     async fn position_state(
         &self,
         tenant: &str,
@@ -134,6 +136,7 @@ impl EventFeed for Store {
         })
     }
 
+    #[tracing::instrument(name = "store.delete_events_before", skip_all)]
     async fn delete_events_before(&self, created_before: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         // Only settled events count (see the module's comment), and the bound is read once: a

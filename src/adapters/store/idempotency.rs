@@ -18,6 +18,7 @@ struct LookupRow {
 
 #[async_trait]
 impl IdempotencyKeys for Store {
+    #[tracing::instrument(name = "store.find_for_create", skip_all)]
     async fn find_for_create(
         &self,
         tenant: &str,
@@ -56,6 +57,7 @@ impl IdempotencyKeys for Store {
         Ok(lookup)
     }
 
+    #[tracing::instrument(name = "store.insert_idempotency_key", skip_all)]
     async fn insert_idempotency_key(
         &self,
         tenant: &str,

@@ -7,6 +7,7 @@ use crate::app::ports::{PaymentLinks, StoreError};
 
 #[async_trait]
 impl PaymentLinks for Store {
+    #[tracing::instrument(name = "store.insert_payment_link", skip_all)]
     async fn insert_payment_link(
         &self,
         token_sha256: &str,
@@ -31,6 +32,7 @@ impl PaymentLinks for Store {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.find_payment_link", skip_all)]
     async fn find_payment_link(
         &self,
         token_sha256: &str,
@@ -47,6 +49,7 @@ impl PaymentLinks for Store {
         Ok(found.map(|(id,)| id))
     }
 
+    #[tracing::instrument(name = "store.delete_expired_payment_links", skip_all)]
     async fn delete_expired_payment_links(&self, before: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         let done = sqlx::query("delete from payment_link where expires_at < $1")

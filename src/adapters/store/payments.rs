@@ -191,6 +191,7 @@ impl Store {
 
 #[async_trait]
 impl PaymentRecords for Store {
+    #[tracing::instrument(name = "store.insert_payment", skip_all)]
     async fn insert_payment(
         &self,
         payment: &Payment,
@@ -218,6 +219,7 @@ impl PaymentRecords for Store {
         Ok(written)
     }
 
+    #[tracing::instrument(name = "store.get_payment", skip_all)]
     async fn get_payment(
         &self,
         tenant: Option<&str>,
@@ -228,6 +230,7 @@ impl PaymentRecords for Store {
         self.fetch_one_payment(SQL, payment_id, tenant).await
     }
 
+    #[tracing::instrument(name = "store.find_payment_by_intent", skip_all)]
     async fn find_payment_by_intent(
         &self,
         tenant: Option<&str>,
@@ -238,6 +241,7 @@ impl PaymentRecords for Store {
         self.fetch_one_payment(SQL, intent_id, tenant).await
     }
 
+    #[tracing::instrument(name = "store.list_payments", skip_all)]
     async fn list_payments(&self, query: ListQuery<'_>) -> Result<Vec<Payment>, StoreError> {
         let (after_created, after_id) = match &query.after {
             Some(cursor) => (Some(cursor.created_at), Some(cursor.id.as_str())),
@@ -263,6 +267,7 @@ impl PaymentRecords for Store {
         rows.into_iter().map(Payment::try_from).collect()
     }
 
+    #[tracing::instrument(name = "store.attach_intent", skip_all)]
     async fn attach_intent(
         &self,
         payment_id: &str,
@@ -306,6 +311,7 @@ impl PaymentRecords for Store {
         }
     }
 
+    #[tracing::instrument(name = "store.apply_change", skip_all)]
     async fn apply_change(
         &self,
         payment_id: &str,

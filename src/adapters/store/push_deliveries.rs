@@ -52,6 +52,7 @@ const COLUMNS: &str =
 
 #[async_trait]
 impl PushDeliveries for Store {
+    #[tracing::instrument(name = "store.push_delivery", skip_all)]
     async fn push_delivery(&self, tenant: &str) -> Result<Option<PushDelivery>, StoreError> {
         let row: Option<PushDeliveryRow> = sqlx::query_as(&format!(
             "select {COLUMNS} from push_delivery where tenant = $1"
@@ -62,6 +63,7 @@ impl PushDeliveries for Store {
         row.map(PushDelivery::try_from).transpose()
     }
 
+    #[tracing::instrument(name = "store.claim_push_delivery", skip_all)]
     async fn claim_push_delivery(
         &self,
         tenant: &str,
@@ -101,6 +103,7 @@ impl PushDeliveries for Store {
         row.map(PushDelivery::try_from).transpose()
     }
 
+    #[tracing::instrument(name = "store.record_push", skip_all)]
     async fn record_push(
         &self,
         tenant: &str,

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::payment_row::PaymentRow;
 use super::{Backend, Store};
-use crate::app::ports::{ReconcileClaims, StoreError};
+use crate::app::ports::{ReconcileClaims, StoreError, TransientPayments};
 use crate::domain::Payment;
 
 /// A table the reconciler claims rows of.
@@ -118,6 +118,7 @@ impl Store {
 
 #[async_trait]
 impl ReconcileClaims for Store {
+    #[tracing::instrument(name = "store.claim_for_reconcile", skip_all)]
     async fn claim_for_reconcile(
         &self,
         now: i64,
@@ -131,6 +132,7 @@ impl ReconcileClaims for Store {
         rows.into_iter().map(Payment::try_from).collect()
     }
 
+    #[tracing::instrument(name = "store.defer_reconcile", skip_all)]
     async fn defer_reconcile(&self, payment_id: &str, until: i64) -> Result<(), StoreError> {
         self.defer_row(&PAYMENTS, payment_id, until).await
     }
@@ -143,5 +145,25 @@ impl ReconcileClaims for Store {
     ) -> Result<u64, StoreError> {
         self.renew_rows(&PAYMENTS, payment_ids, held, lease_until)
             .await
+    }
+
+    #[tracing::instrument(name = "store.transient_payments", skip_all)]
+    async fn transient_payments(&self) -> Result<Vec<TransientPayments>, StoreError> {
+        // Read from the partial index `payment_transient` (only these rows are in it).
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "select status, count(*), min(updated_at) from payment \
+             where status in ('creating', 'processing') group by status",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(status, count, oldest_updated_at)| {
+                Ok(TransientPayments {
+                    status: super::parse_status(&status)?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    oldest_updated_at,
+                })
+            })
+            .collect()
     }
 }

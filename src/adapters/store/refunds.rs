@@ -273,6 +273,7 @@ impl WriteTx<'_> {
 
 #[async_trait]
 impl RefundRecords for Store {
+    #[tracing::instrument(name = "store.insert_refund", skip_all)]
     async fn insert_refund(
         &self,
         refund: &Refund,
@@ -342,6 +343,7 @@ impl RefundRecords for Store {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "store.insert_external_refund", skip_all)]
     async fn insert_external_refund(
         &self,
         refund: &Refund,
@@ -356,6 +358,7 @@ impl RefundRecords for Store {
         Ok(inserted)
     }
 
+    #[tracing::instrument(name = "store.get_refund", skip_all)]
     async fn get_refund(
         &self,
         tenant: Option<&str>,
@@ -371,6 +374,7 @@ impl RefundRecords for Store {
         row.map(Refund::try_from).transpose()
     }
 
+    #[tracing::instrument(name = "store.find_refund_by_key", skip_all)]
     async fn find_refund_by_key(
         &self,
         tenant: &str,
@@ -399,6 +403,7 @@ impl RefundRecords for Store {
         .transpose()
     }
 
+    #[tracing::instrument(name = "store.find_refund_by_stripe_id", skip_all)]
     async fn find_refund_by_stripe_id(
         &self,
         stripe_refund_id: &str,
@@ -411,6 +416,7 @@ impl RefundRecords for Store {
         row.map(Refund::try_from).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_refunds", skip_all)]
     async fn list_refunds(&self, query: RefundListQuery<'_>) -> Result<Vec<Refund>, StoreError> {
         let (after_created, after_id) = match &query.after {
             Some(cursor) => (Some(cursor.created_at), Some(cursor.id.as_str())),
@@ -434,6 +440,7 @@ impl RefundRecords for Store {
         rows.into_iter().map(Refund::try_from).collect()
     }
 
+    #[tracing::instrument(name = "store.apply_refund_change", skip_all)]
     async fn apply_refund_change(
         &self,
         update: RefundUpdate<'_>,
@@ -452,6 +459,7 @@ impl RefundRecords for Store {
         Ok((Refund::try_from(row)?, changed))
     }
 
+    #[tracing::instrument(name = "store.claim_refunds_for_reconcile", skip_all)]
     async fn claim_refunds_for_reconcile(
         &self,
         now: i64,
@@ -465,6 +473,7 @@ impl RefundRecords for Store {
         rows.into_iter().map(Refund::try_from).collect()
     }
 
+    #[tracing::instrument(name = "store.defer_refund_reconcile", skip_all)]
     async fn defer_refund_reconcile(&self, refund_id: &str, until: i64) -> Result<(), StoreError> {
         self.defer_row(&REFUNDS, refund_id, until).await
     }

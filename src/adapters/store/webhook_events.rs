@@ -11,6 +11,7 @@ use crate::domain::{EventSource, Refund};
 
 #[async_trait]
 impl WebhookEventLog for Store {
+    #[tracing::instrument(name = "store.record_webhook_event", skip_all)]
     async fn record_webhook_event(
         &self,
         event: &WebhookEventRecord<'_>,

@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::Rng;
 use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeClientErr, StripeMethod};
+use tracing::Instrument;
 
 /// Largest response body accepted from Stripe (its objects are a few KiB).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -46,6 +47,8 @@ const STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 const MAX_BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
+/// Stripe's id of the request (`req_…`), which its support and dashboard find it by.
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
 /// Counters for benchmarks and metrics: how many HTTP attempts were sent and how many TCP
 /// connections were opened to do it.
@@ -302,9 +305,10 @@ impl PooledStripeClient {
                 return Err(StripeHttpError::OverBudget);
             }
             self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+            let span = attempt_span(&req, retries + 1);
             let started = std::time::Instant::now();
-            let attempt = self.attempt(&req).await;
-            record_attempt(&req, &attempt, started.elapsed());
+            let attempt = self.attempt(&req).instrument(span.clone()).await;
+            span.in_scope(|| record_attempt(&req, &attempt, started.elapsed()));
             if let Attempt::Failed {
                 error: StripeHttpError::Status { status: 429, .. },
                 retry_after,
@@ -390,6 +394,9 @@ impl PooledStripeClient {
             Ok(Ok(answer)) => answer,
         };
         let status = parts.status;
+        if let Some(request_id) = parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            tracing::Span::current().record("stripe.request_id", request_id);
+        }
         tracing::debug!(status = status.as_u16(), "stripe answered");
         if status.is_success() {
             return Attempt::Success(body);
@@ -550,7 +557,25 @@ impl StripeClient for RecordingClient<'_> {
     }
 }
 
-/// Counts an attempt in the metrics by operation (ids templated) and outcome.
+/// One attempt's client span: the operation (ids templated), and once answered Stripe's request
+/// id, the outcome and the HTTP status. Never the key, the body or the idempotency key.
+fn attempt_span(req: &PreparedRequest, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "stripe request",
+        otel.name = crate::metrics::stripe_operation(req.method.as_str(), &req.path),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method,
+        server.address = req.uri.host().unwrap_or_default(),
+        attempt,
+        stripe.request_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// Counts an attempt in the metrics by operation (ids templated) and outcome, and writes the
+/// outcome on its span (the current one).
 fn record_attempt(req: &PreparedRequest, attempt: &Attempt, took: Duration) {
     use crate::metrics::{METRICS, MethodLabels, StripeLabels, stripe_operation};
     let outcome = match attempt {
@@ -562,6 +587,20 @@ fn record_attempt(req: &PreparedRequest, attempt: &Attempt, took: Duration) {
             _ => "error".to_owned(),
         },
     };
+    let span = tracing::Span::current();
+    span.record("outcome", outcome.as_str());
+    if let Attempt::Failed {
+        error: StripeHttpError::Status { status, .. },
+        ..
+    } = attempt
+    {
+        span.record("http.response.status_code", *status);
+    } else if matches!(attempt, Attempt::Success(_)) {
+        span.record("http.response.status_code", 200);
+    }
+    if !matches!(attempt, Attempt::Success(_)) {
+        span.record("otel.status_code", "ERROR");
+    }
     METRICS
         .stripe_requests
         .get_or_create(&StripeLabels {
@@ -574,10 +613,12 @@ fn record_attempt(req: &PreparedRequest, attempt: &Attempt, took: Duration) {
     } else {
         "POST"
     };
-    METRICS
-        .stripe_duration
-        .get_or_create(&MethodLabels { method })
-        .observe(took.as_secs_f64());
+    crate::metrics::observe_latency(
+        &METRICS
+            .stripe_duration
+            .get_or_create(&MethodLabels { method }),
+        took.as_secs_f64(),
+    );
 }
 
 #[cfg(test)]

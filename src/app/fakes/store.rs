@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use crate::app::ports::{
     ChangeFeed, CreateLookup, CustomerRecords, EventFeed, EventRecorded, FeedEvent, FeedEventType,
     FeedObject, FeedPosition, IdempotencyKeys, IdempotencyRecord, ListQuery, PaymentRecords,
-    PositionState, ReconcileClaims, StatusEvent, StoreError, WebhookChange, WebhookEventLog,
-    WebhookEventRecord,
+    PositionState, ReconcileClaims, StatusEvent, StoreError, TransientPayments, WebhookChange,
+    WebhookEventLog, WebhookEventRecord,
 };
 use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
@@ -486,6 +486,23 @@ impl ReconcileClaims for FakeStore {
             }
         }
         Ok(renewed)
+    }
+
+    async fn transient_payments(&self) -> Result<Vec<TransientPayments>, StoreError> {
+        let state = self.state()?;
+        Ok(crate::app::ports::TRANSIENT_STATUSES
+            .iter()
+            .filter_map(|status| {
+                let of_status = state.payments.values().filter(|p| p.status == *status);
+                let count = of_status.clone().count() as u64;
+                let oldest_updated_at = of_status.map(|p| p.updated_at).min()?;
+                Some(TransientPayments {
+                    status: *status,
+                    count,
+                    oldest_updated_at,
+                })
+            })
+            .collect())
     }
 }
 

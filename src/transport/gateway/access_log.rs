@@ -1,7 +1,8 @@
-//! One log line per request — method, path, status, time, client — and the headers every answer
-//! carries (unless its handler set its own: the payment page's policy, the assets' caching). The
-//! query string is never logged: on `/payment/return` it holds the client secret; nor is a
-//! payment page's token (`/pay/…`).
+//! Each request's server span (its trace), one log line per request — method, path, status, time,
+//! client — its count and latency, and the headers every answer carries (unless its handler set
+//! its own: the payment page's policy, the assets' caching). The query string is never logged nor
+//! put on the span: on `/payment/return` it holds the client secret; nor is a payment page's token
+//! (`/pay/…`: the span names the route, `/pay/{token}`).
 
 use std::time::Instant;
 
@@ -9,6 +10,8 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest path written to the log; the rest is cut (paths are attacker-chosen).
 const MAX_LOGGED_PATH: usize = 128;
@@ -30,6 +33,40 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = logged_path(request.uri().path()).to_owned();
+    let route = route_label(&path);
+    let span = request_span(&method, route, request.headers());
+    access_logged(request, next, started, method, path, route)
+        .instrument(span)
+        .await
+}
+
+/// The request's server span (a caller's W3C `traceparent` is its parent); probes get none.
+fn request_span(method: &http::Method, route: &'static str, headers: &http::HeaderMap) -> Span {
+    if matches!(route, "/healthz" | "/readyz") {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    // Before the span starts: afterwards its parent is fixed.
+    let _ = span.set_parent(crate::telemetry::extract_context(headers));
+    span
+}
+
+async fn access_logged(
+    request: Request,
+    next: Next,
+    started: Instant,
+    method: http::Method,
+    path: String,
+    route: &'static str,
+) -> Response {
     let has_query = request.uri().query().is_some();
     // The client as the rate limit sees it: the peer, or behind a trusted proxy the address it
     // forwards.
@@ -43,7 +80,11 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
             .entry(name.clone())
             .or_insert_with(|| HeaderValue::from_static(value));
     }
-    let route = route_label(&path);
+    let span = Span::current();
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     crate::metrics::METRICS
         .gateway_requests
         .get_or_create(&crate::metrics::GatewayLabels {
@@ -51,10 +92,12 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
             status: response.status().as_u16(),
         })
         .inc();
-    crate::metrics::METRICS
-        .gateway_duration
-        .get_or_create(&crate::metrics::RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
+    crate::metrics::observe_latency(
+        &crate::metrics::METRICS
+            .gateway_duration
+            .get_or_create(&crate::metrics::RouteLabels { route }),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "paybridge::gateway::access",
         %method,

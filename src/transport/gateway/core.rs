@@ -45,6 +45,8 @@ impl Interceptor for BearerToken {
         request
             .metadata_mut()
             .insert("authorization", self.0.clone());
+        // The call's span (the caller's trace) goes on in the core.
+        crate::telemetry::inject_current(request.metadata_mut());
         Ok(request)
     }
 }
@@ -81,6 +83,15 @@ impl CoreClient {
         })
     }
 
+    #[tracing::instrument(
+        name = "core",
+        skip_all,
+        fields(
+            otel.name = "paybridge.v1.PaymentService/VerifyReturn",
+            otel.kind = "client",
+            rpc.system = "grpc",
+        )
+    )]
     pub(super) async fn verify_return(
         &self,
         request: pb::VerifyReturnRequest,
@@ -92,6 +103,15 @@ impl CoreClient {
             .map(tonic::Response::into_inner)
     }
 
+    #[tracing::instrument(
+        name = "core",
+        skip_all,
+        fields(
+            otel.name = "paybridge.v1.PaymentService/HandleStripeEvent",
+            otel.kind = "client",
+            rpc.system = "grpc",
+        )
+    )]
     pub(super) async fn handle_stripe_event(
         &self,
         request: pb::HandleStripeEventRequest,
@@ -103,6 +123,15 @@ impl CoreClient {
             .map(tonic::Response::into_inner)
     }
 
+    #[tracing::instrument(
+        name = "core",
+        skip_all,
+        fields(
+            otel.name = "paybridge.v1.PaymentService/ResolvePaymentLink",
+            otel.kind = "client",
+            rpc.system = "grpc",
+        )
+    )]
     pub(super) async fn resolve_payment_link(
         &self,
         request: pb::ResolvePaymentLinkRequest,

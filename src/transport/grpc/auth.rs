@@ -62,8 +62,14 @@ pub(super) fn authenticate_caller<'t, T>(
     let tenant = tenants.authenticate(token);
     let is_gateway = gateway.is_some_and(|hash| hash.matches(&TokenHash::of_token(token)));
     match (tenant, is_gateway) {
-        (Some(tenant), _) => Ok(Caller::Tenant(tenant)),
-        (None, true) => Ok(Caller::Gateway),
+        (Some(tenant), _) => {
+            record_tenant(tenant.id().as_str());
+            Ok(Caller::Tenant(tenant))
+        }
+        (None, true) => {
+            record_tenant("gateway");
+            Ok(Caller::Gateway)
+        }
         (None, false) => Err(Status::unauthenticated("invalid bearer token")),
     }
 }
@@ -74,10 +80,17 @@ pub(super) fn authenticate<'t, T>(
     tenants: &'t Tenants,
     request: &Request<T>,
 ) -> Result<&'t Tenant, Status> {
-    match credential(request)? {
+    let tenant = match credential(request)? {
         Credential::Token(token) => tenants
             .authenticate(token)
-            .ok_or_else(|| Status::unauthenticated("invalid bearer token")),
-        Credential::ClientCert(cert) => tenant_of_cert(tenants, cert),
-    }
+            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?,
+        Credential::ClientCert(cert) => tenant_of_cert(tenants, cert)?,
+    };
+    record_tenant(tenant.id().as_str());
+    Ok(tenant)
+}
+
+/// Names the caller on the call's span (its id, never its token).
+fn record_tenant(tenant: &str) {
+    tracing::Span::current().record("tenant", tenant);
 }

@@ -48,7 +48,11 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .payments
             .create_invoice_payment(tenant, command)
             .await?;
-        Ok(Response::new(convert::created_to_proto(created)))
+        let created = convert::created_to_proto(created);
+        if let Some(payment) = &created.payment {
+            record_payment(payment);
+        }
+        Ok(Response::new(created))
     }
 
     async fn get_payment(
@@ -63,7 +67,9 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .payments
             .get_payment(tenant.id().as_str(), id.as_str(), request.refresh)
             .await?;
-        Ok(Response::new(convert::payment_to_proto(payment)))
+        let payment = convert::payment_to_proto(payment);
+        record_payment(&payment);
+        Ok(Response::new(payment))
     }
 
     async fn list_payments(
@@ -103,7 +109,9 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .payments
             .cancel_payment(tenant.id().as_str(), id.as_str())
             .await?;
-        Ok(Response::new(convert::payment_to_proto(payment)))
+        let payment = convert::payment_to_proto(payment);
+        record_payment(&payment);
+        Ok(Response::new(payment))
     }
 
     async fn verify_return(
@@ -119,7 +127,11 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         let query =
             convert::return_query(request.into_inner()).map_err(crate::app::AppError::from)?;
         let verified = self.payments.verify_return(caller, &query).await?;
-        Ok(Response::new(convert::verified_return_to_proto(verified)))
+        let verified = convert::verified_return_to_proto(verified);
+        if let Some(payment) = &verified.payment {
+            record_payment(payment);
+        }
+        Ok(Response::new(verified))
     }
 
     async fn handle_stripe_event(
@@ -179,7 +191,9 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .refund_payment(tenant.id().as_str(), command)
             .await?;
         Ok(Response::new(pb::RefundPaymentResponse {
-            refund: Some(refund_convert::refund_to_proto(answer.refund)),
+            refund: Some(record_refund(refund_convert::refund_to_proto(
+                answer.refund,
+            ))),
             created: answer.created,
         }))
     }
@@ -196,7 +210,9 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
             .payments
             .get_refund(tenant.id().as_str(), id.as_str(), request.refresh)
             .await?;
-        Ok(Response::new(refund_convert::refund_to_proto(refund)))
+        Ok(Response::new(record_refund(
+            refund_convert::refund_to_proto(refund),
+        )))
     }
 
     async fn list_refunds(
@@ -318,4 +334,22 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         let tenant = tenants.get(&page.payment.tenant);
         Ok(Response::new(convert::page_to_proto(page, tenant)))
     }
+}
+
+/// Names the payment, its tenant and its status on the call's span.
+fn record_payment(payment: &pb::Payment) {
+    let span = tracing::Span::current();
+    span.record("tenant", payment.tenant.as_str());
+    span.record("payment_id", payment.id.as_str());
+    span.record("status", payment.status().as_str_name());
+}
+
+/// Names the refund, its payment and its status on the call's span.
+fn record_refund(refund: pb::Refund) -> pb::Refund {
+    let span = tracing::Span::current();
+    span.record("tenant", refund.tenant.as_str());
+    span.record("refund_id", refund.id.as_str());
+    span.record("payment_id", refund.payment_id.as_str());
+    span.record("status", refund.status().as_str_name());
+    refund
 }

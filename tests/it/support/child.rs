@@ -46,6 +46,7 @@ pub struct ServeProcess {
 pub struct Running {
     pub child: Child,
     pub log: tokio::task::JoinHandle<Vec<String>>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServeProcess {
@@ -96,38 +97,7 @@ impl ServeProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().expect("starting paybridge serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
-        let echo = std::env::var_os("TEST_LOG").is_some();
-        let log = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut kept = Vec::new();
-            let mut serving_tx = Some(serving_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if echo {
-                    eprintln!("[serve] {line}");
-                }
-                if line.contains("paybridge serving")
-                    && let Some(tx) = serving_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-                kept.push(line);
-            }
-            kept
-        });
-        let serving = tokio::time::timeout(Duration::from_secs(30), serving_rx)
-            .await
-            .expect("paybridge serve did not start within 30 s");
-        if serving.is_err() {
-            let lines = log.await.unwrap_or_default();
-            panic!(
-                "paybridge serve exited before serving; its log:\n{}",
-                lines.join("\n")
-            );
-        }
-        Running { child, log }
+        spawn_logged(command, "serve", "paybridge serving").await
     }
 
     /// A lazy channel to the fixed address: it reconnects by itself after a restart.
@@ -140,7 +110,103 @@ impl ServeProcess {
     }
 }
 
+/// Starts `command` (stderr piped), keeps its log lines, and waits (at most 30 s) until one of
+/// them contains `serving`.
+async fn spawn_logged(mut command: Command, name: &'static str, serving: &'static str) -> Running {
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting paybridge {name}: {e}"));
+    let stderr = child.stderr.take().expect("stderr");
+    let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
+    let echo = std::env::var_os("TEST_LOG").is_some();
+    let lines_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let so_far = std::sync::Arc::clone(&lines_so_far);
+    let log = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut serving_tx = Some(serving_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                eprintln!("[{name}] {line}");
+            }
+            if line.contains(serving)
+                && let Some(tx) = serving_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            so_far.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+        so_far.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    });
+    let started = tokio::time::timeout(Duration::from_secs(30), serving_rx)
+        .await
+        .unwrap_or_else(|_| panic!("paybridge {name} did not start within 30 s"));
+    if started.is_err() {
+        let lines = log.await.unwrap_or_default();
+        panic!(
+            "paybridge {name} exited before serving; its log:\n{}",
+            lines.join("\n")
+        );
+    }
+    Running {
+        child,
+        log,
+        lines: lines_so_far,
+    }
+}
+
+/// `paybridge gateway` as a child process in front of a core at `core_url`.
+#[derive(Debug, Clone)]
+pub struct GatewayProcess {
+    pub core_url: String,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl GatewayProcess {
+    pub fn new(core_url: String) -> GatewayProcess {
+        GatewayProcess {
+            core_url,
+            addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            admin_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> GatewayProcess {
+        self.extra_env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the binary and waits until it logs that it serves (at most 30 s).
+    pub async fn start(&self) -> Running {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_paybridge"));
+        command
+            .arg("gateway")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PAYBRIDGE_CORE_URL", &self.core_url)
+            .env("PAYBRIDGE_GATEWAY_TOKEN", GATEWAY_TOKEN)
+            .env("PAYBRIDGE_GATEWAY_ADDR", self.addr.to_string())
+            .env("PAYBRIDGE_GATEWAY_ADMIN_ADDR", self.admin_addr.to_string())
+            .env("PAYBRIDGE_GATEWAY_RATE_LIMIT", "1000")
+            .env("PAYBRIDGE_GATEWAY_RATE_BURST", "1000")
+            .env("PAYBRIDGE_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        spawn_logged(command, "gateway", "paybridge gateway serving").await
+    }
+}
+
 impl Running {
+    /// The log lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// `kill -9`.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("SIGKILL");

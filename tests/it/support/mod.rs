@@ -11,6 +11,7 @@ pub mod events;
 pub mod fault_proxy;
 pub mod gateway;
 pub mod localstripe;
+pub mod otlp;
 pub mod postgres;
 pub mod wait;
 
