@@ -50,6 +50,12 @@ pub struct TransitionLabels {
     pub source: &'static str,
 }
 
+/// What caused a change (an `EventSource` name).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SweepLabels {
     pub result: &'static str,
@@ -108,6 +114,9 @@ pub struct Metrics {
     pub pushes: Family<PushLabels, Counter>,
     pub push_given_up: Family<TenantLabels, Counter>,
     pub push_oldest_undelivered_age: Family<TenantLabels, Gauge>,
+    pub capture_requests: Family<OutcomeLabels, Counter>,
+    pub dispute_changes: Family<SourceLabels, Counter>,
+    pub authorizations_expiring: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -223,8 +232,31 @@ impl Metrics {
             "Age of the oldest event not yet pushed to the tenant (0 when caught up)",
             push_oldest_undelivered_age.clone(),
         );
+        let capture_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "capture_requests",
+            "CapturePayment calls by outcome (captured, replayed, not_capturable, \
+             exceeds_capturable, key_reused, stripe_refused, stripe_unavailable, not_found, error)",
+            capture_requests.clone(),
+        );
+        let dispute_changes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "dispute_changes",
+            "Changes of payments' disputes recorded, by source (webhook, reconcile)",
+            dispute_changes.clone(),
+        );
+        let authorizations_expiring = Gauge::default();
+        registry.register(
+            "authorizations_expiring",
+            "Payments awaiting capture whose authorization lapses within 24 hours (capture or \
+             cancel them); refreshed by the reconciler",
+            authorizations_expiring.clone(),
+        );
         Metrics {
             registry,
+            capture_requests,
+            dispute_changes,
+            authorizations_expiring,
             pushes,
             push_given_up,
             push_oldest_undelivered_age,
@@ -258,11 +290,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The label for a gRPC path: one of ours, or `unknown` (paths come from clients).
 pub fn rpc_method_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 16] = [
+    const KNOWN: [&str; 17] = [
         "/paybridge.v1.PaymentService/CreateInvoicePayment",
         "/paybridge.v1.PaymentService/GetPayment",
         "/paybridge.v1.PaymentService/ListPayments",
         "/paybridge.v1.PaymentService/CancelPayment",
+        "/paybridge.v1.PaymentService/CapturePayment",
         "/paybridge.v1.PaymentService/VerifyReturn",
         "/paybridge.v1.PaymentService/HandleStripeEvent",
         "/paybridge.v1.PaymentService/WatchPayment",

@@ -180,6 +180,10 @@ mod tests {
                 client_secret: None,
                 metadata: BTreeMap::new(),
                 last_payment_error: None,
+                amount_received: 0,
+                amount_capturable: 0,
+                capture_before: None,
+                cancellation_reason: None,
             })
         }
         async fn cancel_payment_intent(&self, _: &str, _: &str) -> Answer {
@@ -199,6 +203,15 @@ mod tests {
             _: i64,
             _: u32,
         ) -> Result<Vec<ProviderRefund>, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn capture_payment_intent(&self, _: &str, _: i64, _: &str) -> Answer {
+            unreachable!("not used by IntentReads")
+        }
+        async fn list_disputes(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::app::ports::ProviderDispute>, ProviderError> {
             unreachable!("not used by IntentReads")
         }
     }

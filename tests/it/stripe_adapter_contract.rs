@@ -112,6 +112,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 fn new_intent() -> NewPaymentIntent {
     NewPaymentIntent {
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
         amount: 4200,
         currency: "eur".to_owned(),
         customer: Some("cus_QXg1o8vcGmoR32".to_owned()),
@@ -267,6 +268,7 @@ async fn create_payment_intent_without_customer_or_description_sends_only_the_re
         .mount(&server)
         .await;
     let request = NewPaymentIntent {
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
         amount: 1099,
         currency: "usd".to_owned(),
         customer: None,
@@ -902,6 +904,7 @@ async fn unmodified_refund_fixture_parses() {
             failure_reason: None,
             metadata: BTreeMap::new(),
             created: 1234567890,
+            releases_uncaptured: false,
         }
     );
 }
@@ -968,6 +971,7 @@ async fn create_refund_sends_exact_form_and_headers() {
             failure_reason: None,
             metadata: new_refund().metadata,
             created: 1234567890,
+            releases_uncaptured: false,
         }
     );
 }

@@ -21,6 +21,7 @@
 //! one statement for many on PostgreSQL ([`postgres_grouped_creates`]), one transaction on SQLite
 //! ([`sqlite_create_writes`]).
 
+mod captures;
 mod change_feed;
 mod customers;
 mod event_feed;
@@ -259,6 +260,8 @@ enum Transition {
         from: Option<RefundStatus>,
         to: RefundStatus,
     },
+    /// A change of the payment's dispute (the payment's status unchanged).
+    Dispute,
 }
 
 impl Transition {
@@ -266,6 +269,7 @@ impl Transition {
         match self {
             Transition::Payment { from, .. } => from.map(PaymentStatus::as_str),
             Transition::Refund { from, .. } => from.map(RefundStatus::as_str),
+            Transition::Dispute => None,
         }
     }
 
@@ -273,6 +277,7 @@ impl Transition {
         match self {
             Transition::Payment { to, .. } => to.as_str(),
             Transition::Refund { to, .. } => to.as_str(),
+            Transition::Dispute => "dispute",
         }
     }
 }
@@ -385,6 +390,16 @@ impl Store {
             let family = match change.transition {
                 Transition::Payment { .. } => &metrics.transitions,
                 Transition::Refund { .. } => &metrics.refund_transitions,
+                Transition::Dispute => {
+                    metrics
+                        .dispute_changes
+                        .get_or_create(&crate::metrics::SourceLabels {
+                            source: change.source.as_str(),
+                        })
+                        .inc();
+                    self.announce_committed(change.payment_id);
+                    continue;
+                }
             };
             family
                 .get_or_create(&crate::metrics::TransitionLabels {

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use stripe_shared::{PaymentIntent, PaymentIntentStatus, Refund};
 
 use super::transport::StripeHttpError;
-use crate::app::ports::{LastPaymentError, ProviderError, ProviderIntent, ProviderRefund};
-use crate::domain::{PaymentStatus, RefundReason, RefundStatus};
+use crate::app::ports::{
+    LastPaymentError, ProviderDispute, ProviderError, ProviderIntent, ProviderRefund,
+};
+use crate::domain::{Dispute, DisputeStatus, PaymentStatus, RefundReason, RefundStatus};
 
 /// Stripe's PaymentIntent status onto the local status.
 ///
@@ -42,6 +44,16 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
             .or(e.decline_code.clone()),
         message: e.message.clone(),
     });
+    // Only an expanded charge says when its authorization lapses.
+    let capture_before = match &pi.latest_charge {
+        Some(stripe_types::Expandable::Object(charge)) => charge
+            .payment_method_details
+            .as_ref()
+            .and_then(|details| details.card.as_ref())
+            .and_then(|card| card.capture_before)
+            .map(|seconds| seconds.saturating_mul(1000)),
+        _ => None,
+    };
     Ok(ProviderIntent {
         id: pi.id.as_str().to_owned(),
         status,
@@ -50,6 +62,13 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
         client_secret: pi.client_secret,
         metadata: pi.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         last_payment_error,
+        amount_received: pi.amount_received,
+        amount_capturable: pi.amount_capturable,
+        capture_before,
+        cancellation_reason: pi
+            .cancellation_reason
+            .as_ref()
+            .map(|reason| reason.as_str().to_owned()),
     })
 }
 
@@ -99,8 +118,90 @@ pub(crate) fn to_provider_refund(refund: Refund) -> Result<ProviderRefund, Provi
         status,
         reason: refund.reason.as_ref().and_then(map_refund_reason),
         failure_reason: refund.failure_reason,
+        releases_uncaptured: matches!(
+            refund.reason,
+            Some(stripe_shared::RefundReason::ExpiredUncapturedCharge)
+        ),
         metadata: refund.metadata.unwrap_or_default().into_iter().collect(),
         created: refund.created,
+    })
+}
+
+/// Stripe's Dispute status onto ours; each of Stripe's eight values is named.
+pub(crate) fn map_dispute_status(status: &str) -> Result<DisputeStatus, ProviderError> {
+    status
+        .parse()
+        .map_err(|()| ProviderError::Unexpected(format!("unknown Dispute status `{status}`")))
+}
+
+/// A Dispute as paybridge reads it: the fields it keeps, by serde (Stripe adds fields to
+/// disputes often; evidence and balance transactions are not read).
+#[derive(serde::Deserialize)]
+pub(crate) struct DisputeObject {
+    id: String,
+    object: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    reason: String,
+    is_charge_refundable: bool,
+    #[serde(default)]
+    payment_intent: Option<serde_json::Value>,
+    #[serde(default)]
+    evidence_details: Option<EvidenceDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct EvidenceDetails {
+    #[serde(default)]
+    due_by: Option<i64>,
+}
+
+/// The fields of a Dispute paybridge reads.
+pub(crate) const DISPUTE_REQUIRED: &[(&str, Kind)] = &[
+    ("id", Kind::String),
+    ("object", Kind::String),
+    ("amount", Kind::Integer),
+    ("currency", Kind::String),
+    ("status", Kind::String),
+    ("reason", Kind::String),
+    ("is_charge_refundable", Kind::Bool),
+];
+
+pub(crate) fn to_provider_dispute(object: DisputeObject) -> Result<ProviderDispute, ProviderError> {
+    if object.object != "dispute" || !object.id.starts_with("dp_") {
+        return Err(ProviderError::Unexpected(format!(
+            "not a Dispute: object `{}`",
+            object.object
+        )));
+    }
+    let payment_intent = match object.payment_intent {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(id)) => Some(id),
+        Some(serde_json::Value::Object(intent)) => intent
+            .get("id")
+            .and_then(|id| id.as_str())
+            .map(str::to_owned),
+        Some(_) => {
+            return Err(ProviderError::Unexpected(
+                "a Dispute's payment_intent is neither an id nor an object".to_owned(),
+            ));
+        }
+    };
+    Ok(ProviderDispute {
+        payment_intent,
+        currency: object.currency.to_ascii_lowercase(),
+        dispute: Dispute {
+            status: map_dispute_status(&object.status)?,
+            id: object.id,
+            reason: object.reason,
+            amount: object.amount,
+            evidence_due_by: object
+                .evidence_details
+                .and_then(|details| details.due_by)
+                .map(|seconds| seconds.saturating_mul(1000)),
+            is_charge_refundable: object.is_charge_refundable,
+        },
     })
 }
 

@@ -102,6 +102,20 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         Ok(Response::new(convert::payment_to_proto(payment)))
     }
 
+    async fn capture_payment(
+        &self,
+        request: Request<pb::CapturePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let command =
+            convert::capture_command(request.into_inner()).map_err(crate::app::AppError::from)?;
+        let payment = self
+            .payments
+            .capture_payment(tenant.id().as_str(), command)
+            .await?;
+        Ok(Response::new(convert::payment_to_proto(payment)))
+    }
+
     async fn verify_return(
         &self,
         request: Request<pb::VerifyReturnRequest>,

@@ -542,6 +542,7 @@ pub fn create_request(key: &str, invoice_id: &str) -> pb::CreateInvoicePaymentRe
         metadata: [("order".to_owned(), "o-17".to_owned())].into(),
         success_url: String::new(),
         failure_url: String::new(),
+        capture_method: pb::CaptureMethod::Unspecified.into(),
     }
 }
 
@@ -602,5 +603,11 @@ pub fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
         amount_received: 0,
         amount_refunded: 0,
         amount_refund_pending: 0,
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
+        amount_capturable: 0,
+        capture_before: None,
+        cancellation_reason: None,
+        dispute: None,
+        dispute_last_event_created: None,
     }
 }

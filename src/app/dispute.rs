@@ -1,0 +1,120 @@
+//! Disputes: a payment's `dispute` follows Stripe's `charge.dispute.*` events (applied in the
+//! webhook's transaction, see `webhook.rs`), and the reconciler re-reads the open disputes of
+//! succeeded payments, so that a lost webhook never hides a lost dispute. The payment's status
+//! never changes for a dispute. Also here: the gauge of authorizations about to lapse.
+
+use std::time::Duration;
+
+use super::ports::{DisputeUpdate, ProviderDispute};
+use super::reconcile::millis;
+use super::{AppError, Payments, now_millis};
+use crate::domain::{DisputeVerdict, EventSource, Payment, observe_dispute};
+
+/// The gauge counts authorizations lapsing within this long.
+const EXPIRING_WITHIN: Duration = Duration::from_secs(24 * 3600);
+
+/// What one dispute sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DisputeSweepReport {
+    /// Payments with an open dispute read at Stripe.
+    pub checked: usize,
+    /// Disputes that changed.
+    pub changed: usize,
+    /// Payments that could not be checked; retried next time.
+    pub failed: usize,
+}
+
+impl Payments {
+    /// Re-reads the open disputes of at most `batch` succeeded payments not read for `after`,
+    /// and refreshes the authorizations-expiring gauge.
+    #[tracing::instrument(skip(self))]
+    pub async fn reconcile_disputes_once(
+        &self,
+        after: Duration,
+        batch: u32,
+    ) -> Result<DisputeSweepReport, AppError> {
+        let now = now_millis();
+        let expiring = self
+            .store
+            .count_authorizations_expiring(now.saturating_add(millis(EXPIRING_WITHIN)))
+            .await?;
+        crate::metrics::METRICS
+            .authorizations_expiring
+            .set(i64::try_from(expiring).unwrap_or(i64::MAX));
+        let claimed = self
+            .store
+            .claim_open_disputes(now, now.saturating_sub(millis(after)), batch)
+            .await?;
+        let mut report = DisputeSweepReport::default();
+        for payment in claimed {
+            report.checked += 1;
+            let id = payment.id.clone();
+            match self.sync_dispute(payment, EventSource::Reconcile).await {
+                Ok(true) => report.changed += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    report.failed += 1;
+                    tracing::warn!(payment_id = %id, %error, "reading the dispute failed; retried next sweep");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Reads the disputes of the payment's intent at Stripe and records what changed of the one
+    /// recorded (or the newest, when none is). True when the dispute changed.
+    pub(crate) async fn sync_dispute(
+        &self,
+        payment: Payment,
+        source: EventSource,
+    ) -> Result<bool, AppError> {
+        let Some(intent_id) = payment.stripe_payment_intent_id.clone() else {
+            return Ok(false);
+        };
+        let observed = self.provider.list_disputes(&intent_id).await?;
+        let recorded_id = payment.dispute.as_ref().map(|d| d.id.as_str());
+        let Some(observed) = observed
+            .iter()
+            .find(|d| Some(d.dispute.id.as_str()) == recorded_id)
+            .or(observed.first())
+        else {
+            return Ok(false);
+        };
+        if !dispute_matches(&payment, observed) {
+            tracing::error!(payment_id = %payment.id, dispute_id = %observed.dispute.id, "the dispute at Stripe does not match the payment; nothing recorded");
+            return Ok(false);
+        }
+        if observe_dispute(
+            payment.dispute.as_ref(),
+            payment.dispute_last_event_created,
+            &observed.dispute,
+            None,
+        ) != DisputeVerdict::Apply
+        {
+            return Ok(false);
+        }
+        let changed = self
+            .store
+            .apply_dispute(
+                DisputeUpdate {
+                    payment_id: &payment.id,
+                    expected: payment.dispute.as_ref(),
+                    dispute: &observed.dispute,
+                },
+                source,
+                now_millis(),
+            )
+            .await?;
+        if changed {
+            tracing::info!(payment_id = %payment.id, dispute_id = %observed.dispute.id, status = %observed.dispute.status, "dispute changed");
+        }
+        Ok(changed)
+    }
+}
+
+/// A dispute is the payment's when it names its intent and its currency.
+pub(crate) fn dispute_matches(payment: &Payment, observed: &ProviderDispute) -> bool {
+    observed.payment_intent.is_some()
+        && observed.payment_intent == payment.stripe_payment_intent_id
+        && observed.currency.eq_ignore_ascii_case(&payment.currency)
+}
