@@ -219,3 +219,94 @@ impl Payments {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::Harness;
+
+    /// A manual payment of 4200 the customer authorized (recorded by a refresh).
+    async fn authorized(harness: &Harness) -> Payment {
+        let mut command = crate::app::fakes::command("k-1", "inv-1", 4200);
+        command.capture_method = crate::domain::CaptureMethod::Manual;
+        let created = harness.submit(command).await.expect("created");
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .clone()
+            .expect("intent");
+        harness.provider.update_intent(&intent_id, |intent| {
+            intent.status = PaymentStatus::RequiresCapture;
+            intent.amount_capturable = 4200;
+        });
+        harness
+            .payments
+            .get_payment("billing", &created.payment.id, true)
+            .await
+            .expect("refreshed")
+    }
+
+    fn command(key: &str, payment: &Payment, amount: i64) -> CaptureCommand {
+        CaptureCommand {
+            idempotency_key: IdempotencyKey::parse(key).expect("key"),
+            payment_id: PaymentId::parse(&payment.id).expect("id"),
+            amount: (amount > 0).then(|| Amount::parse(amount).expect("amount")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capture_whose_answer_was_lost_is_finished_by_the_reconciler_with_the_same_key() {
+        let harness = Harness::new();
+        let payment = authorized(&harness).await;
+        assert_eq!(payment.amount_capturable, 4200);
+        harness
+            .provider
+            .fail_with(Some(ProviderError::Unavailable("timed out".to_owned())));
+        let lost = harness
+            .payments
+            .capture_payment("billing", command("c-1", &payment, 3000))
+            .await
+            .expect_err("Stripe unreachable");
+        assert!(matches!(lost, AppError::ProviderUnavailable(_)), "{lost:?}");
+        harness.provider.fail_with(None);
+        let mut aged = harness.store.payments().pop().expect("payment");
+        aged.updated_at -= 3_600_000;
+        harness.store.put(aged);
+        harness
+            .payments
+            .reconcile_once(
+                std::time::Duration::from_secs(60),
+                10,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .expect("swept");
+        let captured = harness.store.payments().pop().expect("payment");
+        assert_eq!(captured.status, PaymentStatus::Succeeded);
+        assert_eq!(captured.amount_received, 3000);
+        let key = format!("capture_payment_intent {} 3000", capture_key(&payment.id));
+        let captures = harness
+            .provider
+            .calls()
+            .iter()
+            .filter(|call| **call == key)
+            .count();
+        assert_eq!(captures, 2, "the lost call, then the same key again");
+        // The caller's retry answers without another call.
+        let replayed = harness
+            .payments
+            .capture_payment("billing", command("c-1", &payment, 3000))
+            .await
+            .expect("replayed");
+        assert_eq!(replayed.amount_received, 3000);
+        assert_eq!(
+            harness
+                .provider
+                .calls()
+                .iter()
+                .filter(|call| **call == key)
+                .count(),
+            2
+        );
+    }
+}

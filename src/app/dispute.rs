@@ -118,3 +118,70 @@ pub(crate) fn dispute_matches(payment: &Payment, observed: &ProviderDispute) -> 
         && observed.payment_intent == payment.stripe_payment_intent_id
         && observed.currency.eq_ignore_ascii_case(&payment.currency)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::Harness;
+    use crate::domain::{Dispute, DisputeStatus, PaymentStatus};
+
+    fn dispute(status: DisputeStatus) -> Dispute {
+        Dispute {
+            id: "dp_1".to_owned(),
+            status,
+            reason: "fraudulent".to_owned(),
+            amount: 4200,
+            evidence_due_by: None,
+            is_charge_refundable: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sweep_finds_an_open_dispute_lost_at_stripe_and_leaves_a_closed_one() {
+        let harness = Harness::new();
+        let created = harness.create("k-1", "inv-1").await;
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .clone()
+            .expect("intent");
+        harness.provider.update_intent(&intent_id, |intent| {
+            intent.status = PaymentStatus::Succeeded
+        });
+        let mut payment = harness
+            .payments
+            .get_payment("billing", &created.payment.id, true)
+            .await
+            .expect("refreshed");
+        payment.dispute = Some(dispute(DisputeStatus::NeedsResponse));
+        harness.store.put(payment.clone());
+        harness.provider.put_dispute(ProviderDispute {
+            payment_intent: Some(intent_id),
+            currency: "usd".to_owned(),
+            dispute: dispute(DisputeStatus::Lost),
+        });
+
+        let report = harness
+            .payments
+            .reconcile_disputes_once(Duration::ZERO, 10)
+            .await
+            .expect("swept");
+        assert_eq!(
+            report,
+            DisputeSweepReport {
+                checked: 1,
+                changed: 1,
+                failed: 0
+            }
+        );
+        let stored = harness.store.payments().pop().expect("payment");
+        assert_eq!(stored.dispute, Some(dispute(DisputeStatus::Lost)));
+        assert_eq!(stored.status, PaymentStatus::Succeeded);
+        let again = harness
+            .payments
+            .reconcile_disputes_once(Duration::ZERO, 10)
+            .await
+            .expect("swept");
+        assert_eq!(again, DisputeSweepReport::default(), "closed: not read again");
+    }
+}

@@ -7,6 +7,7 @@
 mod support;
 
 mod auth;
+mod capture_disputes;
 mod cancel_and_list;
 mod create_payment;
 mod events;
