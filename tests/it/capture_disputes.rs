@@ -370,7 +370,7 @@ async fn a_dispute_opened_updated_and_lost_follows_its_signed_events_and_guards_
         pb::StripeEventResult::Ignored
     );
     let lost = app.get(&payment.id, false).await.expect("read");
-    let dispute = lost.dispute.expect("dispute");
+    let dispute = lost.dispute.clone().expect("dispute");
     assert_eq!(dispute.status(), pb::DisputeStatus::Lost);
     assert_eq!(lost.status(), pb::PaymentStatus::Succeeded);
     let after_loss = app
