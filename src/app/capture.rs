@@ -110,13 +110,15 @@ impl Payments {
                 .amount
                 .map_or(payment.amount_capturable, |amount| amount.minor_units());
             if requested <= 0 || requested > payment.amount_capturable {
-                return Err(AppError::Invalid(ValidationError::from(FieldViolation::new(
-                    "amount",
-                    format!(
-                        "{requested} exceeds what is capturable ({})",
-                        payment.amount_capturable
+                return Err(AppError::Invalid(ValidationError::from(
+                    FieldViolation::new(
+                        "amount",
+                        format!(
+                            "{requested} exceeds what is capturable ({})",
+                            payment.amount_capturable
+                        ),
                     ),
-                ))));
+                )));
             }
 
             // 3. The intent to capture first; the database refuses it when the payment moved on
@@ -203,7 +205,12 @@ impl Payments {
             }
         };
         payment
-            .check_intent(&intent.id, intent.amount, &intent.currency, &intent.metadata)
+            .check_intent(
+                &intent.id,
+                intent.amount,
+                &intent.currency,
+                &intent.metadata,
+            )
             .map_err(AppError::IntentMismatch)?;
         let payment = self
             .record_observation(payment, &observation_of(&intent), EventSource::Capture)

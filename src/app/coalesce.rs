@@ -184,6 +184,7 @@ mod tests {
                 amount_capturable: 0,
                 capture_before: None,
                 cancellation_reason: None,
+                latest_charge: None,
             })
         }
         async fn cancel_payment_intent(&self, _: &str, _: &str) -> Answer {
@@ -206,6 +207,12 @@ mod tests {
             unreachable!("not used by IntentReads")
         }
         async fn capture_payment_intent(&self, _: &str, _: i64, _: &str) -> Answer {
+            unreachable!("not used by IntentReads")
+        }
+        async fn retrieve_charge(
+            &self,
+            _: &str,
+        ) -> Result<crate::app::ports::ProviderCharge, ProviderError> {
             unreachable!("not used by IntentReads")
         }
         async fn list_disputes(

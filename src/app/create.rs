@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, Payments, now_millis};
 use crate::domain::{
-    CancellationReason, CaptureMethod, Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, Metadata,
-    Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus, RedirectUrl,
-    StatusChange,
+    CancellationReason, CaptureMethod, Customer, Description, EventSource, IdempotencyKey,
+    InvoiceId, LastPaymentError, Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY, Payment,
+    PaymentId, PaymentStatus, RedirectUrl, StatusChange,
 };
 use crate::tenants::Tenant;
 
@@ -382,7 +382,10 @@ pub(crate) fn observation_of(intent: &super::ports::ProviderIntent) -> Observati
 }
 
 /// The observation an intent makes, true at `observed_at` (unix ms).
-pub(crate) fn observation_at(intent: &super::ports::ProviderIntent, observed_at: i64) -> Observation {
+pub(crate) fn observation_at(
+    intent: &super::ports::ProviderIntent,
+    observed_at: i64,
+) -> Observation {
     Observation {
         status: intent.status,
         last_payment_error: intent.last_payment_error.clone(),

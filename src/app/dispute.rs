@@ -80,7 +80,12 @@ impl Payments {
         else {
             return Ok(false);
         };
-        if !dispute_matches(&payment, observed) {
+        // Listed by the payment's intent: a dispute that does not name one is of its charge.
+        let named = observed
+            .payment_intent
+            .as_deref()
+            .or(Some(intent_id.as_str()));
+        if !dispute_matches(&payment, named, observed) {
             tracing::error!(payment_id = %payment.id, dispute_id = %observed.dispute.id, "the dispute at Stripe does not match the payment; nothing recorded");
             return Ok(false);
         }
@@ -112,10 +117,15 @@ impl Payments {
     }
 }
 
-/// A dispute is the payment's when it names its intent and its currency.
-pub(crate) fn dispute_matches(payment: &Payment, observed: &ProviderDispute) -> bool {
-    observed.payment_intent.is_some()
-        && observed.payment_intent == payment.stripe_payment_intent_id
+/// A dispute (of `intent_id`'s charge) is the payment's when that is its intent and the
+/// currency is its currency.
+pub(crate) fn dispute_matches(
+    payment: &Payment,
+    intent_id: Option<&str>,
+    observed: &ProviderDispute,
+) -> bool {
+    intent_id.is_some()
+        && intent_id == payment.stripe_payment_intent_id.as_deref()
         && observed.currency.eq_ignore_ascii_case(&payment.currency)
 }
 
@@ -157,6 +167,7 @@ mod tests {
         harness.store.put(payment.clone());
         harness.provider.put_dispute(ProviderDispute {
             payment_intent: Some(intent_id),
+            charge: None,
             currency: "usd".to_owned(),
             dispute: dispute(DisputeStatus::Lost),
         });
@@ -182,6 +193,10 @@ mod tests {
             .reconcile_disputes_once(Duration::ZERO, 10)
             .await
             .expect("swept");
-        assert_eq!(again, DisputeSweepReport::default(), "closed: not read again");
+        assert_eq!(
+            again,
+            DisputeSweepReport::default(),
+            "closed: not read again"
+        );
     }
 }

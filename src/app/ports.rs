@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 pub use crate::domain::LastPaymentError;
 use crate::domain::{
-    CaptureMethod, Dispute, EventSource, Payment, PaymentStatus, Refund, RefundChange, RefundReason, RefundStatus,
-    StatusChange,
+    CaptureMethod, Dispute, EventSource, Payment, PaymentStatus, Refund, RefundChange,
+    RefundReason, RefundStatus, StatusChange,
 };
 
 /// A customer to create at the provider.
@@ -61,6 +61,8 @@ pub struct ProviderIntent {
     pub capture_before: Option<i64>,
     /// Stripe's `cancellation_reason`, as given.
     pub cancellation_reason: Option<String>,
+    /// The latest charge's id (`ch_…`), where there is one.
+    pub latest_charge: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderIntent {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for ProviderIntent {
             .field("amount_capturable", &self.amount_capturable)
             .field("capture_before", &self.capture_before)
             .field("cancellation_reason", &self.cancellation_reason)
+            .field("latest_charge", &self.latest_charge)
             .finish()
     }
 }
@@ -120,11 +123,26 @@ pub struct ProviderRefund {
     pub releases_uncaptured: bool,
 }
 
+/// What paybridge reads of a Charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderCharge {
+    /// `ch_…`
+    pub id: String,
+    /// Its PaymentIntent, `pi_…` (none for charges made without one).
+    pub payment_intent: Option<String>,
+    /// Unix milliseconds: `payment_method_details.card.capture_before`, when the charge is an
+    /// uncaptured card authorization and Stripe says when it lapses.
+    pub capture_before: Option<i64>,
+}
+
 /// The provider's view of a Dispute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderDispute {
-    /// The disputed charge's PaymentIntent, `pi_…` (none for charges made without one).
+    /// The disputed charge's PaymentIntent, `pi_…`, when the dispute names it (else read from
+    /// the charge).
     pub payment_intent: Option<String>,
+    /// The disputed charge, `ch_…`.
+    pub charge: Option<String>,
     /// Its currency, lowercase.
     pub currency: String,
     pub dispute: Dispute,
@@ -196,6 +214,8 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         amount_to_capture: i64,
         idempotency_key: &str,
     ) -> Result<ProviderIntent, ProviderError>;
+    /// Reads a charge: its intent and, for an authorization, when it lapses.
+    async fn retrieve_charge(&self, id: &str) -> Result<ProviderCharge, ProviderError>;
     /// The disputes of a PaymentIntent's charges, newest first.
     async fn list_disputes(
         &self,
@@ -872,6 +892,6 @@ impl<T> PaymentStore for T where
         + EventFeed
         + PushDeliveries
         + CaptureRecords
-    + DisputeRecords
+        + DisputeRecords
 {
 }

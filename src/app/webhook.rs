@@ -1,7 +1,6 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
-use super::create::observation_at;
 use super::dispute::dispute_matches;
 use super::ports::{
     DisputeUpdate, EventRecorded, ProviderDispute, ProviderEvent, ProviderIntent, ProviderRefund,
@@ -253,7 +252,9 @@ impl Payments {
                 IgnoredBecause::Mismatch,
             ));
         }
-        let observation = observation_at(intent, event.created.saturating_mul(1000));
+        let observation = self
+            .observe_intent(&payment, intent, event.created.saturating_mul(1000))
+            .await;
         Ok(match payment.observe_event(&observation, event.created) {
             EventVerdict::Apply(change) => Decision {
                 payment_id: Some(payment.id),
@@ -273,14 +274,15 @@ impl Payments {
         event: &ProviderEvent,
         observed: &ProviderDispute,
     ) -> Result<Decision, AppError> {
-        let payment = match observed.payment_intent.as_deref() {
+        let intent_id = self.dispute_intent(observed).await?;
+        let payment = match intent_id.as_deref() {
             Some(intent_id) => self.store.find_payment_by_intent(None, intent_id).await?,
             None => None,
         };
         let Some(payment) = payment else {
             return Ok(Decision::ignored(None, IgnoredBecause::NotOurs));
         };
-        if !dispute_matches(&payment, observed) {
+        if !dispute_matches(&payment, intent_id.as_deref(), observed) {
             tracing::error!(payment_id = %payment.id, event_id = %event.id, "dispute event does not match its payment; not applied");
             return Ok(Decision::ignored(
                 Some(payment.id),

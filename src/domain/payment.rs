@@ -551,7 +551,10 @@ mod tests {
                 ..seen(PaymentStatus::Succeeded)
             })
             .expect("captured");
-        assert_eq!((captured.amount_received, captured.amount_capturable), (600, 0));
+        assert_eq!(
+            (captured.amount_received, captured.amount_capturable),
+            (600, 0)
+        );
     }
 
     #[test]

@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use crate::support::events::now;
-use crate::support::{
-    BILLING_TOKEN, Db, Options, TestApp, as_tenant, create_request, eventually,
-};
+use crate::support::{BILLING_TOKEN, Db, Options, TestApp, as_tenant, create_request, eventually};
 use paybridge::pb::v1 as pb;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -153,11 +151,25 @@ async fn an_authorization_of_1000_captured_for_600_receives_600_and_refunds_stop
     let (answer, payment) = app.authorized("k-1", 1000).await;
     assert_eq!(payment.status(), pb::PaymentStatus::RequiresCapture);
     assert_eq!(payment.amount_capturable, 1000);
-    let capture_before = payment.capture_before.expect("capture_before");
-    let in_seven_days = now() + 7 * 24 * 3600;
-    assert!(
-        (in_seven_days - 60..=in_seven_days + 60).contains(&capture_before.seconds),
-        "{capture_before:?}"
+    // The charge's own deadline (the fake's authorizations hold 6 days), not the 7-day guess.
+    let charge_id = app
+        .stripe
+        .payment_intent(&payment.stripe_payment_intent_id)
+        .await["latest_charge"]
+        .as_str()
+        .expect("a charge")
+        .to_owned();
+    let charge = app.stripe.charge(&charge_id).await;
+    let deadline = charge["payment_method_details"]["card"]["capture_before"]
+        .as_i64()
+        .expect("the charge's capture_before");
+    assert!((deadline - (now() + 6 * 24 * 3600)).abs() < 60, "{charge}");
+    assert_eq!(
+        payment.capture_before,
+        Some(prost_types::Timestamp {
+            seconds: deadline,
+            nanos: 0
+        })
     );
 
     // The browser's return of an authorized payment lands on the success page, authorized.
@@ -182,7 +194,10 @@ async fn an_authorization_of_1000_captured_for_600_receives_600_and_refunds_stop
         verified.redirect_url
     );
 
-    let captured = app.capture("c-1", &payment.id, 600).await.expect("captured");
+    let captured = app
+        .capture("c-1", &payment.id, 600)
+        .await
+        .expect("captured");
     assert_eq!(captured.status(), pb::PaymentStatus::Succeeded);
     assert_eq!(captured.amount_received, 600);
     assert_eq!(captured.amount_capturable, 0);
@@ -205,7 +220,10 @@ async fn an_authorization_of_1000_captured_for_600_receives_600_and_refunds_stop
     assert_eq!(intent["amount_received"], 600, "{intent}");
 
     // The same key replays the payment without a Stripe call; another capture is refused.
-    let replayed = app.capture("c-1", &payment.id, 600).await.expect("replayed");
+    let replayed = app
+        .capture("c-1", &payment.id, 600)
+        .await
+        .expect("replayed");
     assert_eq!(replayed.amount_received, 600);
     assert_eq!(app.stripe.count(CAPTURES).await, 1);
     let reused = app
@@ -226,7 +244,10 @@ async fn an_authorization_of_1000_captured_for_600_receives_600_and_refunds_stop
         .await
         .expect_err("above what was received");
     assert_eq!(precondition_type(&too_much), "REFUND_EXCEEDS_REMAINING");
-    let all = app.refund_of("r-2", &payment.id, 0).await.expect("refunded");
+    let all = app
+        .refund_of("r-2", &payment.id, 0)
+        .await
+        .expect("refunded");
     assert_eq!(all.refund.expect("refund").amount, 600);
     let after = app.get(&payment.id, true).await.expect("refreshed");
     assert_eq!((after.amount_received, after.amount_refunded), (600, 600));
@@ -431,8 +452,13 @@ async fn a_lost_dispute_whose_webhooks_were_lost_is_found_by_the_reconciler(db: 
         }))
         .await;
     let dispute_id = opened["id"].as_str().expect("id").to_owned();
-    let created = dispute_event(&app, "created", &dispute_id).await;
-    app.deliver_json(&created).await;
+    // An event whose dispute names only its charge: matched through the charge's intent.
+    let mut created = dispute_event(&app, "created", &dispute_id).await;
+    created["data"]["object"]["payment_intent"] = Value::Null;
+    assert_eq!(
+        app.deliver_json(&created).await.result(),
+        pb::StripeEventResult::Applied
+    );
     // Refundable while an inquiry says so.
     app.refund_of("r-1", &payment.id, 100)
         .await

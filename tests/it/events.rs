@@ -717,7 +717,11 @@ async fn events_written_before_the_feed_are_in_it(db: Db) {
 
     let store = Store::connect(&url, 2).await.expect("store");
     store.migrate().await.expect("the feed's migration");
-    let change = StatusChange::status_only(PaymentStatus::RequiresPaymentMethod, PaymentStatus::Canceled, None);
+    let change = StatusChange::status_only(
+        PaymentStatus::RequiresPaymentMethod,
+        PaymentStatus::Canceled,
+        None,
+    );
     store
         .apply_change(
             &payment.id,

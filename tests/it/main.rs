@@ -7,8 +7,8 @@
 mod support;
 
 mod auth;
-mod capture_disputes;
 mod cancel_and_list;
+mod capture_disputes;
 mod create_payment;
 mod events;
 mod gateway_browser;

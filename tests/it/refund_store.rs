@@ -203,7 +203,10 @@ async fn a_payment_receives_its_amount_on_every_way_to_succeeded(db: Db) {
                 payment_id: Some(&by_webhook.id),
                 result: "applied",
             },
-            Some(WebhookChange::Payment(&paid(PaymentStatus::Processing, 4200))),
+            Some(WebhookChange::Payment(&paid(
+                PaymentStatus::Processing,
+                4200,
+            ))),
             now(),
         )
         .await

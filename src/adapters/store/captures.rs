@@ -6,9 +6,7 @@ use async_trait::async_trait;
 
 use super::payment_row::{PaymentRow, payment_json};
 use super::{Backend, Change, Store, Transition, WriteTx};
-use crate::app::ports::{
-    CaptureRecord, CaptureRecords, DisputeRecords, DisputeUpdate, StoreError,
-};
+use crate::app::ports::{CaptureRecord, CaptureRecords, DisputeRecords, DisputeUpdate, StoreError};
 use crate::domain::{Dispute, EventSource, Payment};
 
 /// The statuses of an open dispute, as SQL.

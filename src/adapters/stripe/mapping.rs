@@ -6,7 +6,8 @@ use stripe_shared::{PaymentIntent, PaymentIntentStatus, Refund};
 
 use super::transport::StripeHttpError;
 use crate::app::ports::{
-    LastPaymentError, ProviderDispute, ProviderError, ProviderIntent, ProviderRefund,
+    LastPaymentError, ProviderCharge, ProviderDispute, ProviderError, ProviderIntent,
+    ProviderRefund,
 };
 use crate::domain::{Dispute, DisputeStatus, PaymentStatus, RefundReason, RefundStatus};
 
@@ -69,6 +70,10 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
             .cancellation_reason
             .as_ref()
             .map(|reason| reason.as_str().to_owned()),
+        latest_charge: pi
+            .latest_charge
+            .as_ref()
+            .map(|charge| charge.id().as_str().to_owned()),
     })
 }
 
@@ -148,7 +153,74 @@ pub(crate) struct DisputeObject {
     #[serde(default)]
     payment_intent: Option<serde_json::Value>,
     #[serde(default)]
+    charge: Option<serde_json::Value>,
+    #[serde(default)]
     evidence_details: Option<EvidenceDetails>,
+}
+
+/// The id of an expandable field: the id itself, or the expanded object's `id`.
+fn expandable_id(
+    value: Option<serde_json::Value>,
+    field: &str,
+) -> Result<Option<String>, ProviderError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(id)) => Ok(Some(id)),
+        Some(serde_json::Value::Object(object)) => match object.get("id") {
+            Some(serde_json::Value::String(id)) => Ok(Some(id.clone())),
+            _ => Err(ProviderError::Unexpected(format!(
+                "an expanded {field} has no id"
+            ))),
+        },
+        Some(_) => Err(ProviderError::Unexpected(format!(
+            "{field} is neither an id nor an object"
+        ))),
+    }
+}
+
+/// A Charge as paybridge reads it, by serde: its intent, and when an authorization lapses.
+#[derive(serde::Deserialize)]
+pub(crate) struct ChargeObject {
+    id: String,
+    object: String,
+    #[serde(default)]
+    payment_intent: Option<serde_json::Value>,
+    #[serde(default)]
+    payment_method_details: Option<ChargeMethodDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChargeMethodDetails {
+    #[serde(default)]
+    card: Option<ChargeCard>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChargeCard {
+    #[serde(default)]
+    capture_before: Option<i64>,
+}
+
+/// The fields of a Charge paybridge reads.
+pub(crate) const CHARGE_REQUIRED: &[(&str, Kind)] =
+    &[("id", Kind::String), ("object", Kind::String)];
+
+pub(crate) fn to_provider_charge(object: ChargeObject) -> Result<ProviderCharge, ProviderError> {
+    if object.object != "charge" {
+        return Err(ProviderError::Unexpected(format!(
+            "not a Charge: object `{}`",
+            object.object
+        )));
+    }
+    Ok(ProviderCharge {
+        payment_intent: expandable_id(object.payment_intent, "payment_intent")?,
+        capture_before: object
+            .payment_method_details
+            .and_then(|details| details.card)
+            .and_then(|card| card.capture_before)
+            .map(|seconds| seconds.saturating_mul(1000)),
+        id: object.id,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -175,21 +247,9 @@ pub(crate) fn to_provider_dispute(object: DisputeObject) -> Result<ProviderDispu
             object.object
         )));
     }
-    let payment_intent = match object.payment_intent {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(id)) => Some(id),
-        Some(serde_json::Value::Object(intent)) => intent
-            .get("id")
-            .and_then(|id| id.as_str())
-            .map(str::to_owned),
-        Some(_) => {
-            return Err(ProviderError::Unexpected(
-                "a Dispute's payment_intent is neither an id nor an object".to_owned(),
-            ));
-        }
-    };
     Ok(ProviderDispute {
-        payment_intent,
+        payment_intent: expandable_id(object.payment_intent, "payment_intent")?,
+        charge: expandable_id(object.charge, "charge")?,
         currency: object.currency.to_ascii_lowercase(),
         dispute: Dispute {
             status: map_dispute_status(&object.status)?,

@@ -10,6 +10,7 @@
 //! | `retrieve_payment_intent` | `GET /v1/payment_intents/{id}` | none | none |
 //! | `cancel_payment_intent` | `POST /v1/payment_intents/{id}/cancel` | none (empty body) | the given key |
 //! | `capture_payment_intent` | `POST /v1/payment_intents/{id}/capture` | `amount_to_capture` | the given key |
+//! | `retrieve_charge` | `GET /v1/charges/{id}` | none | none |
 //! | `list_disputes` | `GET /v1/disputes?limit=100&payment_intent=…[&starting_after=…]` | none | none |
 //! | `create_refund` | `POST /v1/refunds` | `amount`, `payment_intent`, `reason` (if any), `metadata[k]` | the request's key |
 //! | `retrieve_refund` | `GET /v1/refunds/{id}` | none | none |
@@ -47,15 +48,16 @@ use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, Retrieve
 use url::Url;
 
 use self::mapping::{
-    CUSTOMER_REQUIRED, DISPUTE_REQUIRED, DisputeObject, Kind, PAYMENT_INTENT_REQUIRED,
-    REFUND_REQUIRED, explain_list_parse_failure, explain_parse_failure, map_http_error,
-    to_provider_dispute, to_provider_intent, to_provider_refund,
+    CHARGE_REQUIRED, CUSTOMER_REQUIRED, ChargeObject, DISPUTE_REQUIRED, DisputeObject, Kind,
+    PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure, explain_parse_failure,
+    map_http_error, to_provider_charge, to_provider_dispute, to_provider_intent,
+    to_provider_refund,
 };
 pub use self::transport::{ConnectionStats, PooledStripeClient, StripeHttpError};
 use self::transport::{HttpSettings, RecordingClient, RetryPolicy};
 use crate::app::ports::{
-    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderDispute, ProviderError,
-    ProviderIntent, ProviderRefund,
+    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderCharge, ProviderDispute,
+    ProviderError, ProviderIntent, ProviderRefund,
 };
 use crate::domain::{CaptureMethod, RefundReason};
 
@@ -358,6 +360,22 @@ impl StripeProvider {
     }
 }
 
+/// `GET /v1/charges/{id}`, its answer read as plain JSON (then by serde): paybridge reads only a
+/// charge's intent and its authorization's deadline.
+#[derive(Debug)]
+struct RetrieveChargeJson<'a>(&'a str);
+
+impl StripeRequest for RetrieveChargeJson<'_> {
+    type Output = miniserde::json::Value;
+
+    fn build(&self) -> stripe_client_core::RequestBuilder {
+        stripe_client_core::RequestBuilder::new(
+            stripe_client_core::StripeMethod::Get,
+            format!("/charges/{}", self.0),
+        )
+    }
+}
+
 impl StripeProvider {
     /// Reads a list of disputes page by page (all of them, at most [`MAX_LIST_PAGES`] pages).
     async fn list_dispute_pages(
@@ -565,6 +583,22 @@ impl PaymentProvider for StripeProvider {
         let strategy = idempotent(idempotency_key)?;
         let request = CapturePaymentIntent::new(id).amount_to_capture(amount_to_capture);
         self.send_intent(&request, strategy).await
+    }
+
+    #[tracing::instrument(skip_all, fields(charge = %id))]
+    async fn retrieve_charge(&self, id: &str) -> Result<ProviderCharge, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        let value = RetrieveChargeJson(id)
+            .customize()
+            .send(&self.client)
+            .await
+            .map_err(map_http_error)?;
+        let text = miniserde::json::to_string(&value);
+        let object: ChargeObject = serde_json::from_str(&text)
+            .map_err(|_| explain_parse_failure("Charge", Some(text.as_bytes()), CHARGE_REQUIRED))?;
+        to_provider_charge(object)
     }
 
     #[tracing::instrument(skip_all, fields(payment_intent = %payment_intent))]

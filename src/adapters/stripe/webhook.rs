@@ -228,9 +228,8 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
         }
         Some(Carries::Dispute) => {
             let object: super::mapping::DisputeObject =
-                serde_json::from_value(envelope.data.object.clone()).map_err(|e| {
-                    format!("{} carries no Dispute: {e}", envelope.event_type)
-                })?;
+                serde_json::from_value(envelope.data.object.clone())
+                    .map_err(|e| format!("{} carries no Dispute: {e}", envelope.event_type))?;
             dispute = Some(
                 super::mapping::to_provider_dispute(object)
                     .map_err(|e| format!("{}: {e}", envelope.event_type))?,
@@ -425,6 +424,7 @@ mod tests {
                 event.dispute.expect("a dispute"),
                 crate::app::ports::ProviderDispute {
                     payment_intent: Some("pi_3Disputed".to_owned()),
+                    charge: Some("ch_1PgafuB7WZ01zgkWXYmPNZs8".to_owned()),
                     currency: "usd".to_owned(),
                     dispute: crate::domain::Dispute {
                         id: "dp_1Pgc71B7WZ01zgkWMevJiAUx".to_owned(),

@@ -90,7 +90,9 @@ impl FakeProvider {
     /// Opens or changes a dispute at the provider (replacing one of the same id).
     pub(crate) fn put_dispute(&self, dispute: ProviderDispute) {
         let mut state = lock(&self.state);
-        state.disputes.retain(|d| d.dispute.id != dispute.dispute.id);
+        state
+            .disputes
+            .retain(|d| d.dispute.id != dispute.dispute.id);
         state.disputes.push(dispute);
     }
 
@@ -210,6 +212,7 @@ impl PaymentProvider for FakeProvider {
             amount_capturable: 0,
             capture_before: None,
             cancellation_reason: None,
+            latest_charge: None,
         };
         state
             .created_by_key
@@ -336,6 +339,15 @@ impl PaymentProvider for FakeProvider {
             }
         }
         Ok(intent.clone())
+    }
+
+    async fn retrieve_charge(
+        &self,
+        id: &str,
+    ) -> Result<crate::app::ports::ProviderCharge, ProviderError> {
+        // The fake's intents have no charges.
+        drop(self.call(format!("retrieve_charge {id}"))?);
+        Err(ProviderError::NotFound)
     }
 
     async fn list_disputes(

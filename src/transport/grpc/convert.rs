@@ -4,12 +4,15 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::app::ports::ListCursor;
-use crate::app::{CaptureCommand, CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, VerifiedReturn};
+use crate::app::{
+    CaptureCommand, CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, VerifiedReturn,
+};
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
-    Amount, CancellationReason, CaptureMethod, Customer, Dispute, DisputeStatus, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId,
-    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery,
-    ReturnQueryField, StripeCustomerId, ValidationError,
+    Amount, CancellationReason, CaptureMethod, Customer, CustomerName, Description, Dispute,
+    DisputeStatus, Email, FieldViolation, IdempotencyKey, InvoiceId, Metadata, Money, Payment,
+    PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery, ReturnQueryField,
+    StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
 use crate::tenants::Tenant;

@@ -318,6 +318,17 @@ impl LocalStripe {
         assert_eq!(rule["status"], status, "{rule}");
     }
 
+    /// A charge as the fake holds it.
+    pub async fn charge(&self, id: &str) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/charges/{id}"),
+            SECRET_KEY,
+            &[],
+        )
+        .await
+    }
+
     /// Lapses the authorization of an intent awaiting capture (Stripe cancels it); returns the
     /// intent.
     pub async fn expire_authorization(&self, intent_id: &str) -> Value {

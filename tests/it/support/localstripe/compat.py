@@ -265,6 +265,10 @@ def _charge_outcome(self):
     return None
 
 
+# How long the fake's card authorizations hold (seconds): see _fix_charge.
+_AUTHORIZATION_VALIDITY = 6 * 24 * 3600
+
+
 def _fix_charge(self, obj, expand):
     pm = _lookup_pm(self.payment_method)
     card = _card_of(pm)
@@ -311,6 +315,12 @@ def _fix_charge(self, obj, expand):
             'three_d_secure': None,
             'wallet': None,
         }}
+        if succeeded and not self.captured:
+            # An authorization awaiting capture says when it lapses. Stripe's is
+            # usually 7 days; the fake says 6, so that a test tells Stripe's
+            # deadline from a client's own 7-day assumption.
+            obj['payment_method_details']['card']['capture_before'] = \
+                self.created + _AUTHORIZATION_VALIDITY
     elif pm is not None and getattr(pm, 'type', None) == 'sepa_debit':
         obj['payment_method_details'] = {'type': 'sepa_debit',
                                          'sepa_debit': dict(pm.sepa_debit)}
