@@ -188,7 +188,7 @@ impl Metrics {
         let refund_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "refund_requests",
-            "RefundPayment calls by outcome (created, replayed, not_refundable, exceeds_remaining, \
+            "RefundPayment calls by outcome (created, replayed, not_refundable, disputed, exceeds_remaining, \
              key_reused, stripe_refused, stripe_unavailable, not_found, error)",
             refund_requests.clone(),
         );
