@@ -22,8 +22,8 @@ pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 enum Entry {
     /// A call is on its way; its answer arrives on the channel.
     InFlight(watch::Receiver<Option<Answer>>),
-    /// A call answered at this instant.
-    Done(Instant, Answer),
+    /// A call answered at this instant (boxed: an intent is far larger than a receiver).
+    Done(Instant, Box<Answer>),
 }
 
 /// How often answers older than their window are dropped. Dropping them is a walk over every
@@ -86,7 +86,7 @@ impl IntentReads {
             }
             match entries.by_intent.get(intent_id) {
                 Some(Entry::Done(at, answer)) if now.duration_since(*at) < self.fresh_for => {
-                    return answer.clone();
+                    return Answer::clone(answer);
                 }
                 Some(Entry::InFlight(receiver)) => Role::Follower(receiver.clone()),
                 // None, or an answer gone stale since the last pruning: read anew.
@@ -106,7 +106,7 @@ impl IntentReads {
                 if entries.by_intent.len() <= MAX_KEPT {
                     entries.by_intent.insert(
                         intent_id.to_owned(),
-                        Entry::Done(Instant::now(), answer.clone()),
+                        Entry::Done(Instant::now(), Box::new(answer.clone())),
                     );
                 } else {
                     // Full: answered, not kept (the calls on their way stay coalesced).
