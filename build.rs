@@ -8,8 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("paybridge_descriptor.bin"))
-        // Holds the client secret: pb.rs implements a redacting Debug instead.
-        .skip_debug(["paybridge.v1.CreateInvoicePaymentResponse"])
+        // Hold the client secret or a hosted page link: pb.rs implements redacting Debugs.
+        .skip_debug([
+            "paybridge.v1.CreateInvoicePaymentResponse",
+            "paybridge.v1.PaymentLink",
+            "paybridge.v1.ResolvePaymentLinkRequest",
+            "paybridge.v1.PaymentPage",
+        ])
         .compile_with_config(
             config,
             &[std::path::PathBuf::from(

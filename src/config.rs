@@ -28,7 +28,7 @@ pub enum Command {
     /// Applies the database migrations and exits.
     Migrate(DatabaseArgs),
     /// Runs the HTTP return gateway (browser returns from Stripe, Stripe webhooks).
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +136,10 @@ pub struct ServeArgs {
         default_value = "http://127.0.0.1:8080/payment/return"
     )]
     pub return_url: Url,
+    /// The gateway's public base URL: hosted payment page links are `<this>/pay/<token>`.
+    /// Default: the origin of PAYBRIDGE_RETURN_URL.
+    #[arg(long, env = "PAYBRIDGE_PUBLIC_URL")]
+    pub public_url: Option<Url>,
     /// The tenants file (TOML).
     #[arg(long, env = "PAYBRIDGE_TENANTS_FILE")]
     pub tenants_file: PathBuf,
@@ -209,6 +213,8 @@ pub struct ServeConfig {
     /// Metrics endpoint; `None` turns it off.
     pub admin_addr: Option<SocketAddr>,
     pub return_url: Url,
+    /// The gateway's public base, for hosted page links ([`public_url`]).
+    pub public_url: Url,
     pub tenants: Tenants,
     /// SHA-256 of the return gateway's token.
     pub gateway_token_sha256: Option<TokenHash>,
@@ -248,6 +254,8 @@ impl ServeArgs {
         if !matches!(self.return_url.scheme(), "https" | "http") {
             return Err("PAYBRIDGE_RETURN_URL: must be an http(s) URL".to_owned());
         }
+        let public_url = public_url(self.public_url.as_ref(), &self.return_url)
+            .map_err(|error| format!("PAYBRIDGE_PUBLIC_URL: {error}"))?;
         let gateway_token_sha256 = match &self.gateway_token_sha256 {
             None => None,
             Some(hex) => {
@@ -289,6 +297,7 @@ impl ServeArgs {
             stripe_max_rps: self.stripe_max_rps,
             admin_addr: Some(self.admin_addr),
             return_url: self.return_url,
+            public_url,
             tenants,
             gateway_token_sha256,
             stripe_webhook_secrets: self
@@ -314,6 +323,31 @@ impl ServeArgs {
             health_interval: Duration::from_secs(5),
         })
     }
+}
+
+/// The gateway's public base (`PAYBRIDGE_PUBLIC_URL`): the one given, or the origin of the return
+/// URL. An http(s) URL without user, query or fragment; a path is kept (a gateway under a
+/// prefix), without its trailing `/`.
+pub fn public_url(given: Option<&Url>, return_url: &Url) -> Result<Url, String> {
+    let Some(given) = given else {
+        return Url::parse(&return_url.origin().ascii_serialization())
+            .map_err(|_| "PAYBRIDGE_RETURN_URL has no origin to default to".to_owned());
+    };
+    if !matches!(given.scheme(), "https" | "http") || given.host().is_none() {
+        return Err("must be an http(s) URL".to_owned());
+    }
+    if !given.username().is_empty() || given.password().is_some() {
+        return Err("must not carry a user name or password".to_owned());
+    }
+    if given.query().is_some() || given.fragment().is_some() {
+        return Err("must not have a query or a fragment".to_owned());
+    }
+    Ok(given.clone())
+}
+
+/// A public base as links start: without the trailing `/`.
+pub fn public_base(url: &Url) -> String {
+    url.as_str().trim_end_matches('/').to_owned()
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +385,14 @@ pub struct GatewayArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "PAYBRIDGE_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
+    /// Stripe.js, which the hosted payment page loads (its origin goes into the page's
+    /// Content-Security-Policy). https; http only to a loopback address (a stand-in in tests).
+    #[arg(
+        long,
+        env = "PAYBRIDGE_STRIPE_JS_URL",
+        default_value = "https://js.stripe.com/v3/"
+    )]
+    pub stripe_js_url: Url,
     /// Where the gateway's Prometheus metrics are served (`GET /metrics`). Its own variable, not
     /// `serve`'s `PAYBRIDGE_ADMIN_ADDR`, so that one environment can hold both processes'.
     #[arg(
@@ -378,6 +420,8 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Metrics endpoint; `None` turns it off.
     pub admin_addr: Option<SocketAddr>,
+    /// Stripe.js for the hosted payment page.
+    pub stripe_js_url: Url,
 }
 
 impl GatewayArgs {
@@ -412,6 +456,8 @@ impl GatewayArgs {
         if self.read_timeout.is_zero() {
             return Err("PAYBRIDGE_GATEWAY_READ_TIMEOUT: must be greater than zero".to_owned());
         }
+        check_stripe_js_url(&self.stripe_js_url)
+            .map_err(|error| format!("PAYBRIDGE_STRIPE_JS_URL: {error}"))?;
         Ok(GatewayConfig {
             addr: self.gateway_addr,
             core_url: self.core_url,
@@ -423,8 +469,28 @@ impl GatewayArgs {
             read_timeout: self.read_timeout,
             shutdown_grace: self.shutdown_grace,
             admin_addr: Some(self.gateway_admin_addr),
+            stripe_js_url: self.stripe_js_url,
         })
     }
+}
+
+/// Stripe.js's URL: https, or http to a loopback address (a stand-in); no user, no fragment.
+pub fn check_stripe_js_url(url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err("must name a host".to_owned()),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err("must be https (http only to a loopback address)".to_owned()),
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err("must not carry a user name, password or fragment".to_owned());
+    }
+    Ok(())
 }
 
 fn parse_gateway_token(raw: &str) -> Result<SecretString, String> {
@@ -487,6 +553,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_public_url_defaults_to_the_return_urls_origin() {
+        let return_url: Url = "https://pay.example.com:8443/payment/return"
+            .parse()
+            .unwrap();
+        let default = public_url(None, &return_url).unwrap();
+        assert_eq!(public_base(&default), "https://pay.example.com:8443");
+        let given: Url = "https://example.com/payments/".parse().unwrap();
+        assert_eq!(
+            public_base(&public_url(Some(&given), &return_url).unwrap()),
+            "https://example.com/payments"
+        );
+        for bad in [
+            "ftp://x.example/",
+            "https://u:p@x.example/",
+            "https://x.example/?a=1",
+            "https://x.example/#f",
+        ] {
+            let bad: Url = bad.parse().unwrap();
+            assert!(public_url(Some(&bad), &return_url).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stripe_js_is_https_or_http_to_a_loopback_stand_in() {
+        for good in [
+            "https://js.stripe.com/v3/",
+            "http://127.0.0.1:4000/v3/",
+            "http://localhost/v3/",
+        ] {
+            assert!(
+                check_stripe_js_url(&good.parse().unwrap()).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "http://js.stripe.com/v3/",
+            "https://u@js.stripe.com/v3/",
+            "https://js.stripe.com/v3/#x",
+            "data:text/javascript,alert(1)",
+        ] {
+            assert!(check_stripe_js_url(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
@@ -513,6 +624,30 @@ mod tests {
             Command::Gateway(args) => args.into_config(),
             _ => unreachable!("parsed the gateway subcommand"),
         }
+    }
+
+    #[test]
+    fn the_gateway_refuses_a_stripe_js_url_naming_the_setting() {
+        let parse = |url: &str| {
+            let cli = Cli::try_parse_from([
+                "paybridge",
+                "gateway",
+                "--gateway-token",
+                "a-long-enough-gateway-token-for-tests",
+                "--stripe-js-url",
+                url,
+            ])
+            .map_err(|error| error.to_string())?;
+            match cli.command {
+                Command::Gateway(args) => args.into_config(),
+                _ => unreachable!("parsed the gateway subcommand"),
+            }
+        };
+        let default = gateway_with_core_url("http://127.0.0.1:50051").unwrap();
+        assert_eq!(default.stripe_js_url.as_str(), "https://js.stripe.com/v3/");
+        let error = parse("http://js.example.com/v3/").unwrap_err();
+        assert!(error.contains("PAYBRIDGE_STRIPE_JS_URL"), "{error}");
+        assert!(parse("http://127.0.0.1:9/v3/").is_ok());
     }
 
     #[test]

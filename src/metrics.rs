@@ -290,7 +290,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The label for a gRPC path: one of ours, or `unknown` (paths come from clients).
 pub fn rpc_method_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 17] = [
+    const KNOWN: [&str; 19] = [
         "/paybridge.v1.PaymentService/CreateInvoicePayment",
         "/paybridge.v1.PaymentService/GetPayment",
         "/paybridge.v1.PaymentService/ListPayments",
@@ -304,6 +304,8 @@ pub fn rpc_method_label(path: &str) -> &'static str {
         "/paybridge.v1.PaymentService/ListRefunds",
         "/paybridge.v1.PaymentService/ListEvents",
         "/paybridge.v1.PaymentService/WatchEvents",
+        "/paybridge.v1.PaymentService/CreatePaymentLink",
+        "/paybridge.v1.PaymentService/ResolvePaymentLink",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",

@@ -108,6 +108,7 @@ impl Application {
             PaymentSettings {
                 publishable_key: config.stripe_publishable_key,
                 return_url: config.return_url.to_string(),
+                public_url: crate::config::public_base(&config.public_url),
                 webhook_verifier: (!config.stripe_webhook_secrets.is_empty()).then(|| {
                     Arc::new(WebhookVerifier::new(
                         config.stripe_webhook_secrets,
@@ -295,9 +296,9 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
 /// How often the event janitor deletes what retention no longer keeps.
 const EVENT_JANITOR_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes expired events at start and then every [`EVENT_JANITOR_EVERY`], until aborted at
-/// shutdown. Every replica runs it; a delete is one transaction from the log's start, so two at
-/// once only repeat each other.
+/// Deletes expired events (and expired payment links) at start and then every
+/// [`EVENT_JANITOR_EVERY`], until aborted at shutdown. Every replica runs it; a delete is one
+/// transaction from the log's start, so two at once only repeat each other.
 async fn run_event_janitor(payments: Arc<Payments>, retention: Duration) {
     let mut ticks = tokio::time::interval(EVENT_JANITOR_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,6 +308,11 @@ async fn run_event_janitor(payments: Arc<Payments>, retention: Duration) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired events deleted"),
             Err(error) => tracing::warn!(%error, "deleting expired events failed"),
+        }
+        match payments.delete_expired_payment_links().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired payment links deleted"),
+            Err(error) => tracing::warn!(%error, "deleting expired payment links failed"),
         }
     }
 }

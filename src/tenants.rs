@@ -11,6 +11,10 @@
 //! # Optional: each event is POSTed here, signed with the secret in the file (issue 16).
 //! webhook_url = "https://billing.example.com/paybridge/events"
 //! webhook_secret_file = "/etc/paybridge/push-secrets/billing"
+//! # Optional: what the hosted payment page shows (issue 18); the name defaults to the id, and
+//! # the logo must lie on one of allowed_redirect_origins (http or https).
+//! display_name = "Example Billing"
+//! logo_url = "https://billing.example.com/logo.png"
 //! ```
 //!
 //! Only the SHA-256 of each bearer token is stored, never the token. Every problem is reported as
@@ -161,6 +165,10 @@ pub struct Tenant {
     token_sha256: TokenHash,
     /// Where its events are pushed, if anywhere.
     push: Option<PushEndpoint>,
+    /// The name the hosted payment page shows.
+    display_name: String,
+    /// The logo the hosted payment page shows, on one of its allowed origins.
+    logo_url: Option<RedirectUrl>,
 }
 
 impl Tenant {
@@ -185,6 +193,16 @@ impl Tenant {
         self.push.as_ref()
     }
 
+    /// The name its customers know it by (`display_name`, or the id).
+    pub fn display_name(&self) -> &str {
+        &self.display_name
+    }
+
+    /// Its logo for the hosted payment page, if it declared one.
+    pub fn logo_url(&self) -> Option<&RedirectUrl> {
+        self.logo_url.as_ref()
+    }
+
     /// Parses a URL from a request (`success_url`, `failure_url`) against this tenant's origins.
     pub fn redirect_url(&self, field: &str, raw: &str) -> Result<RedirectUrl, FieldViolation> {
         RedirectUrl::parse(field, raw, &self.allowed_redirect_origins)
@@ -199,6 +217,8 @@ impl fmt::Debug for Tenant {
             .field("success_url", &self.success_url)
             .field("failure_url", &self.failure_url)
             .field("push", &self.push)
+            .field("display_name", &self.display_name)
+            .field("logo_url", &self.logo_url)
             .finish_non_exhaustive()
     }
 }
@@ -260,6 +280,8 @@ struct RawTenant {
     failure_url: Option<String>,
     webhook_url: Option<String>,
     webhook_secret_file: Option<PathBuf>,
+    display_name: Option<String>,
+    logo_url: Option<String>,
 }
 
 impl Tenants {
@@ -416,6 +438,11 @@ fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, T
     let success_url = default_url("success_url", raw.success_url)?;
     let failure_url = default_url("failure_url", raw.failure_url)?;
     let push = check_push(name, raw.webhook_url, raw.webhook_secret_file, folder)?;
+    let display_name = check_display_name(name, raw.display_name)?;
+    let logo_url = raw
+        .logo_url
+        .map(|raw| check_logo_url(name, &raw, &allowed_redirect_origins))
+        .transpose()?;
 
     Ok(Tenant {
         id,
@@ -424,7 +451,52 @@ fn check_tenant(index: usize, raw: RawTenant, folder: &Path) -> Result<Tenant, T
         failure_url,
         token_sha256,
         push,
+        display_name,
+        logo_url,
     })
+}
+
+/// Longest `display_name`, in characters.
+const MAX_DISPLAY_NAME: usize = 100;
+
+/// 1–100 characters, no control characters, no surrounding spaces; the id when absent.
+fn check_display_name(name: &str, raw: Option<String>) -> Result<String, TenantsError> {
+    let Some(raw) = raw else {
+        return Ok(name.to_owned());
+    };
+    let count = raw.chars().count();
+    if count == 0 || count > MAX_DISPLAY_NAME {
+        return Err(invalid(
+            name,
+            "display_name",
+            format!("must have 1 to {MAX_DISPLAY_NAME} characters"),
+        ));
+    }
+    if raw.chars().any(char::is_control) || raw.trim() != raw {
+        return Err(invalid(
+            name,
+            "display_name",
+            "must have no control characters and no surrounding spaces",
+        ));
+    }
+    Ok(raw)
+}
+
+/// An http(s) URL on one of the tenant's allowed origins (the page's Content-Security-Policy
+/// allows images from that origin only).
+fn check_logo_url(
+    name: &str,
+    raw: &str,
+    origins: &[RedirectOrigin],
+) -> Result<RedirectUrl, TenantsError> {
+    let url = RedirectUrl::parse("logo_url", raw, origins)
+        .map_err(|v| invalid(name, "logo_url", v.description))?;
+    match Url::parse(url.as_str()) {
+        Ok(parsed) if matches!(parsed.scheme(), "https" | "http") && parsed.host().is_some() => {
+            Ok(url)
+        }
+        _ => Err(invalid(name, "logo_url", "must be an http(s) URL")),
+    }
 }
 
 /// `webhook_url` and `webhook_secret_file` go together; the file must hold the secret (one
@@ -582,6 +654,42 @@ failure_url = "https://{id}.example.com/ko"
         let ids: Vec<_> = tenants.iter().map(|t| t.id().as_str()).collect();
         assert_eq!(ids, ["billing", "orders-eu"]);
         assert!(tenants.get("nobody").is_none());
+    }
+
+    #[test]
+    fn display_name_defaults_to_the_id_and_the_logo_must_lie_on_an_allowed_origin() {
+        let tenants = Tenants::parse_toml(SAMPLE).unwrap();
+        let billing = tenants.get("billing").unwrap();
+        assert_eq!(billing.display_name(), "billing");
+        assert!(billing.logo_url().is_none());
+
+        let named = with_line("display_name", "display_name = \"Billing & Co\"");
+        let named = format!("{named}\nlogo_url = \"https://billing.example.com/logo.svg\"");
+        let tenants = Tenants::parse_toml(&named).unwrap();
+        let billing = tenants.get("billing").unwrap();
+        assert_eq!(billing.display_name(), "Billing & Co");
+        assert_eq!(
+            billing.logo_url().unwrap().as_str(),
+            "https://billing.example.com/logo.svg"
+        );
+
+        for (line, field) in [
+            ("display_name = \"\"", "display_name"),
+            ("display_name = \" padded\"", "display_name"),
+            ("display_name = \"a\\u0007b\"", "display_name"),
+            ("logo_url = \"https://evil.example/logo.png\"", "logo_url"),
+            ("logo_url = \"billingapp://logo.png\"", "logo_url"),
+        ] {
+            let text = with_line(line.split(' ').next().unwrap(), line);
+            let text = text.replace(
+                "allowed_redirect_origins = [\"https://billing.example.com\"]",
+                "allowed_redirect_origins = [\"https://billing.example.com\", \"billingapp:\"]",
+            );
+            let message = refused(&text);
+            assert!(message.contains(field), "{line}: {message}");
+        }
+        let long = format!("display_name = \"{}\"", "x".repeat(101));
+        assert!(refused(&with_line("display_name", &long)).contains("display_name"));
     }
 
     #[test]

@@ -104,7 +104,6 @@ pub(crate) fn create_request(tag: &str, n: u64) -> pb::CreateInvoicePaymentReque
         metadata: HashMap::from([("order".to_owned(), format!("ord-{n}"))]),
         success_url: String::new(),
         failure_url: String::new(),
-        // Automatic capture (and whatever later fields default to).
         ..Default::default()
     }
 }

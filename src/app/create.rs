@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
-use super::{AppError, Payments, now_millis};
+use super::{AppError, IssuedLink, Payments, now_millis};
 use crate::domain::{
     CancellationReason, CaptureMethod, Customer, Description, EventSource, IdempotencyKey,
-    InvoiceId, LastPaymentError, Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY, Payment,
-    PaymentId, PaymentStatus, RedirectUrl, StatusChange,
+    InvoiceId, LastPaymentError, LinkTtl, Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY,
+    Payment, PaymentId, PaymentStatus, RedirectUrl, StatusChange,
 };
 use crate::tenants::Tenant;
 
@@ -26,6 +26,9 @@ pub struct CreatePaymentCommand {
     pub success_url: Option<RedirectUrl>,
     pub failure_url: Option<RedirectUrl>,
     pub capture_method: CaptureMethod,
+    /// `hosted_page`: how long the link in the answer works. Left out of the fingerprint: it
+    /// asks for a link to the payment, not for another payment.
+    pub hosted_page: Option<LinkTtl>,
 }
 
 impl CreatePaymentCommand {
@@ -77,6 +80,8 @@ pub struct CreatedPayment {
     pub return_url: String,
     /// False when an earlier answer was returned.
     pub created: bool,
+    /// The hosted page link, when the request asked for one.
+    pub link: Option<IssuedLink>,
 }
 
 impl std::fmt::Debug for CreatedPayment {
@@ -103,7 +108,12 @@ impl Payments {
         for _ in 0..MAX_RACE_RETRIES {
             // `None`: a concurrent create took the key or the invoice first; start again, and
             // this time find what it wrote.
-            if let Some(answer) = self.try_create(tenant, &command, &fingerprint).await? {
+            if let Some(mut answer) = self.try_create(tenant, &command, &fingerprint).await? {
+                if let Some(ttl) = command.hosted_page {
+                    // A new link on every answer, replays too: only the first could be the same,
+                    // and the store keeps no token to hand out again.
+                    answer.link = Some(self.issue_link(&answer.payment, ttl).await?);
+                }
                 return Ok(answer);
             }
         }
@@ -354,6 +364,7 @@ impl Payments {
             publishable_key: self.settings.publishable_key.clone(),
             return_url: self.settings.return_url.clone(),
             created,
+            link: None,
         })
     }
 }

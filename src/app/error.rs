@@ -51,6 +51,10 @@ pub enum AppError {
     /// The payment is in a status that does not allow the operation. → `FAILED_PRECONDITION`.
     #[error("payment is {status} and cannot be cancelled")]
     NotCancelable { status: PaymentStatus },
+    /// A hosted page link was asked for a payment that succeeded or was cancelled.
+    /// → `FAILED_PRECONDITION` `PAYMENT_NOT_OPEN`.
+    #[error("payment is {status}: a payment link is only made for an open payment")]
+    PaymentNotOpen { status: PaymentStatus },
     /// Stripe refused to create the payment (for example an unknown customer); the payment is
     /// recorded as cancelled. → `FAILED_PRECONDITION`.
     #[error("Stripe refused the payment: {message}")]

@@ -11,6 +11,7 @@ mod events;
 #[cfg(test)]
 mod fakes;
 mod locks;
+mod payment_link;
 pub mod ports;
 mod push;
 mod query;
@@ -38,6 +39,7 @@ pub use events::{
     DEFAULT_EVENT_PAGE_SIZE, EventPage, ListEventsQuery, MAX_EVENT_PAGE_SIZE, event_cursor,
     event_id, event_type,
 };
+pub use payment_link::{HostedPage, IssuedLink};
 pub use push::{
     Clock, ManualClock, PushSettings, PushTarget, PushWorker, SystemClock, Turn, retry_delay,
 };
@@ -55,6 +57,9 @@ pub struct PaymentSettings {
     pub publishable_key: String,
     /// The gateway's public return URL, for `stripe.confirmPayment`'s `return_url`.
     pub return_url: String,
+    /// The gateway's public base (`PAYBRIDGE_PUBLIC_URL`, no trailing `/`): hosted page links
+    /// are `<public_url>/pay/<token>`.
+    pub public_url: String,
     /// Checks webhook signatures; `None` when no webhook secret is configured.
     pub webhook_verifier: Option<Arc<dyn WebhookVerification>>,
 }

@@ -865,6 +865,32 @@ pub trait EventPusher: Send + Sync + std::fmt::Debug + 'static {
     ) -> PushOutcome;
 }
 
+// --- Hosted payment page links (issue 18) ----------------------------------------------------
+
+/// The links to the hosted payment page: each a token's hash, bound to one payment, expiring.
+#[async_trait]
+pub trait PaymentLinks: Send + Sync + std::fmt::Debug + 'static {
+    /// Records a new link (its token's hex SHA-256) of `payment_id`, working until `expires_at`.
+    async fn insert_payment_link(
+        &self,
+        token_sha256: &str,
+        payment_id: &str,
+        tenant: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The payment of the link with this hash, if there is one that still works at `now`.
+    async fn find_payment_link(
+        &self,
+        token_sha256: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Deletes the links that expired before `before`; returns how many.
+    async fn delete_expired_payment_links(&self, before: i64) -> Result<u64, StoreError>;
+}
+
 /// The whole store the use cases need, one trait object.
 pub trait PaymentStore:
     PaymentRecords
@@ -878,6 +904,7 @@ pub trait PaymentStore:
     + PushDeliveries
     + CaptureRecords
     + DisputeRecords
+    + PaymentLinks
 {
 }
 
@@ -893,5 +920,6 @@ impl<T> PaymentStore for T where
         + PushDeliveries
         + CaptureRecords
         + DisputeRecords
+        + PaymentLinks
 {
 }

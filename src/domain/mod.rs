@@ -13,6 +13,7 @@ mod ids;
 mod metadata;
 mod money;
 mod payment;
+mod payment_link;
 mod redirect;
 mod refund;
 mod return_outcome;
@@ -31,6 +32,7 @@ pub use payment::{
     EventSource, EventVerdict, IntentMismatch, LastPaymentError, Observation,
     PAYMENT_ID_METADATA_KEY, Payment, StatusChange,
 };
+pub use payment_link::{LinkTtl, PAYMENT_LINK_TOKEN_LEN, PaymentLinkToken};
 pub use redirect::{RedirectOrigin, RedirectUrl};
 pub use refund::{
     REFUND_ID_METADATA_KEY, Refund, RefundAmounts, RefundBucket, RefundChange, RefundObservation,

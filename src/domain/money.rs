@@ -207,6 +207,39 @@ impl Money {
     pub fn currency(self) -> Currency {
         self.currency
     }
+
+    /// The amount as a customer reads it, in the currency's own unit with its decimals and the
+    /// code after it: `1,234.56 USD`, `1,500 JPY`, `12.340 KWD`, `5 ISK` (ISK and UGX travel as
+    /// two-decimal values whose decimals are always 00, so they show none).
+    pub fn for_display(self) -> String {
+        let minor = self.amount.minor_units();
+        let wire = self.currency.decimals();
+        let shown = if WHOLE_UNITS_AS_TWO_DECIMAL.contains(&self.currency.0) {
+            0
+        } else {
+            wire
+        };
+        let unit = 10_i64.pow(wire);
+        let whole = minor / unit;
+        let fraction = (minor % unit) / 10_i64.pow(wire - shown);
+        let digits = whole.to_string();
+        let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        let code = self.currency.0.to_ascii_uppercase();
+        if shown == 0 {
+            format!("{grouped} {code}")
+        } else {
+            format!(
+                "{grouped}.{fraction:0width$} {code}",
+                width = shown as usize
+            )
+        }
+    }
 }
 
 impl fmt::Display for Money {
@@ -218,6 +251,20 @@ impl fmt::Display for Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_display_in_the_currencys_own_unit() {
+        let shown = |amount, currency| Money::parse(amount, currency).unwrap().for_display();
+        assert_eq!(shown(4200, "usd"), "42.00 USD");
+        assert_eq!(shown(5, "eur"), "0.05 EUR");
+        assert_eq!(shown(12_345_678, "eur"), "123,456.78 EUR");
+        assert_eq!(shown(1500, "jpy"), "1,500 JPY");
+        assert_eq!(shown(99_999_999, "krw"), "99,999,999 KRW");
+        assert_eq!(shown(12_340, "kwd"), "12.340 KWD");
+        assert_eq!(shown(1_000_010, "bhd"), "1,000.010 BHD");
+        assert_eq!(shown(500, "isk"), "5 ISK");
+        assert_eq!(shown(100_000, "ugx"), "1,000 UGX");
+    }
 
     #[test]
     fn supported_list_is_sorted_unique_lowercase_three_letters() {

@@ -177,6 +177,7 @@ def test_the_core_is_configured_for_a_pod(production_render):
     assert config["PAYBRIDGE_ADMIN_ADDR"] == "0.0.0.0:9090"
     assert config["PAYBRIDGE_LOG_FORMAT"] == "json"
     assert config["PAYBRIDGE_RETURN_URL"] == "https://pay.example.com/payment/return"
+    assert config["PAYBRIDGE_PUBLIC_URL"] == "https://pay.example.com"
     assert config["PAYBRIDGE_TENANTS_FILE"] == "/etc/paybridge/tenants/tenants.toml"
     assert config["PAYBRIDGE_SHUTDOWN_GRACE"] == "20s"
     assert re.fullmatch(r"\d+(ms|s|m|h)", config["PAYBRIDGE_RECONCILE_INTERVAL"])
@@ -414,13 +415,56 @@ def test_the_ingress_routes_only_the_public_paths(production_render):
     assert rule["host"] == "pay.example.com"
     paths = {(p["path"], p["pathType"]): p["backend"]["service"] for p in rule["http"]["paths"]}
     backend = {"name": "pb-paybridge-gateway", "port": {"name": "http"}}
-    assert paths == {("/payment/return", "Exact"): backend, ("/stripe/webhook", "Exact"): backend}
+    assert paths == {
+        ("/payment/return", "Exact"): backend,
+        ("/stripe/webhook", "Exact"): backend,
+        # The hosted payment page (issue 18) and its static files.
+        ("/pay", "Prefix"): backend,
+        ("/assets", "Prefix"): backend,
+    }
     assert ingress["spec"]["tls"] == [{"secretName": "paybridge-gateway-tls", "hosts": ["pay.example.com"]}]
 
 
 def test_the_return_url_defaults_to_the_first_ingress_host():
     rendered = render({"ingress": {"enabled": True, "hosts": ["pay.example.org"]}})
     assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_RETURN_URL"] == "https://pay.example.org/payment/return"
+
+
+def test_the_public_url_defaults_to_the_first_ingress_host_and_can_be_set():
+    rendered = render({"ingress": {"enabled": True, "hosts": ["pay.example.org", "pay.example.net"]}})
+    assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://pay.example.org"
+    rendered = render(
+        {
+            "ingress": {"enabled": True, "hosts": ["pay.example.org"]},
+            "core": {"publicUrl": "https://checkout.example.org/payments"},
+        }
+    )
+    assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://checkout.example.org/payments"
+    # Without an ingress or a publicUrl the binary takes the origin of PAYBRIDGE_RETURN_URL.
+    rendered = render({"core": {"returnUrl": "https://pay.example.org/payment/return"}})
+    assert "PAYBRIDGE_PUBLIC_URL" not in rendered.one("ConfigMap")["data"]
+
+
+@pytest.mark.parametrize(
+    "public_url", ["pay.example.org", "ftp://pay.example.org", "https://pay.example.org/?a=1", "https://u@pay.example.org"]
+)
+def test_a_public_url_that_is_not_an_http_base_is_refused(public_url):
+    message = render_error({"ingress": {"enabled": True, "hosts": ["pay.example.org"]}, "core": {"publicUrl": public_url}})
+    assert "/core/publicUrl'" in message
+
+
+def test_stripe_js_is_stripes_unless_set():
+    rendered = render({"ingress": {"enabled": True, "hosts": ["pay.example.org"]}})
+    assert "PAYBRIDGE_STRIPE_JS_URL" not in env_values(rendered.container("gateway"))
+    rendered = render(
+        {
+            "ingress": {"enabled": True, "hosts": ["pay.example.org"]},
+            "gateway": {"stripeJsUrl": "https://js.stripe.example.internal/v3/"},
+        }
+    )
+    assert env_values(rendered.container("gateway"))["PAYBRIDGE_STRIPE_JS_URL"] == "https://js.stripe.example.internal/v3/"
+    message = render_error({"ingress": {"enabled": True, "hosts": ["pay.example.org"]}, "gateway": {"stripeJsUrl": "http://x/"}})
+    assert "/gateway/stripeJsUrl'" in message
 
 
 def test_pod_disruption_budget_and_autoscaler(production_render, production_values):
@@ -462,6 +506,7 @@ def test_notes_tell_how_to_call_the_service(default_render, production_render):
     assert "kubectl -n payments create secret generic pb-paybridge-stripe" in default_render.notes
     assert "port-forward service/pb-paybridge 50051:50051" in default_render.notes
     assert "https://pay.example.com/stripe/webhook" in production_render.notes
+    assert "https://pay.example.com/pay/<token>" in production_render.notes
     assert "create secret generic paybridge-gateway" in production_render.notes
 
 

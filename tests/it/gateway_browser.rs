@@ -3,10 +3,10 @@
 //! would; the gateway sends it on to the tenant's success page, which this test serves.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::browser::chromium;
 use crate::support::gateway::{GatewayOptions, GatewayTest, status_of};
 use crate::support::localstripe::CARD_NEEDS_AUTHENTICATION;
 use crate::support::{Db, Options, create_request};
@@ -67,20 +67,6 @@ async fn serve_pages() -> (SocketAddr, Pages) {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, pages)
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("PAYBRIDGE_TEST_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.exists(),
-        "Chromium is missing at {}: the browser test needs Debian's chromium \
-         (`apt-get install -y chromium`; .ci/run installs it), or PAYBRIDGE_TEST_CHROMIUM set to a \
-         Chromium binary. This test never passes without a browser.",
-        path.display()
-    );
-    path
 }
 
 /// Opens `url` in a fresh headless Chromium and returns the final page's DOM.

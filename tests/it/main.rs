@@ -15,6 +15,8 @@ mod gateway_browser;
 mod gateway_hostile;
 mod gateway_return;
 mod gateway_webhook;
+mod hosted_page;
+mod hosted_page_browser;
 mod operations;
 mod properties;
 mod pushes;

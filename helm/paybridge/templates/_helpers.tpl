@@ -120,6 +120,16 @@ A URL kept in a Secret is taken to be PostgreSQL: SQLite needs no credentials.
 {{- end }}
 {{- end }}
 
+{{/* The gateway's public base for hosted payment page links: core.publicUrl, else the first
+ingress host, else unset (the core then takes the origin of PAYBRIDGE_RETURN_URL). */}}
+{{- define "paybridge.publicUrl" -}}
+{{- if .Values.core.publicUrl }}
+{{- .Values.core.publicUrl }}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts }}
+{{- printf "https://%s" (first .Values.ingress.hosts) }}
+{{- end }}
+{{- end }}
+
 {{/* The preStop pause of both containers (no shell in the image: the kubelet sleeps). */}}
 {{- define "paybridge.lifecycle" -}}
 {{- if gt (int .Values.preStopSleepSeconds) 0 }}

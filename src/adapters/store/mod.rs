@@ -26,6 +26,7 @@ mod change_feed;
 mod customers;
 mod event_feed;
 mod idempotency;
+mod payment_links;
 mod payment_row;
 mod payments;
 mod postgres_grouped_creates;

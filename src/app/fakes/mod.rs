@@ -40,6 +40,7 @@ impl Harness {
             PaymentSettings {
                 publishable_key: "pk_test_fake".to_owned(),
                 return_url: "https://pay.example.com/payment/return".to_owned(),
+                public_url: "https://pay.example.com".to_owned(),
                 webhook_verifier: Some(webhooks.clone()),
             },
         ));
@@ -82,6 +83,7 @@ pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> CreatePaymentCom
         success_url: None,
         failure_url: None,
         capture_method: crate::domain::CaptureMethod::Automatic,
+        hosted_page: None,
     }
 }
 

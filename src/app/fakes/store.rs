@@ -18,6 +18,7 @@ use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 use super::lock;
 
 mod captures;
+mod links;
 mod pushes;
 mod refunds;
 
@@ -52,6 +53,8 @@ struct StoreState {
     captures: BTreeMap<String, (crate::app::ports::CaptureRecord, String)>,
     /// When each payment's open dispute was last read.
     dispute_checks: HashMap<String, i64>,
+    /// Hosted page links: token hash → (payment id, expires at).
+    links: HashMap<String, (String, i64)>,
 }
 
 impl StoreState {

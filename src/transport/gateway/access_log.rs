@@ -1,5 +1,7 @@
 //! One log line per request — method, path, status, time, client — and the headers every answer
-//! carries. The query string is never logged: on `/payment/return` it holds the client secret.
+//! carries (unless its handler set its own: the payment page's policy, the assets' caching). The
+//! query string is never logged: on `/payment/return` it holds the client secret; nor is a
+//! payment page's token (`/pay/…`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -39,7 +41,8 @@ pub(super) async fn access_log(request: Request, next: Next) -> Response {
     for (name, value) in SECURITY_HEADERS {
         response
             .headers_mut()
-            .insert(name.clone(), HeaderValue::from_static(value));
+            .entry(name.clone())
+            .or_insert_with(|| HeaderValue::from_static(value));
     }
     let route = route_label(&path);
     crate::metrics::METRICS
@@ -73,11 +76,17 @@ fn route_label(path: &str) -> &'static str {
         "/stripe/webhook" => "/stripe/webhook",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
+        _ if path.starts_with("/pay/") => "/pay/{token}",
+        _ if path.starts_with("/assets/") => "/assets",
         _ => "other",
     }
 }
 
 fn logged_path(path: &str) -> &str {
+    // The token is a credential to the page.
+    if path.starts_with("/pay/") {
+        return "/pay/…";
+    }
     match path.char_indices().nth(MAX_LOGGED_PATH) {
         Some((cut, _)) => &path[..cut],
         None => path,

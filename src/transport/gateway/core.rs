@@ -103,6 +103,17 @@ impl CoreClient {
             .map(tonic::Response::into_inner)
     }
 
+    pub(super) async fn resolve_payment_link(
+        &self,
+        request: pb::ResolvePaymentLinkRequest,
+    ) -> Result<pb::PaymentPage, tonic::Status> {
+        self.payments
+            .clone()
+            .resolve_payment_link(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Whether the core reports its payment service SERVING (database up and migrated).
     pub(super) async fn is_serving(&self) -> bool {
         let mut health = self.health.clone();

@@ -5,9 +5,11 @@
 //! shutdown future resolves, then drains. Tests use exactly this.
 
 mod access_log;
+mod assets;
 mod core;
 mod health;
 mod pages;
+mod pay_page;
 mod rate_limit;
 mod return_route;
 mod webhook;
@@ -36,6 +38,7 @@ use crate::config::GatewayConfig;
 use crate::lifecycle::{AdminListener, serve_until_stopped};
 
 pub use self::core::{BearerToken, CoreClient};
+pub use self::pay_page::NOT_FOUND_FLOOR;
 pub use self::return_route::{Refusal as ReturnRefusal, parse_return_query};
 
 /// What every handler shares.
@@ -46,6 +49,8 @@ struct GatewayState {
     draining: AtomicBool,
     /// How long a webhook's body may take to arrive.
     read_timeout: Duration,
+    /// What the hosted payment page loads from elsewhere.
+    page: pay_page::PageSettings,
 }
 
 /// A built, bound, not yet running gateway.
@@ -70,6 +75,7 @@ impl GatewayApp {
             core,
             draining: AtomicBool::new(false),
             read_timeout: config.read_timeout,
+            page: pay_page::PageSettings::new(&config.stripe_js_url),
         });
         let router = router(&config, state.clone());
         let admin = AdminListener::bind("PAYBRIDGE_GATEWAY_ADMIN_ADDR", config.admin_addr).await?;
@@ -189,7 +195,7 @@ fn router(config: &GatewayConfig, state: Arc<GatewayState>) -> Router {
             ServiceBuilder::new()
                 // Per-client-IP token bucket, first: a flood from one address costs nothing more.
                 .layer(axum::middleware::from_fn_with_state(
-                    limiter,
+                    limiter.clone(),
                     rate_limit::limit_per_ip,
                 ))
                 // Turns load shedding's refusal into a 503 page.
@@ -199,10 +205,33 @@ fn router(config: &GatewayConfig, state: Arc<GatewayState>) -> Router {
                 // Bounds verifications in flight (each may wait on Stripe through the core).
                 .layer(ConcurrencyLimitLayer::new(config.max_concurrency)),
         );
+    // The hosted payment page: the same guards as the return, and the same bucket per client (a
+    // customer opens the page, then returns); HEAD too is refused, as on the return.
+    let pay_route = on(MethodFilter::GET, pay_page::pay_page)
+        .head(pages::method_not_allowed_get)
+        .fallback(pages::method_not_allowed_get)
+        .layer(
+            ServiceBuilder::new()
+                // Token guessing from one address is slowed down like return floods.
+                .layer(axum::middleware::from_fn_with_state(
+                    limiter,
+                    rate_limit::limit_per_ip,
+                ))
+                .layer(HandleErrorLayer::new(pages::overloaded))
+                .layer(LoadShedLayer::new())
+                // Page look-ups in flight (each is a call to the core).
+                .layer(ConcurrencyLimitLayer::new(config.max_concurrency)),
+        );
     let webhook_route = post(webhook::stripe_webhook).fallback(pages::method_not_allowed_post);
     Router::new()
         .route("/payment/return", return_route)
         .route("/stripe/webhook", webhook_route)
+        // `{*rest}`: a token with a `/` in it is a bad token too, with the same 404.
+        .route("/pay/{*rest}", pay_route)
+        .route(
+            "/assets/{version}/{file}",
+            get(assets::asset).fallback(pages::method_not_allowed_get),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(pages::not_found)

@@ -104,9 +104,9 @@ pub(super) fn too_many_requests() -> Response {
 /// Load shedding refused the request (the concurrency limit is reached).
 pub(super) async fn overloaded(error: BoxError) -> Response {
     if error.is::<tower::load_shed::error::Overloaded>() {
-        tracing::warn!("return route at its concurrency limit: shedding");
+        tracing::warn!("return or payment page route at its concurrency limit: shedding");
     } else {
-        tracing::error!(error = %error, "return route middleware failed");
+        tracing::error!(error = %error, "return or payment page route middleware failed");
     }
     retry_later()
 }

@@ -5,13 +5,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::app::ports::ListCursor;
 use crate::app::{
-    CaptureCommand, CreatePaymentCommand, CreatedPayment, ListPaymentsQuery, VerifiedReturn,
+    CaptureCommand, CreatePaymentCommand, CreatedPayment, HostedPage, IssuedLink,
+    ListPaymentsQuery, VerifiedReturn,
 };
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
     Amount, CancellationReason, CaptureMethod, Customer, CustomerName, Description, Dispute,
-    DisputeStatus, Email, FieldViolation, IdempotencyKey, InvoiceId, Metadata, Money, Payment,
-    PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery, ReturnQueryField,
+    DisputeStatus, Email, FieldViolation, IdempotencyKey, InvoiceId, LinkTtl, Metadata, Money,
+    Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery, ReturnQueryField,
     StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
@@ -33,6 +34,7 @@ pub(super) fn create_command(
         optional_redirect("success_url", &request.success_url, allowed),
         optional_redirect("failure_url", &request.failure_url, allowed),
         capture_method(request.capture_method),
+        hosted_page(request.hosted_page, request.hosted_page_ttl),
     ) {
         (
             Ok(idempotency_key),
@@ -44,6 +46,7 @@ pub(super) fn create_command(
             Ok(success_url),
             Ok(failure_url),
             Ok(capture_method),
+            Ok(hosted_page),
         ) => Ok(CreatePaymentCommand {
             idempotency_key,
             invoice_id,
@@ -54,6 +57,7 @@ pub(super) fn create_command(
             success_url,
             failure_url,
             capture_method,
+            hosted_page,
         }),
         (
             idempotency_key,
@@ -65,6 +69,7 @@ pub(super) fn create_command(
             success_url,
             failure_url,
             capture_method,
+            hosted_page,
         ) => Err(ValidationError::collect([
             idempotency_key.err(),
             invoice_id.err(),
@@ -75,6 +80,7 @@ pub(super) fn create_command(
             success_url.err(),
             failure_url.err(),
             capture_method.err(),
+            hosted_page.err(),
         ])),
     }
 }
@@ -160,6 +166,28 @@ pub(super) fn capture_command(
             amount.err(),
         ])),
     }
+}
+
+/// `hosted_page` with its optional `hosted_page_ttl`; a TTL without `hosted_page` is refused.
+fn hosted_page(
+    on: bool,
+    ttl: Option<prost_types::Duration>,
+) -> Result<Option<LinkTtl>, FieldViolation> {
+    match (on, ttl) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(FieldViolation::new(
+            "hosted_page_ttl",
+            "is only for a request with hosted_page",
+        )),
+        (true, ttl) => {
+            LinkTtl::parse("hosted_page_ttl", ttl.map(|d| (d.seconds, d.nanos))).map(Some)
+        }
+    }
+}
+
+/// CreatePaymentLink's `ttl`.
+pub(super) fn link_ttl(ttl: Option<prost_types::Duration>) -> Result<LinkTtl, FieldViolation> {
+    LinkTtl::parse("ttl", ttl.map(|d| (d.seconds, d.nanos)))
 }
 
 fn customer(customer: Option<pb::Customer>) -> Result<Option<Customer>, FieldViolation> {
@@ -359,6 +387,32 @@ pub(super) fn created_to_proto(created: CreatedPayment) -> pb::CreateInvoicePaym
         publishable_key: created.publishable_key,
         return_url: created.return_url,
         created: created.created,
+        hosted_url_expires_at: created.link.as_ref().map(|link| timestamp(link.expires_at)),
+        hosted_url: created.link.map(|link| link.url).unwrap_or_default(),
+    }
+}
+
+pub(super) fn link_to_proto(link: IssuedLink) -> pb::PaymentLink {
+    pb::PaymentLink {
+        expires_at: Some(timestamp(link.expires_at)),
+        url: link.url,
+    }
+}
+
+/// The page of a link, with what the tenants file says of its tenant.
+pub(super) fn page_to_proto(page: HostedPage, tenant: Option<&Tenant>) -> pb::PaymentPage {
+    pb::PaymentPage {
+        tenant_display_name: tenant
+            .map_or(page.payment.tenant.as_str(), |t| t.display_name())
+            .to_owned(),
+        tenant_logo_url: tenant
+            .and_then(Tenant::logo_url)
+            .map(|url| url.as_str().to_owned())
+            .unwrap_or_default(),
+        payment: Some(payment_to_proto(page.payment)),
+        client_secret: page.client_secret.unwrap_or_default(),
+        publishable_key: page.publishable_key,
+        return_url: page.return_url,
     }
 }
 

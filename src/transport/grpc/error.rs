@@ -41,6 +41,9 @@ impl From<AppError> for Status {
             AppError::PaymentDisputed { .. } => {
                 precondition(&error, "PAYMENT_DISPUTED", "payment_id")
             }
+            AppError::PaymentNotOpen { .. } => {
+                precondition(&error, "PAYMENT_NOT_OPEN", "payment_id")
+            }
             AppError::ProviderRejected { .. } => precondition(&error, "STRIPE_REFUSED", "stripe"),
             AppError::NotConfigured(_) => {
                 tracing::error!(%error, "operation needs a setting");

@@ -272,4 +272,50 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn create_payment_link(
+        &self,
+        request: Request<pb::CreatePaymentLinkRequest>,
+    ) -> Result<Response<pb::PaymentLink>, Status> {
+        let tenant = authenticate(&self.tenants, &request)?;
+        let request = request.into_inner();
+        let (id, ttl) =
+            match (
+                crate::domain::PaymentId::parse_field(&request.payment_id, "payment_id"),
+                convert::link_ttl(request.ttl),
+            ) {
+                (Ok(id), Ok(ttl)) => (id, ttl),
+                (id, ttl) => {
+                    return Err(crate::app::AppError::from(
+                        crate::domain::ValidationError::collect([id.err(), ttl.err()]),
+                    )
+                    .into());
+                }
+            };
+        let link = self
+            .payments
+            .create_payment_link(tenant.id().as_str(), id.as_str(), ttl)
+            .await?;
+        Ok(Response::new(convert::link_to_proto(link)))
+    }
+
+    async fn resolve_payment_link(
+        &self,
+        request: Request<pb::ResolvePaymentLinkRequest>,
+    ) -> Result<Response<pb::PaymentPage>, Status> {
+        match authenticate_caller(&self.tenants, self.gateway_token.as_ref(), &request)? {
+            Caller::Gateway => {}
+            Caller::Tenant(_) => {
+                return Err(Status::permission_denied(
+                    "only the return gateway resolves payment links",
+                ));
+            }
+        }
+        let page = self
+            .payments
+            .resolve_payment_link(&request.into_inner().token)
+            .await?;
+        let tenant = self.tenants.get(&page.payment.tenant);
+        Ok(Response::new(convert::page_to_proto(page, tenant)))
+    }
 }

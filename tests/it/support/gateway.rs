@@ -64,6 +64,12 @@ pub struct GatewayOptions {
     pub max_concurrency: usize,
     /// Headers and webhook bodies must arrive within this.
     pub read_timeout: Duration,
+    /// The core's PAYBRIDGE_RETURN_URL and PAYBRIDGE_PUBLIC_URL point at this gateway (hosted
+    /// payment pages: their links and their `return_url` must reach it). The gateway starts
+    /// first, then the core, which it reaches over a Unix socket.
+    pub core_points_here: bool,
+    /// PAYBRIDGE_STRIPE_JS_URL; by default the stand-in Stripe.js of this test's Stripe fake.
+    pub stripe_js_url: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -74,6 +80,8 @@ impl Default for GatewayOptions {
             rate_burst: 1_000,
             max_concurrency: 1_000,
             read_timeout: Duration::from_secs(10),
+            core_points_here: false,
+            stripe_js_url: None,
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct GatewayTest {
     secrets: Mutex<Vec<String>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Holds the core's socket when `core_points_here` put it there.
+    _socket_dir: tempfile::TempDir,
 }
 
 impl GatewayTest {
@@ -97,17 +107,27 @@ impl GatewayTest {
         GatewayTest::spawn_with(db, Options::default(), GatewayOptions::default()).await
     }
 
-    pub async fn spawn_with(db: Db, options: Options, gateway: GatewayOptions) -> GatewayTest {
+    pub async fn spawn_with(db: Db, mut options: Options, gateway: GatewayOptions) -> GatewayTest {
         capture_logs();
-        let app = TestApp::spawn_with(db, options).await;
+        let socket_dir = tempfile::tempdir().expect("socket dir");
+        if gateway.core_points_here && options.grpc_socket.is_none() {
+            options.grpc_socket = Some(socket_dir.path().join("core.sock"));
+        }
+        let stripe = std::sync::Arc::new(super::LocalStripe::start().await);
+        let core_url = match (&options.grpc_socket, gateway.core_points_here) {
+            (Some(path), _) => Some(format!("unix://{}", path.display())),
+            (None, false) => None,
+            (None, true) => unreachable!("a socket was chosen above"),
+        };
+        let mut app = None;
+        if !gateway.core_points_here {
+            app = Some(TestApp::spawn_with_stripe(db, options.clone(), stripe.clone()).await);
+        }
+        let core_url = core_url
+            .unwrap_or_else(|| format!("http://{}", app.as_ref().expect("core started").grpc_addr));
         let config = GatewayConfig {
             addr: "127.0.0.1:0".parse().expect("addr"),
-            core_url: match &app.options.grpc_socket {
-                Some(path) => format!("unix://{}", path.display()),
-                None => format!("http://{}", app.grpc_addr),
-            }
-            .parse()
-            .expect("core url"),
+            core_url: core_url.parse().expect("core url"),
             gateway_token: SecretString::from(GATEWAY_TOKEN.to_owned()),
             rate_limit: gateway.rate_limit,
             rate_burst: gateway.rate_burst,
@@ -116,9 +136,25 @@ impl GatewayTest {
             read_timeout: gateway.read_timeout,
             shutdown_grace: Duration::from_secs(5),
             admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            stripe_js_url: gateway
+                .stripe_js_url
+                .clone()
+                .unwrap_or_else(|| stripe.stripe_js_url())
+                .parse()
+                .expect("stripe js url"),
         };
+        let points_here = gateway.core_points_here;
         let gateway = GatewayApp::build(config).await.expect("gateway builds");
         let addr = gateway.local_addr();
+        let app = match app {
+            Some(app) => app,
+            None => {
+                debug_assert!(points_here);
+                options.return_url = Some(format!("http://{addr}/payment/return"));
+                options.public_url = Some(format!("http://{addr}"));
+                TestApp::spawn_with_stripe(db, options, stripe).await
+            }
+        };
         let admin_addr = gateway.admin_addr().expect("gateway admin endpoint");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(gateway.run_until_stopped(async {
@@ -135,6 +171,7 @@ impl GatewayTest {
             secrets: Mutex::new(Vec::new()),
             shutdown: Some(shutdown),
             server: Some(server),
+            _socket_dir: socket_dir,
         }
     }
 
@@ -148,7 +185,7 @@ impl GatewayTest {
         self.url("/payment/return")
     }
 
-    /// Remembers a client secret that must never be logged.
+    /// Remembers a client secret (or a hosted page token) that must never be logged.
     pub fn remember_secret(&self, secret: &str) {
         self.secrets
             .lock()
@@ -333,9 +370,11 @@ impl GatewayTest {
                     .collect::<Vec<_>>()
                     .join("\n")
             );
-            // Also the part after `_secret_`, should anything have cut the id off.
-            let tail = secret.split("_secret_").nth(1).expect("secret form");
-            assert!(!logs.contains(tail), "a client secret's tail was logged");
+            // Also the part after `_secret_`, should anything have cut the id off (hosted page
+            // tokens have no such part).
+            if let Some(tail) = secret.split("_secret_").nth(1) {
+                assert!(!logs.contains(tail), "a client secret's tail was logged");
+            }
         }
     }
 }

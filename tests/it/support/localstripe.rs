@@ -87,6 +87,12 @@ impl LocalStripe {
     }
 
     /// Every `/v1` request localstripe has received, by route.
+    /// The stand-in Stripe.js this fake serves (`stripe-js-stand-in.js`): what the hosted
+    /// payment page loads in tests instead of Stripe's.
+    pub fn stripe_js_url(&self) -> String {
+        format!("{}/_test/stripe-js/v3/", self.base_url)
+    }
+
     pub async fn requests(&self) -> Value {
         self.test_endpoint("/_test/requests").await
     }

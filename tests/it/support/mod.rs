@@ -5,6 +5,7 @@
 
 #![allow(unreachable_pub)]
 
+pub mod browser;
 pub mod child;
 pub mod events;
 pub mod fault_proxy;
@@ -40,6 +41,8 @@ pub const ORDERS_TOKEN: &str = "orders-test-token";
 pub const GATEWAY_TOKEN: &str = "gateway-test-token";
 pub const PUBLISHABLE_KEY: &str = "pk_test_paybridge";
 pub const RETURN_URL: &str = "https://pay.example.com/payment/return";
+/// The public base hosted page links start with, unless a test puts its gateway there.
+pub const PUBLIC_URL: &str = "https://pay.example.com";
 
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
@@ -63,6 +66,7 @@ token_sha256 = "{}"
 allowed_redirect_origins = ["https://billing.example.com", "billingapp:"{extra}]
 success_url = "https://billing.example.com/paid"
 failure_url = "https://billing.example.com/payment-failed"
+display_name = "Billing Example & Co"
 
 [[tenants]]
 id = "orders"
@@ -85,6 +89,12 @@ fn tenants_of(options: &Options, dir: &std::path::Path) -> Tenants {
 /// The text of [`tenants_of`]'s file.
 pub fn tenants_toml_for(options: &Options, dir: &std::path::Path) -> String {
     let mut text = tenants_toml_with(options.extra_redirect_origin.as_deref());
+    if let Some(logo) = &options.billing_logo_url {
+        text = text.replace(
+            "display_name = \"Billing Example & Co\"\n",
+            &format!("display_name = \"Billing Example & Co\"\nlogo_url = {logo:?}\n"),
+        );
+    }
     let secret_file = dir.join("push.secret");
     std::fs::write(&secret_file, PUSH_SECRET).expect("push secret file");
     for (after, url) in [
@@ -171,6 +181,12 @@ pub struct Options {
     pub orders_webhook_url: Option<String>,
     pub push: paybridge::app::PushSettings,
     pub push_timeout: Duration,
+    /// The core's PAYBRIDGE_RETURN_URL and PAYBRIDGE_PUBLIC_URL ([`RETURN_URL`] and
+    /// [`PUBLIC_URL`] when unset); `GatewayOptions::core_points_here` sets both to its gateway.
+    pub return_url: Option<String>,
+    pub public_url: Option<String>,
+    /// billing's `logo_url` (on one of its allowed origins); none by default.
+    pub billing_logo_url: Option<String>,
 }
 
 /// The signing secret of the tenants' pushes in tests.
@@ -200,6 +216,9 @@ impl Default for Options {
                 ..Default::default()
             },
             push_timeout: Duration::from_secs(5),
+            return_url: None,
+            public_url: None,
+            billing_logo_url: None,
         }
     }
 }
@@ -210,9 +229,18 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: Db, options: Options) -> TestApp {
+        let stripe = std::sync::Arc::new(LocalStripe::start().await);
+        TestApp::spawn_with_stripe(db, options, stripe).await
+    }
+
+    /// Like `spawn_with`, on a Stripe fake the caller started.
+    pub async fn spawn_with_stripe(
+        db: Db,
+        options: Options,
+        stripe: std::sync::Arc<LocalStripe>,
+    ) -> TestApp {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let stripe = std::sync::Arc::new(LocalStripe::start().await);
         let database_url = match db {
             Db::Sqlite => format!("sqlite:{}", dir.path().join("paybridge.db").display()),
             Db::Postgres => postgres::fresh_database().await,
@@ -439,7 +467,18 @@ async fn start_server(
         stripe_max_retries: options.stripe_max_retries,
         stripe_max_rps: options.stripe_max_rps,
         admin_addr: Some("127.0.0.1:0".parse().expect("addr")),
-        return_url: RETURN_URL.parse().expect("return url"),
+        return_url: options
+            .return_url
+            .as_deref()
+            .unwrap_or(RETURN_URL)
+            .parse()
+            .expect("return url"),
+        public_url: options
+            .public_url
+            .as_deref()
+            .unwrap_or(PUBLIC_URL)
+            .parse()
+            .expect("public url"),
         tenants: tenants_of(options, dir),
         gateway_token_sha256: Some(TokenHash::of_token(GATEWAY_TOKEN)),
         stripe_webhook_secrets: options
@@ -542,7 +581,7 @@ pub fn create_request(key: &str, invoice_id: &str) -> pb::CreateInvoicePaymentRe
         metadata: [("order".to_owned(), "o-17".to_owned())].into(),
         success_url: String::new(),
         failure_url: String::new(),
-        capture_method: pb::CaptureMethod::Unspecified.into(),
+        ..Default::default()
     }
 }
 

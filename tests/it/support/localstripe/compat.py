@@ -1678,8 +1678,18 @@ async def _fault_response(request, fault):
     return resp
 
 
+# The stand-in Stripe.js (issue 18): what paybridge's hosted payment page loads in tests. It
+# calls this server as Stripe.js calls Stripe (publishable key and client secret in the form).
+_STRIPE_JS_STAND_IN = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   'stripe-js-stand-in.js')
+
+
 async def _test_endpoint(request):
     path, method = request.path, request.method
+    if path == '/_test/stripe-js/v3/' and method == 'GET':
+        with open(_STRIPE_JS_STAND_IN, encoding='utf-8') as f:
+            return web.Response(text=f.read(), content_type='text/javascript',
+                                headers={'Cache-Control': 'no-store'})
     if path == '/_test/requests':
         if method == 'GET':
             return _json({'total': STATE.total,
