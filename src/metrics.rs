@@ -52,6 +52,12 @@ pub struct TransitionLabels {
     pub source: &'static str,
 }
 
+/// What caused a change (an `EventSource` name).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SweepLabels {
     pub result: &'static str,
@@ -169,6 +175,9 @@ pub struct Metrics {
     pub transient_oldest_age: Family<StatusLabels, Gauge>,
     /// 1 while the core reports SERVING (database up and migrated), else 0.
     pub ready: Gauge,
+    pub capture_requests: Family<OutcomeLabels, Counter>,
+    pub dispute_changes: Family<SourceLabels, Counter>,
+    pub authorizations_expiring: Gauge,
 }
 
 fn latency_histogram() -> LatencyHistogram {
@@ -240,7 +249,8 @@ impl Metrics {
         let refund_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "refund_requests",
-            "RefundPayment calls by outcome (created, replayed, not_refundable, exceeds_remaining, \
+            "RefundPayment calls by outcome (created, replayed, not_refundable, disputed, \
+             exceeds_remaining, \
              key_reused, stripe_refused, stripe_unavailable, not_found, error)",
             Listed(refund_requests.clone()),
         );
@@ -317,6 +327,26 @@ impl Metrics {
             "1 while the file on disk (tenants, tls) is refused and the previous one is in use",
             config_file_rejected.clone(),
         );
+        let capture_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "capture_requests",
+            "CapturePayment calls by outcome (captured, replayed, not_capturable, \
+             exceeds_capturable, key_reused, stripe_refused, stripe_unavailable, not_found, error)",
+            Listed(capture_requests.clone()),
+        );
+        let dispute_changes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "dispute_changes",
+            "Changes of payments' disputes recorded, by source (webhook, reconcile)",
+            Listed(dispute_changes.clone()),
+        );
+        let authorizations_expiring = Gauge::default();
+        registry.register(
+            "authorizations_expiring",
+            "Payments awaiting capture whose authorization lapses within 24 hours (capture or \
+             cancel them); refreshed by the reconciler",
+            Listed(authorizations_expiring.clone()),
+        );
         Metrics {
             registry,
             config_reloads,
@@ -324,6 +354,9 @@ impl Metrics {
             ready,
             transient_payments,
             transient_oldest_age,
+            capture_requests,
+            dispute_changes,
+            authorizations_expiring,
             pushes,
             push_given_up,
             push_oldest_undelivered_age,
@@ -378,11 +411,12 @@ pub fn rpc_method_label(path: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
-const KNOWN_RPCS: [&str; 18] = [
+const KNOWN_RPCS: [&str; 19] = [
     "/paybridge.v1.PaymentService/CreateInvoicePayment",
     "/paybridge.v1.PaymentService/GetPayment",
     "/paybridge.v1.PaymentService/ListPayments",
     "/paybridge.v1.PaymentService/CancelPayment",
+    "/paybridge.v1.PaymentService/CapturePayment",
     "/paybridge.v1.PaymentService/VerifyReturn",
     "/paybridge.v1.PaymentService/HandleStripeEvent",
     "/paybridge.v1.PaymentService/WatchPayment",

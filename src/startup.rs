@@ -390,6 +390,16 @@ async fn run_reconciler(payments: Arc<Payments>, settings: ReconcileSettings) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reconciler refund sweep failed"),
         }
+        match payments
+            .reconcile_disputes_once(settings.after, settings.batch)
+            .await
+        {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(?report, "reconciler dispute sweep");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "reconciler dispute sweep failed"),
+        }
     }
 }
 

@@ -22,8 +22,8 @@ pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 enum Entry {
     /// A call is on its way; its answer arrives on the channel.
     InFlight(watch::Receiver<Option<Answer>>),
-    /// A call answered at this instant.
-    Done(Instant, Answer),
+    /// A call answered at this instant (boxed: an intent is far larger than a receiver).
+    Done(Instant, Box<Answer>),
 }
 
 /// How often answers older than their window are dropped. Dropping them is a walk over every
@@ -86,7 +86,7 @@ impl IntentReads {
             }
             match entries.by_intent.get(intent_id) {
                 Some(Entry::Done(at, answer)) if now.duration_since(*at) < self.fresh_for => {
-                    return answer.clone();
+                    return Answer::clone(answer);
                 }
                 Some(Entry::InFlight(receiver)) => Role::Follower(receiver.clone()),
                 // None, or an answer gone stale since the last pruning: read anew.
@@ -106,7 +106,7 @@ impl IntentReads {
                 if entries.by_intent.len() <= MAX_KEPT {
                     entries.by_intent.insert(
                         intent_id.to_owned(),
-                        Entry::Done(Instant::now(), answer.clone()),
+                        Entry::Done(Instant::now(), Box::new(answer.clone())),
                     );
                 } else {
                     // Full: answered, not kept (the calls on their way stay coalesced).
@@ -180,6 +180,11 @@ mod tests {
                 client_secret: None,
                 metadata: BTreeMap::new(),
                 last_payment_error: None,
+                amount_received: 0,
+                amount_capturable: 0,
+                capture_before: None,
+                cancellation_reason: None,
+                latest_charge: None,
             })
         }
         async fn cancel_payment_intent(&self, _: &str, _: &str) -> Answer {
@@ -199,6 +204,21 @@ mod tests {
             _: i64,
             _: u32,
         ) -> Result<Vec<ProviderRefund>, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn capture_payment_intent(&self, _: &str, _: i64, _: &str) -> Answer {
+            unreachable!("not used by IntentReads")
+        }
+        async fn retrieve_charge(
+            &self,
+            _: &str,
+        ) -> Result<crate::app::ports::ProviderCharge, ProviderError> {
+            unreachable!("not used by IntentReads")
+        }
+        async fn list_disputes(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::app::ports::ProviderDispute>, ProviderError> {
             unreachable!("not used by IntentReads")
         }
     }

@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, IssuedLink, Payments, now_millis};
 use crate::domain::{
-    Customer, Description, EventSource, IdempotencyKey, InvoiceId, LastPaymentError, LinkTtl,
-    Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY, Payment, PaymentId, PaymentStatus,
-    RedirectUrl, StatusChange,
+    CancellationReason, CaptureMethod, Customer, Description, EventSource, IdempotencyKey,
+    InvoiceId, LastPaymentError, LinkTtl, Metadata, Money, Observation, PAYMENT_ID_METADATA_KEY,
+    Payment, PaymentId, PaymentStatus, RedirectUrl, StatusChange,
 };
 use crate::tenants::Tenant;
 
@@ -25,6 +25,7 @@ pub struct CreatePaymentCommand {
     pub metadata: Metadata,
     pub success_url: Option<RedirectUrl>,
     pub failure_url: Option<RedirectUrl>,
+    pub capture_method: CaptureMethod,
     /// `hosted_page`: how long the link in the answer works. Left out of the fingerprint: it
     /// asks for a link to the payment, not for another payment.
     pub hosted_page: Option<LinkTtl>,
@@ -61,6 +62,11 @@ impl CreatePaymentCommand {
         }
         part(self.success_url.as_ref().map_or("", |u| u.as_str()));
         part(self.failure_url.as_ref().map_or("", |u| u.as_str()));
+        // Only when asked for, so that the fingerprints of keys recorded before manual capture
+        // existed stay the same.
+        if self.capture_method == CaptureMethod::Manual {
+            part("capture-manual");
+        }
         hex::encode(hasher.finalize())
     }
 }
@@ -248,11 +254,11 @@ impl Payments {
                             "Stripe answered an intent that is not this payment's: {mismatch}"
                         ))
                     })?;
-                let change = StatusChange {
-                    from: PaymentStatus::Creating,
-                    to: intent.status,
-                    last_payment_error: intent.last_payment_error.clone(),
-                };
+                let change = StatusChange::status_only(
+                    PaymentStatus::Creating,
+                    intent.status,
+                    intent.last_payment_error.clone(),
+                );
                 let payment = self
                     .store
                     .attach_intent(
@@ -284,12 +290,15 @@ impl Payments {
                 };
                 tracing::warn!(payment_id = %payment.id, ?code, %message, "Stripe refused the payment intent");
                 let change = StatusChange {
-                    from: PaymentStatus::Creating,
-                    to: PaymentStatus::Canceled,
-                    last_payment_error: Some(LastPaymentError {
-                        code: code.clone(),
-                        message: Some(message.clone()),
-                    }),
+                    cancellation_reason: Some(CancellationReason::Other),
+                    ..StatusChange::status_only(
+                        PaymentStatus::Creating,
+                        PaymentStatus::Canceled,
+                        Some(LastPaymentError {
+                            code: code.clone(),
+                            message: Some(message.clone()),
+                        }),
+                    )
                 };
                 self.store
                     .apply_change(&payment.id, &change, EventSource::Create, now_millis())
@@ -373,15 +382,29 @@ fn intent_request(payment: &Payment) -> NewPaymentIntent {
         customer: payment.stripe_customer_id.clone(),
         description: payment.description.clone(),
         metadata,
+        capture_method: payment.capture_method,
         idempotency_key: format!("paybridge-create-{}", payment.id),
     }
 }
 
 /// The observation an intent makes (used by refresh and cancel).
 pub(crate) fn observation_of(intent: &super::ports::ProviderIntent) -> Observation {
+    observation_at(intent, now_millis())
+}
+
+/// The observation an intent makes, true at `observed_at` (unix ms).
+pub(crate) fn observation_at(
+    intent: &super::ports::ProviderIntent,
+    observed_at: i64,
+) -> Observation {
     Observation {
         status: intent.status,
         last_payment_error: intent.last_payment_error.clone(),
+        amount_received: intent.amount_received,
+        amount_capturable: intent.amount_capturable,
+        capture_before: intent.capture_before,
+        cancellation_reason: intent.cancellation_reason.clone(),
+        observed_at,
     }
 }
 
@@ -424,6 +447,12 @@ fn new_payment(
         amount_received: 0,
         amount_refunded: 0,
         amount_refund_pending: 0,
+        capture_method: command.capture_method,
+        amount_capturable: 0,
+        capture_before: None,
+        cancellation_reason: None,
+        dispute: None,
+        dispute_last_event_created: None,
     }
 }
 

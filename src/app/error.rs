@@ -2,7 +2,7 @@
 //! it into a gRPC status.
 
 use crate::app::ports::{ProviderError, StoreError};
-use crate::domain::{IntentMismatch, PaymentStatus, ValidationError};
+use crate::domain::{DisputeStatus, IntentMismatch, PaymentStatus, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -25,6 +25,14 @@ pub enum AppError {
     /// `REFUND_EXCEEDS_REMAINING`.
     #[error("refund of {requested} exceeds what remains refundable ({refundable})")]
     RefundExceedsRemaining { requested: i64, refundable: i64 },
+    /// Only a payment in `RequiresCapture` without a capture under way can be captured.
+    /// → `FAILED_PRECONDITION` `NOT_CAPTURABLE`.
+    #[error("payment is {status} and cannot be captured; only an authorized payment can, once")]
+    NotCapturable { status: PaymentStatus },
+    /// The payment's dispute forbids a refund (open and the charge not refundable, or lost).
+    /// → `FAILED_PRECONDITION` `PAYMENT_DISPUTED`.
+    #[error("payment's dispute is {status}; it cannot be refunded")]
+    PaymentDisputed { status: DisputeStatus },
     /// Stripe refused the refund; it is recorded as failed and its amount is refundable again.
     /// → `FAILED_PRECONDITION` `STRIPE_REFUSED`.
     #[error("Stripe refused the refund: {message}")]

@@ -64,6 +64,7 @@ pub fn event_type(event: &FeedEvent) -> FeedEventType {
     match event.object {
         super::ports::FeedObject::Payment(_) => FeedEventType::PaymentUpdated,
         super::ports::FeedObject::Refund(_) => FeedEventType::RefundUpdated,
+        super::ports::FeedObject::Dispute(_) => FeedEventType::DisputeUpdated,
     }
 }
 
@@ -249,7 +250,7 @@ mod tests {
             .iter()
             .map(|event| match &event.object {
                 FeedObject::Payment(payment) => payment.status,
-                FeedObject::Refund(_) => panic!("no refunds here"),
+                FeedObject::Refund(_) | FeedObject::Dispute(_) => panic!("no refunds here"),
             })
             .collect()
     }

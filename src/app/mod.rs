@@ -2,8 +2,10 @@
 //! layer authenticates the caller, parses the request into the command types here, and calls them.
 
 mod cancel;
+mod capture;
 mod coalesce;
 mod create;
+mod dispute;
 mod error;
 mod events;
 #[cfg(test)]
@@ -28,7 +30,9 @@ use coalesce::IntentReads;
 use locks::PaymentLocks;
 use ports::{PaymentProvider, PaymentStore, WebhookVerification};
 
+pub use capture::CaptureCommand;
 pub use create::{CreatePaymentCommand, CreatedPayment};
+pub use dispute::DisputeSweepReport;
 pub use error::AppError;
 pub use error::error_chain;
 pub use events::{

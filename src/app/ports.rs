@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 pub use crate::domain::LastPaymentError;
 use crate::domain::{
-    EventSource, Payment, PaymentStatus, Refund, RefundChange, RefundReason, RefundStatus,
-    StatusChange,
+    CaptureMethod, Dispute, EventSource, Payment, PaymentStatus, Refund, RefundChange,
+    RefundReason, RefundStatus, StatusChange,
 };
 
 /// A customer to create at the provider.
@@ -33,6 +33,8 @@ pub struct NewPaymentIntent {
     pub description: Option<String>,
     /// Includes `paybridge_payment_id`, `invoice_id` and `tenant`.
     pub metadata: BTreeMap<String, String>,
+    /// Sent as `capture_method` when manual (automatic is Stripe's default and not sent).
+    pub capture_method: CaptureMethod,
     /// Sent as Stripe's `Idempotency-Key`; derived from the payment id so that a retry after a
     /// crash can never make a second intent.
     pub idempotency_key: String,
@@ -50,6 +52,17 @@ pub struct ProviderIntent {
     pub client_secret: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub last_payment_error: Option<LastPaymentError>,
+    /// What was received (captured), minor units.
+    pub amount_received: i64,
+    /// What can still be captured (in `RequiresCapture`), minor units.
+    pub amount_capturable: i64,
+    /// Unix milliseconds: the latest charge's `payment_method_details.card.capture_before`, when
+    /// the charge was read with the intent.
+    pub capture_before: Option<i64>,
+    /// Stripe's `cancellation_reason`, as given.
+    pub cancellation_reason: Option<String>,
+    /// The latest charge's id (`ch_…`), where there is one.
+    pub latest_charge: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderIntent {
@@ -65,6 +78,11 @@ impl std::fmt::Debug for ProviderIntent {
             )
             .field("metadata", &self.metadata)
             .field("last_payment_error", &self.last_payment_error)
+            .field("amount_received", &self.amount_received)
+            .field("amount_capturable", &self.amount_capturable)
+            .field("capture_before", &self.capture_before)
+            .field("cancellation_reason", &self.cancellation_reason)
+            .field("latest_charge", &self.latest_charge)
             .finish()
     }
 }
@@ -100,6 +118,34 @@ pub struct ProviderRefund {
     pub metadata: BTreeMap<String, String>,
     /// Unix seconds.
     pub created: i64,
+    /// Stripe's own refund of an authorization's uncaptured rest (reason
+    /// `expired_uncaptured_charge`): money that was never received, so not a refund of ours.
+    pub releases_uncaptured: bool,
+}
+
+/// What paybridge reads of a Charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderCharge {
+    /// `ch_…`
+    pub id: String,
+    /// Its PaymentIntent, `pi_…` (none for charges made without one).
+    pub payment_intent: Option<String>,
+    /// Unix milliseconds: `payment_method_details.card.capture_before`, when the charge is an
+    /// uncaptured card authorization and Stripe says when it lapses.
+    pub capture_before: Option<i64>,
+}
+
+/// The provider's view of a Dispute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderDispute {
+    /// The disputed charge's PaymentIntent, `pi_…`, when the dispute names it (else read from
+    /// the charge).
+    pub payment_intent: Option<String>,
+    /// The disputed charge, `ch_…`.
+    pub charge: Option<String>,
+    /// Its currency, lowercase.
+    pub currency: String,
+    pub dispute: Dispute,
 }
 
 /// What can go wrong when talking to the provider.
@@ -160,6 +206,21 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         created_since: i64,
         limit: u32,
     ) -> Result<Vec<ProviderRefund>, ProviderError>;
+    /// Captures an authorized PaymentIntent: `amount_to_capture` of it, releasing the rest. The
+    /// same idempotency key answers the same capture.
+    async fn capture_payment_intent(
+        &self,
+        id: &str,
+        amount_to_capture: i64,
+        idempotency_key: &str,
+    ) -> Result<ProviderIntent, ProviderError>;
+    /// Reads a charge: its intent and, for an authorization, when it lapses.
+    async fn retrieve_charge(&self, id: &str) -> Result<ProviderCharge, ProviderError>;
+    /// The disputes of a PaymentIntent's charges, newest first.
+    async fn list_disputes(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderDispute>, ProviderError>;
 }
 
 // --- Webhooks ------------------------------------------------------------------------------------
@@ -180,6 +241,8 @@ pub struct ProviderEvent {
     /// The PaymentIntent of the charge a `charge.refunded` event carries: its refunds are read
     /// from the provider (the event's charge does not list them).
     pub refunded_intent: Option<String>,
+    /// The Dispute a `charge.dispute.*` event carries.
+    pub dispute: Option<ProviderDispute>,
     /// `event_type` when it is one paybridge applies, else `other`: a bounded metric label.
     pub type_label: &'static str,
 }
@@ -283,6 +346,77 @@ pub enum WebhookChange<'a> {
     Refund(RefundUpdate<'a>),
     /// A refund made at Stripe directly, first heard of in this event.
     ExternalRefund(&'a Refund),
+    /// A payment's dispute (compare-and-set on the dispute as it was read).
+    Dispute(DisputeUpdate<'a>),
+}
+
+/// A change of a payment's dispute: written only if the payment's dispute is still `expected`
+/// (compare-and-set), with an event of the payment's log.
+#[derive(Debug, Clone, Copy)]
+pub struct DisputeUpdate<'a> {
+    pub payment_id: &'a str,
+    pub expected: Option<&'a Dispute>,
+    pub dispute: &'a Dispute,
+}
+
+/// What a CapturePayment key recorded: the request and the payment it captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureRecord {
+    pub payment_id: String,
+    pub tenant: String,
+    /// Minor units to capture.
+    pub amount: i64,
+    pub request_fingerprint: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// The captures asked for: at most one per payment, each under its tenant's idempotency key.
+#[async_trait]
+pub trait CaptureRecords: Send + Sync + std::fmt::Debug + 'static {
+    /// Records the intent to capture `record.amount` of a payment under a tenant's key, only if
+    /// the payment is `RequiresCapture`, capturable for as much, and has no capture recorded
+    /// yet: false when not (nothing written); `Conflict` when the key was taken concurrently.
+    async fn insert_capture(
+        &self,
+        record: &CaptureRecord,
+        idempotency_key: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The capture a tenant's key named.
+    async fn find_capture_by_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<CaptureRecord>, StoreError>;
+
+    /// The capture recorded for a payment, if any.
+    async fn find_capture(&self, payment_id: &str) -> Result<Option<CaptureRecord>, StoreError>;
+
+    /// How many payments await capture with `capture_before` before `deadline` (unix ms).
+    async fn count_authorizations_expiring(&self, deadline: i64) -> Result<u64, StoreError>;
+}
+
+/// The disputes of payments (their `dispute` field) beyond the webhook's own write.
+#[async_trait]
+pub trait DisputeRecords: Send + Sync + std::fmt::Debug + 'static {
+    /// Records a dispute change found by a read at Stripe (compare-and-set on
+    /// `update.expected`), with its event; true when it changed.
+    async fn apply_dispute(
+        &self,
+        update: DisputeUpdate<'_>,
+        source: EventSource,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` succeeded payments whose dispute is open and that were not looked at
+    /// since `checked_before`, marking them looked at `now`.
+    async fn claim_open_disputes(
+        &self,
+        now: i64,
+        checked_before: i64,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StoreError>;
 }
 
 /// What [`WebhookEventLog::record_webhook_event`] did.
@@ -609,6 +743,8 @@ pub struct FeedPosition {
 pub enum FeedObject {
     Payment(Box<Payment>),
     Refund(Box<Refund>),
+    /// A change of the payment's dispute: the payment, with its dispute.
+    Dispute(Box<Payment>),
 }
 
 /// The kinds of feed events, to filter by.
@@ -616,6 +752,7 @@ pub enum FeedObject {
 pub enum FeedEventType {
     PaymentUpdated,
     RefundUpdated,
+    DisputeUpdated,
 }
 
 /// One committed change in a tenant's feed.
@@ -802,6 +939,8 @@ pub trait PaymentStore:
     + RefundRecords
     + EventFeed
     + PushDeliveries
+    + CaptureRecords
+    + DisputeRecords
     + PaymentLinks
 {
 }
@@ -816,6 +955,8 @@ impl<T> PaymentStore for T where
         + RefundRecords
         + EventFeed
         + PushDeliveries
+        + CaptureRecords
+        + DisputeRecords
         + PaymentLinks
 {
 }

@@ -138,6 +138,15 @@ impl Payments {
                 .await
             {
                 Ok(synced) => {
+                    // A capture a crash or a lost answer left: finished with its own key.
+                    let synced = match self.finish_recorded_capture(synced).await {
+                        Ok(synced) => synced,
+                        Err(error) => {
+                            report.failed += 1;
+                            tracing::warn!(payment_id = %id, %error, "finishing the capture failed; retried next sweep");
+                            continue;
+                        }
+                    };
                     if (synced.status, synced.updated_at) != before {
                         report.changed += 1;
                         tracing::info!(payment_id = %id, status = %synced.status, "reconciled");

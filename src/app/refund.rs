@@ -100,6 +100,7 @@ impl Payments {
             Ok(RefundAnswer { created: true, .. }) => "created",
             Ok(RefundAnswer { created: false, .. }) => "replayed",
             Err(AppError::NotRefundable { .. }) => "not_refundable",
+            Err(AppError::PaymentDisputed { .. }) => "disputed",
             Err(AppError::RefundExceedsRemaining { .. }) => "exceeds_remaining",
             Err(AppError::IdempotencyKeyReused) => "key_reused",
             Err(AppError::RefundRejected { .. }) => "stripe_refused",
@@ -136,6 +137,12 @@ impl Payments {
             if payment.status != PaymentStatus::Succeeded {
                 return Err(AppError::NotRefundable {
                     status: payment.status,
+                });
+            }
+            // A dispute the bank decides (or decided against the merchant) forbids a refund.
+            if let Some(dispute) = payment.dispute.as_ref().filter(|d| d.blocks_refunds()) {
+                return Err(AppError::PaymentDisputed {
+                    status: dispute.status,
                 });
             }
             let refundable = payment.refund_amounts().refundable();
@@ -373,7 +380,9 @@ impl Payments {
             return Ok(payment);
         }
         let observed = self.provider.list_refunds(&intent_id).await?;
-        for refund in &observed {
+        // Stripe's own refund of an authorization's uncaptured rest gives back nothing that was
+        // received: not a refund of this payment.
+        for refund in observed.iter().filter(|refund| !refund.releases_uncaptured) {
             self.record_observed_refund(&payment, refund, source)
                 .await?;
         }
@@ -389,6 +398,9 @@ impl Payments {
         observed: &ProviderRefund,
         source: EventSource,
     ) -> Result<(), AppError> {
+        if observed.releases_uncaptured {
+            return Ok(());
+        }
         for _ in 0..MAX_RACE_RETRIES {
             if let Some(known) = self.find_known_refund(observed).await? {
                 check_provider_refund(&known, observed)?;

@@ -47,15 +47,19 @@ impl Payments {
             if sender.send(Ok(last.clone())).await.is_err() {
                 return;
             }
+            // Set when the payment was read ahead of its events: read again without waiting.
+            let mut behind = false;
             while !last.status.is_terminal() {
-                tokio::select! {
-                    change = changes.recv() => match change {
-                        Ok(id) if id != last.id => continue,
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    },
-                    () = tokio::time::sleep(REREAD_EVERY) => {}
-                    () = sender.closed() => return,
+                if !std::mem::take(&mut behind) {
+                    tokio::select! {
+                        change = changes.recv() => match change {
+                            Ok(id) if id != last.id => continue,
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => return,
+                        },
+                        () = tokio::time::sleep(REREAD_EVERY) => {}
+                        () = sender.closed() => return,
+                    }
                 }
                 let read = async {
                     let events = payments
@@ -72,21 +76,32 @@ impl Payments {
                         return;
                     }
                 };
-                let Some(newest) = events.last().map(|e| e.payment_event_id) else {
+                let Some(newest) = events.last() else {
                     continue;
+                };
+                let as_it_was = |event: &crate::app::ports::StatusEvent| {
+                    let mut then = current.clone();
+                    then.status = event.to;
+                    then.updated_at = event.created_at;
+                    then
                 };
                 // Each transition but the newest as it was; the newest as the payment is now.
                 let passed = events.len() - 1;
                 for event in &events[..passed] {
-                    let mut then = current.clone();
-                    then.status = event.to;
-                    then.updated_at = event.created_at;
-                    if sender.send(Ok(then)).await.is_err() {
+                    if sender.send(Ok(as_it_was(event))).await.is_err() {
                         return;
                     }
                 }
-                seen_event = newest;
-                last = current;
+                seen_event = newest.payment_event_id;
+                if current.status == newest.to {
+                    last = current;
+                } else {
+                    // Another change committed between the two reads: the newest transition
+                    // read is sent as it was, and what came after it is read at once (the
+                    // payment read now is not sent for it: its own transition would be lost).
+                    last = as_it_was(newest);
+                    behind = true;
+                }
                 if sender.send(Ok(last.clone())).await.is_err() {
                     return;
                 }

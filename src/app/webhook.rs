@@ -1,15 +1,16 @@
 //! HandleStripeEvent: a verified event is recorded once, with the change it makes, before it is
 //! acknowledged; events arrive late, twice and out of order, and some are not about our payments.
 
+use super::dispute::dispute_matches;
 use super::ports::{
-    EventRecorded, ProviderEvent, ProviderIntent, ProviderRefund, RefundUpdate, WebhookChange,
-    WebhookEventRecord, WebhookRefused,
+    DisputeUpdate, EventRecorded, ProviderDispute, ProviderEvent, ProviderIntent, ProviderRefund,
+    RefundUpdate, WebhookChange, WebhookEventRecord, WebhookRefused,
 };
 use super::refund::{check_provider_refund, external_refund, observation_of_refund};
 use super::{AppError, Payments, now_millis};
 use crate::domain::{
-    EventSource, EventVerdict, FieldViolation, Observation, Refund, RefundChange, RefundVerdict,
-    StatusChange, ValidationError,
+    Dispute, DisputeVerdict, EventSource, EventVerdict, FieldViolation, Refund, RefundChange,
+    RefundVerdict, StatusChange, ValidationError, observe_dispute,
 };
 
 /// What became of an event.
@@ -126,6 +127,8 @@ impl Payments {
                 self.decide_intent_event(&event, intent).await?
             } else if let Some(refund) = &event.refund {
                 self.decide_refund_event(&event, refund).await?
+            } else if let Some(dispute) = &event.dispute {
+                self.decide_dispute_event(&event, dispute).await?
             } else if event.refunded_intent.is_some() {
                 match &refunds_synced {
                     None => Decision::ignored(None, IgnoredBecause::NotOurs),
@@ -197,6 +200,11 @@ enum Effect {
         attach: Option<String>,
     },
     ExternalRefund(Box<Refund>),
+    Dispute {
+        /// The dispute as read before (compare-and-set).
+        expected: Option<Box<Dispute>>,
+        dispute: Box<Dispute>,
+    },
 }
 
 impl Decision {
@@ -222,6 +230,11 @@ impl Decision {
                 stripe_refund_id: attach.as_deref(),
             })),
             Effect::ExternalRefund(refund) => Some(WebhookChange::ExternalRefund(refund)),
+            Effect::Dispute { expected, dispute } => Some(WebhookChange::Dispute(DisputeUpdate {
+                payment_id: self.payment_id.as_deref().unwrap_or_default(),
+                expected: expected.as_deref(),
+                dispute,
+            })),
         }
     }
 }
@@ -248,10 +261,9 @@ impl Payments {
                 IgnoredBecause::Mismatch,
             ));
         }
-        let observation = Observation {
-            status: intent.status,
-            last_payment_error: intent.last_payment_error.clone(),
-        };
+        let observation = self
+            .observe_intent(&payment, intent, event.created.saturating_mul(1000))
+            .await;
         Ok(match payment.observe_event(&observation, event.created) {
             EventVerdict::Apply(change) => Decision {
                 payment_id: Some(payment.id),
@@ -261,6 +273,52 @@ impl Payments {
             EventVerdict::NoChange => Decision::ignored(Some(payment.id), IgnoredBecause::NoChange),
             EventVerdict::Stale => Decision::ignored(Some(payment.id), IgnoredBecause::Stale),
         })
+    }
+
+    /// A `charge.dispute.*` event: the change it makes to the dispute of its payment (found
+    /// through the disputed charge's intent), if ours. A closed dispute never reopens; an older
+    /// event than the newest applied is stale.
+    async fn decide_dispute_event(
+        &self,
+        event: &ProviderEvent,
+        observed: &ProviderDispute,
+    ) -> Result<Decision, AppError> {
+        let intent_id = self.dispute_intent(observed).await?;
+        let payment = match intent_id.as_deref() {
+            Some(intent_id) => self.store.find_payment_by_intent(None, intent_id).await?,
+            None => None,
+        };
+        let Some(payment) = payment else {
+            return Ok(Decision::ignored(None, IgnoredBecause::NotOurs));
+        };
+        if !dispute_matches(&payment, intent_id.as_deref(), observed) {
+            tracing::error!(payment_id = %payment.id, event_id = %event.id, "dispute event does not match its payment; not applied");
+            return Ok(Decision::ignored(
+                Some(payment.id),
+                IgnoredBecause::Mismatch,
+            ));
+        }
+        Ok(
+            match observe_dispute(
+                payment.dispute.as_ref(),
+                payment.dispute_last_event_created,
+                &observed.dispute,
+                Some(event.created),
+            ) {
+                DisputeVerdict::Apply => Decision {
+                    effect: Effect::Dispute {
+                        expected: payment.dispute.clone().map(Box::new),
+                        dispute: Box::new(observed.dispute.clone()),
+                    },
+                    payment_id: Some(payment.id),
+                    outcome: EventOutcome::Applied,
+                },
+                DisputeVerdict::NoChange => {
+                    Decision::ignored(Some(payment.id), IgnoredBecause::NoChange)
+                }
+                DisputeVerdict::Stale => Decision::ignored(Some(payment.id), IgnoredBecause::Stale),
+            },
+        )
     }
 
     /// A `refund.*` event: the change it makes to a refund paybridge knows (found by Stripe id,
@@ -309,6 +367,13 @@ impl Payments {
         let Some(payment) = payment else {
             return Ok(Decision::ignored(None, IgnoredBecause::NotOurs));
         };
+        if observed.releases_uncaptured {
+            // Stripe's release of an authorization's uncaptured rest: nothing received goes back.
+            return Ok(Decision::ignored(
+                Some(payment.id),
+                IgnoredBecause::OtherType,
+            ));
+        }
         let mut refund = external_refund(&payment, observed);
         refund.last_event_created = Some(event.created);
         tracing::info!(refund_id = %refund.id, stripe_refund_id = %observed.id, payment_id = %payment.id, "refund made at Stripe directly");
@@ -351,6 +416,7 @@ mod tests {
             intent: Some(intent),
             refund: None,
             refunded_intent: None,
+            dispute: None,
             type_label: "payment_intent.succeeded",
         })
     }
@@ -462,6 +528,7 @@ mod tests {
             intent: Some(someone_elses),
             refund: None,
             refunded_intent: None,
+            dispute: None,
             type_label: "payment_intent.succeeded",
         });
         let mut other = harness.webhooks.deliver(ProviderEvent {
@@ -471,6 +538,7 @@ mod tests {
             intent: None,
             refund: None,
             refunded_intent: None,
+            dispute: None,
             type_label: "other",
         });
         for (payload, because) in [

@@ -4,9 +4,11 @@
 //! proves the value was checked. Every refusal is a [`FieldViolation`] naming the gRPC request
 //! field it came from.
 
+mod capture;
 mod checked_string;
 mod customer;
 mod description;
+mod dispute;
 mod ids;
 mod metadata;
 mod money;
@@ -19,8 +21,10 @@ mod return_query;
 mod status;
 mod validation;
 
+pub use capture::{CancellationReason, CaptureMethod, DEFAULT_AUTHORIZATION_VALIDITY_MS};
 pub use customer::{Customer, CustomerName, Email, StripeCustomerId};
 pub use description::Description;
+pub use dispute::{Dispute, DisputeStatus, DisputeVerdict, observe_dispute};
 pub use ids::{IdempotencyKey, InvoiceId, PaymentId, RefundId, TenantId};
 pub use metadata::{Metadata, refund_stripe_metadata};
 pub use money::{Amount, Currency, Money};

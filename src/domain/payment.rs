@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::PaymentStatus;
+use super::{
+    CancellationReason, CaptureMethod, DEFAULT_AUTHORIZATION_VALIDITY_MS, Dispute, PaymentStatus,
+};
 
 /// Why the last payment attempt failed, as the provider reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,13 +45,26 @@ pub struct Payment {
     /// Stripe's `created` (unix seconds) of the newest webhook event applied; older events that
     /// arrive late are not applied.
     pub last_event_created: Option<i64>,
-    /// What Stripe collected (minor units): the amount once succeeded, 0 before.
+    /// What Stripe collected (minor units) once succeeded (what was captured, for a partial
+    /// capture), 0 before.
     pub amount_received: i64,
     /// The sum of the payment's refunds that succeeded.
     pub amount_refunded: i64,
     /// The sum of the payment's refunds that are not final yet (creating, pending,
     /// requires_action): reserved, so that concurrent refunds never exceed what was received.
     pub amount_refund_pending: i64,
+    /// When the money is taken.
+    pub capture_method: CaptureMethod,
+    /// What can still be captured while `RequiresCapture`; 0 otherwise.
+    pub amount_capturable: i64,
+    /// Unix milliseconds: when the authorization lapses (set once authorized).
+    pub capture_before: Option<i64>,
+    /// Why it was cancelled, once `Canceled`.
+    pub cancellation_reason: Option<CancellationReason>,
+    /// The dispute of its charge, if it was ever disputed.
+    pub dispute: Option<Dispute>,
+    /// Stripe's `created` (unix seconds) of the newest dispute event applied.
+    pub dispute_last_event_created: Option<i64>,
 }
 
 impl std::fmt::Debug for Payment {
@@ -70,6 +85,11 @@ impl std::fmt::Debug for Payment {
             .field("amount_received", &self.amount_received)
             .field("amount_refunded", &self.amount_refunded)
             .field("amount_refund_pending", &self.amount_refund_pending)
+            .field("capture_method", &self.capture_method)
+            .field("amount_capturable", &self.amount_capturable)
+            .field("capture_before", &self.capture_before)
+            .field("cancellation_reason", &self.cancellation_reason)
+            .field("dispute", &self.dispute)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +99,32 @@ impl std::fmt::Debug for Payment {
 pub struct Observation {
     pub status: PaymentStatus,
     pub last_payment_error: Option<LastPaymentError>,
+    /// What the intent received (Stripe's `amount_received`).
+    pub amount_received: i64,
+    /// What can still be captured (Stripe's `amount_capturable`).
+    pub amount_capturable: i64,
+    /// Unix milliseconds: the charge's `capture_before`, when Stripe gave it.
+    pub capture_before: Option<i64>,
+    /// Stripe's `cancellation_reason`, as given.
+    pub cancellation_reason: Option<String>,
+    /// Unix milliseconds: when this was true at Stripe (an event's `created`, or now). An
+    /// authorization first seen then holds 7 days from it unless Stripe says otherwise.
+    pub observed_at: i64,
+}
+
+impl Observation {
+    /// An observation of `status` alone (nothing received, nothing capturable).
+    pub fn of_status(status: PaymentStatus, observed_at: i64) -> Observation {
+        Observation {
+            status,
+            last_payment_error: None,
+            amount_received: 0,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            observed_at,
+        }
+    }
 }
 
 /// What caused a status change; recorded with it in the payment's event log.
@@ -94,10 +140,12 @@ pub enum EventSource {
     Refund,
     /// A refund made at Stripe directly, recorded when paybridge first learned of it.
     External,
+    /// CapturePayment.
+    Capture,
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 8] = [
+    pub const ALL: [EventSource; 9] = [
         EventSource::Create,
         EventSource::Return,
         EventSource::Webhook,
@@ -106,6 +154,7 @@ impl EventSource {
         EventSource::Refresh,
         EventSource::Refund,
         EventSource::External,
+        EventSource::Capture,
     ];
 
     /// The name stored and used as a metric label.
@@ -119,6 +168,7 @@ impl EventSource {
             EventSource::Refresh => "refresh",
             EventSource::Refund => "refund",
             EventSource::External => "external",
+            EventSource::Capture => "capture",
         }
     }
 }
@@ -135,12 +185,38 @@ impl std::str::FromStr for EventSource {
     }
 }
 
-/// A change to record: the new status (and error) to write, with the status it replaces.
+/// A change to record: the new status (and error) to write, with the status it replaces, and
+/// what the payment received, can capture, and why it was cancelled, as they are after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {
     pub from: PaymentStatus,
     pub to: PaymentStatus,
     pub last_payment_error: Option<LastPaymentError>,
+    /// Written when `to` is `Succeeded` (else the payment keeps 0).
+    pub amount_received: i64,
+    pub amount_capturable: i64,
+    pub capture_before: Option<i64>,
+    pub cancellation_reason: Option<CancellationReason>,
+}
+
+impl StatusChange {
+    /// A change of status alone, with nothing received or capturable (a create's first answer,
+    /// a refusal).
+    pub fn status_only(
+        from: PaymentStatus,
+        to: PaymentStatus,
+        last_payment_error: Option<LastPaymentError>,
+    ) -> StatusChange {
+        StatusChange {
+            from,
+            to,
+            last_payment_error,
+            amount_received: 0,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+        }
+    }
 }
 
 /// What a webhook event does to a payment.
@@ -200,15 +276,49 @@ impl Payment {
         if self.status.is_terminal() || observation.status == PaymentStatus::Creating {
             return None;
         }
-        if observation.status == self.status
+        let to = observation.status;
+        let amount_capturable = if to == PaymentStatus::RequiresCapture {
+            observation.amount_capturable
+        } else {
+            0
+        };
+        // An authorization holds until the charge's `capture_before`; without one, 7 days from
+        // when it was first seen (kept, not moved, by later reads).
+        let capture_before = if to == PaymentStatus::RequiresCapture {
+            observation.capture_before.or(self.capture_before).or(Some(
+                observation
+                    .observed_at
+                    .saturating_add(DEFAULT_AUTHORIZATION_VALIDITY_MS),
+            ))
+        } else {
+            self.capture_before
+        };
+        let amount_received = if to == PaymentStatus::Succeeded {
+            observation.amount_received
+        } else {
+            0
+        };
+        let cancellation_reason = (to == PaymentStatus::Canceled).then(|| {
+            CancellationReason::from_stripe(
+                observation.cancellation_reason.as_deref(),
+                self.status == PaymentStatus::RequiresCapture,
+            )
+        });
+        if to == self.status
             && observation.last_payment_error == self.last_payment_error
+            && amount_capturable == self.amount_capturable
+            && capture_before == self.capture_before
         {
             return None;
         }
         Some(StatusChange {
             from: self.status,
-            to: observation.status,
+            to,
             last_payment_error: observation.last_payment_error.clone(),
+            amount_received,
+            amount_capturable,
+            capture_before,
+            cancellation_reason,
         })
     }
 
@@ -296,14 +406,17 @@ mod tests {
             amount_received: 0,
             amount_refunded: 0,
             amount_refund_pending: 0,
+            capture_method: CaptureMethod::Automatic,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            dispute: None,
+            dispute_last_event_created: None,
         }
     }
 
     fn seen(status: PaymentStatus) -> Observation {
-        Observation {
-            status,
-            last_payment_error: None,
-        }
+        Observation::of_status(status, 0)
     }
 
     #[test]
@@ -339,11 +452,11 @@ mod tests {
     #[test]
     fn a_new_failure_in_the_same_status_is_a_change() {
         let failed = Observation {
-            status: PaymentStatus::RequiresPaymentMethod,
             last_payment_error: Some(LastPaymentError {
                 code: Some("card_declined".into()),
                 message: None,
             }),
+            ..seen(PaymentStatus::RequiresPaymentMethod)
         };
         assert!(
             payment(PaymentStatus::RequiresPaymentMethod)
@@ -382,6 +495,66 @@ mod tests {
             p.observe_event(&seen(PaymentStatus::Succeeded), 100),
             EventVerdict::Apply(_)
         ));
+    }
+
+    #[test]
+    fn an_authorization_holds_seven_days_unless_stripe_says_and_its_lapse_is_named() {
+        let mut p = payment(PaymentStatus::RequiresAction);
+        p.capture_method = CaptureMethod::Manual;
+        let authorized = Observation {
+            amount_capturable: 1000,
+            ..seen(PaymentStatus::RequiresCapture)
+        };
+        let change = p
+            .observe(&Observation {
+                observed_at: 5,
+                ..authorized.clone()
+            })
+            .expect("authorized");
+        assert_eq!(change.amount_capturable, 1000);
+        assert_eq!(
+            change.capture_before,
+            Some(5 + DEFAULT_AUTHORIZATION_VALIDITY_MS)
+        );
+        p.status = PaymentStatus::RequiresCapture;
+        p.amount_capturable = 1000;
+        p.capture_before = change.capture_before;
+        assert_eq!(
+            p.observe(&Observation {
+                observed_at: 99,
+                ..authorized.clone()
+            }),
+            None,
+            "a later read keeps the deadline"
+        );
+        let from_charge = p
+            .observe(&Observation {
+                capture_before: Some(42),
+                ..authorized
+            })
+            .expect("Stripe's own deadline");
+        assert_eq!(from_charge.capture_before, Some(42));
+        let lapsed = p
+            .observe(&Observation {
+                cancellation_reason: Some("automatic".into()),
+                ..seen(PaymentStatus::Canceled)
+            })
+            .expect("cancelled");
+        assert_eq!(
+            lapsed.cancellation_reason,
+            Some(CancellationReason::AuthorizationExpired)
+        );
+        assert_eq!(lapsed.amount_capturable, 0);
+        let captured = p
+            .observe(&Observation {
+                amount_received: 600,
+                ..seen(PaymentStatus::Succeeded)
+            })
+            .expect("captured");
+        assert_eq!(
+            (captured.amount_received, captured.amount_capturable),
+            (600, 0)
+        );
     }
 
     #[test]

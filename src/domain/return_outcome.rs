@@ -7,9 +7,11 @@ use super::{Payment, PaymentStatus};
 pub enum ReturnOutcome {
     /// The money arrived.
     Succeeded,
-    /// Not known yet (processing, or authorised and awaiting capture): the platform shows
-    /// "we'll confirm shortly", so the browser goes to the success page.
+    /// Not known yet (processing): the platform shows "we'll confirm shortly", so the browser
+    /// goes to the success page.
     Processing,
+    /// Authorized (a manual payment awaiting capture): the browser goes to the success page.
+    Authorized,
     /// Not paid: declined, authentication failed, or the customer came back without paying.
     Failed,
     /// The payment was cancelled.
@@ -23,7 +25,8 @@ impl ReturnOutcome {
     pub fn of(status: PaymentStatus) -> ReturnOutcome {
         match status {
             PaymentStatus::Succeeded => ReturnOutcome::Succeeded,
-            PaymentStatus::Processing | PaymentStatus::RequiresCapture => ReturnOutcome::Processing,
+            PaymentStatus::Processing => ReturnOutcome::Processing,
+            PaymentStatus::RequiresCapture => ReturnOutcome::Authorized,
             PaymentStatus::Canceled => ReturnOutcome::Canceled,
             // Back from Stripe and still waiting for the customer: the attempt did not complete.
             PaymentStatus::Creating
@@ -38,6 +41,7 @@ impl ReturnOutcome {
         match self {
             ReturnOutcome::Succeeded => "succeeded",
             ReturnOutcome::Processing => "processing",
+            ReturnOutcome::Authorized => "authorized",
             ReturnOutcome::Failed => "failed",
             ReturnOutcome::Canceled => "canceled",
             ReturnOutcome::Rejected => "rejected",
@@ -52,7 +56,9 @@ impl Payment {
     /// `None` for a rejected return, and for a stored URL that no longer parses.
     pub fn return_redirect(&self, outcome: ReturnOutcome) -> Option<String> {
         let base = match outcome {
-            ReturnOutcome::Succeeded | ReturnOutcome::Processing => &self.success_url,
+            ReturnOutcome::Succeeded | ReturnOutcome::Processing | ReturnOutcome::Authorized => {
+                &self.success_url
+            }
             ReturnOutcome::Failed | ReturnOutcome::Canceled => &self.failure_url,
             ReturnOutcome::Rejected => return None,
         };
@@ -103,6 +109,12 @@ mod tests {
             amount_received: 0,
             amount_refunded: 0,
             amount_refund_pending: 0,
+            capture_method: crate::domain::CaptureMethod::Automatic,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            dispute: None,
+            dispute_last_event_created: None,
         }
     }
 
@@ -150,7 +162,7 @@ mod tests {
             (RequiresConfirmation, ReturnOutcome::Failed),
             (RequiresAction, ReturnOutcome::Failed),
             (Processing, ReturnOutcome::Processing),
-            (RequiresCapture, ReturnOutcome::Processing),
+            (RequiresCapture, ReturnOutcome::Authorized),
             (Succeeded, ReturnOutcome::Succeeded),
             (Canceled, ReturnOutcome::Canceled),
         ];

@@ -337,11 +337,11 @@ async fn concurrent_create_writes_are_each_answered_as_alone(db: Db) {
 
     // Every payment attached at once; the last one with the first one's intent, which the
     // unique index refuses to one of the two.
-    let change = StatusChange {
-        from: PaymentStatus::Creating,
-        to: PaymentStatus::RequiresPaymentMethod,
-        last_payment_error: None,
-    };
+    let change = StatusChange::status_only(
+        PaymentStatus::Creating,
+        PaymentStatus::RequiresPaymentMethod,
+        None,
+    );
     let intents: Vec<String> = written
         .iter()
         .enumerate()

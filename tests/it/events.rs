@@ -717,11 +717,11 @@ async fn events_written_before_the_feed_are_in_it(db: Db) {
 
     let store = Store::connect(&url, 2).await.expect("store");
     store.migrate().await.expect("the feed's migration");
-    let change = StatusChange {
-        from: PaymentStatus::RequiresPaymentMethod,
-        to: PaymentStatus::Canceled,
-        last_payment_error: None,
-    };
+    let change = StatusChange::status_only(
+        PaymentStatus::RequiresPaymentMethod,
+        PaymentStatus::Canceled,
+        None,
+    );
     store
         .apply_change(
             &payment.id,
@@ -748,7 +748,7 @@ async fn events_written_before_the_feed_are_in_it(db: Db) {
         .iter()
         .map(|event| match &event.object {
             FeedObject::Payment(payment) => payment.status,
-            FeedObject::Refund(_) => panic!("a payment's event"),
+            FeedObject::Refund(_) | FeedObject::Dispute(_) => panic!("a payment's event"),
         })
         .collect();
     assert_eq!(

@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod cancel_and_list;
+mod capture_disputes;
 mod chart_metrics;
 mod create_payment;
 mod events;

@@ -34,10 +34,14 @@ fn now() -> i64 {
 }
 
 fn change(from: PaymentStatus, to: PaymentStatus) -> StatusChange {
+    StatusChange::status_only(from, to, None)
+}
+
+/// A change to `Succeeded` that received `amount` (Stripe's `amount_received`).
+fn paid(from: PaymentStatus, amount: i64) -> StatusChange {
     StatusChange {
-        from,
-        to,
-        last_payment_error: None,
+        amount_received: amount,
+        ..change(from, PaymentStatus::Succeeded)
     }
 }
 
@@ -67,7 +71,7 @@ async fn succeeded_payment(store: &Store, invoice: &str, amount: i64) -> Payment
     let (paid, changed) = store
         .apply_change(
             &payment.id,
-            &change(PaymentStatus::Processing, PaymentStatus::Succeeded),
+            &paid(PaymentStatus::Processing, amount),
             EventSource::Return,
             now(),
         )
@@ -199,9 +203,9 @@ async fn a_payment_receives_its_amount_on_every_way_to_succeeded(db: Db) {
                 payment_id: Some(&by_webhook.id),
                 result: "applied",
             },
-            Some(WebhookChange::Payment(&change(
+            Some(WebhookChange::Payment(&paid(
                 PaymentStatus::Processing,
-                PaymentStatus::Succeeded,
+                4200,
             ))),
             now(),
         )

@@ -112,6 +112,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 fn new_intent() -> NewPaymentIntent {
     NewPaymentIntent {
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
         amount: 4200,
         currency: "eur".to_owned(),
         customer: Some("cus_QXg1o8vcGmoR32".to_owned()),
@@ -267,6 +268,7 @@ async fn create_payment_intent_without_customer_or_description_sends_only_the_re
         .mount(&server)
         .await;
     let request = NewPaymentIntent {
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
         amount: 1099,
         currency: "usd".to_owned(),
         customer: None,
@@ -902,6 +904,7 @@ async fn unmodified_refund_fixture_parses() {
             failure_reason: None,
             metadata: BTreeMap::new(),
             created: 1234567890,
+            releases_uncaptured: false,
         }
     );
 }
@@ -968,6 +971,7 @@ async fn create_refund_sends_exact_form_and_headers() {
             failure_reason: None,
             metadata: new_refund().metadata,
             created: 1234567890,
+            releases_uncaptured: false,
         }
     );
 }
@@ -1356,4 +1360,225 @@ async fn refund_ids_that_are_not_stripe_ids_never_reach_stripe() {
         assert!(matches!(err, ProviderError::NotFound), "{id}: {err:?}");
     }
     assert!(received(&server).await.is_empty());
+}
+
+// --- Manual capture and disputes (issue 17) ------------------------------------------------
+
+#[tokio::test]
+async fn a_manual_intent_is_created_with_capture_method_manual() {
+    let server = MockServer::start().await;
+    let mut body = intent_body("pi_3Manual", 4200, "requires_payment_method");
+    body["capture_method"] = json!("manual");
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let request = NewPaymentIntent {
+        capture_method: paybridge::domain::CaptureMethod::Manual,
+        ..new_intent()
+    };
+    provider(&server)
+        .create_payment_intent(request)
+        .await
+        .expect("created");
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let sent = form(&reqs[0]);
+    assert_eq!(
+        sent.get("capture_method").map(String::as_str),
+        Some("manual")
+    );
+    assert_eq!(
+        sent.len(),
+        8,
+        "the automatic request's seven fields and capture_method"
+    );
+}
+
+#[tokio::test]
+async fn capture_posts_amount_to_capture_with_the_key_and_reads_what_was_received() {
+    let server = MockServer::start().await;
+    let mut body = intent_body("pi_3Capture", 1000, "succeeded");
+    body["capture_method"] = json!("manual");
+    body["amount_received"] = json!(600);
+    body["amount_capturable"] = json!(0);
+    body["latest_charge"] = json!("ch_3Capture");
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents/pi_3Capture/capture"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let intent = provider(&server)
+        .capture_payment_intent("pi_3Capture", 600, "paybridge-capture-pay_7")
+        .await
+        .expect("captured");
+    assert_eq!(intent.status, PaymentStatus::Succeeded);
+    assert_eq!((intent.amount_received, intent.amount_capturable), (600, 0));
+    assert_eq!(intent.latest_charge.as_deref(), Some("ch_3Capture"));
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert_eq!(req.method.as_str(), "POST");
+    assert_eq!(req.url.path(), "/v1/payment_intents/pi_3Capture/capture");
+    assert_eq!(req.url.query(), None);
+    assert_common_headers(req);
+    assert_eq!(
+        header(req, "idempotency-key"),
+        Some("paybridge-capture-pay_7")
+    );
+    assert_eq!(form(req), map(&[("amount_to_capture", "600")]));
+}
+
+#[tokio::test]
+async fn a_capture_stripe_refuses_is_rejected_and_a_bad_id_never_reaches_stripe() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents/pi_3Lapsed/capture"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(stripe_error(
+            "payment_intent_unexpected_state",
+            "This PaymentIntent could not be captured because it has a status of canceled.",
+            "",
+        )))
+        .mount(&server)
+        .await;
+    let refused = provider(&server)
+        .capture_payment_intent("pi_3Lapsed", 100, "paybridge-capture-pay_8")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&refused, ProviderError::Rejected { status: 400, code: Some(code), .. } if code == "payment_intent_unexpected_state"),
+        "{refused:?}"
+    );
+    let bad = provider(&server)
+        .capture_payment_intent("pi_3/../x", 100, "k")
+        .await
+        .expect_err("not an id");
+    assert!(matches!(bad, ProviderError::NotFound));
+    assert_eq!(received(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn retrieve_charge_is_a_plain_get_that_reads_the_authorizations_deadline() {
+    let server = MockServer::start().await;
+    let mut charge = fixture("charge");
+    charge["id"] = json!("ch_3Auth");
+    charge["payment_intent"] = json!("pi_3Auth");
+    charge["captured"] = json!(false);
+    charge["payment_method_details"]["card"]["capture_before"] = json!(1_765_000_000);
+    Mock::given(method("GET"))
+        .and(path("/v1/charges/ch_3Auth"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(charge))
+        .mount(&server)
+        .await;
+    let read = provider(&server)
+        .retrieve_charge("ch_3Auth")
+        .await
+        .expect("read");
+    assert_eq!(
+        read,
+        paybridge::app::ports::ProviderCharge {
+            id: "ch_3Auth".to_owned(),
+            payment_intent: Some("pi_3Auth".to_owned()),
+            capture_before: Some(1_765_000_000_000),
+        }
+    );
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method.as_str(), "GET");
+    assert_eq!(reqs[0].url.query(), None);
+    assert!(reqs[0].body.is_empty());
+    assert_common_headers(&reqs[0]);
+    assert_eq!(header(&reqs[0], "idempotency-key"), None);
+}
+
+/// Stripe's example Dispute of `pi`, with id and status adjusted.
+fn dispute_body(id: &str, pi: &str, status: &str) -> Value {
+    let mut dp = fixture("dispute");
+    dp["id"] = json!(id);
+    dp["payment_intent"] = json!(pi);
+    dp["status"] = json!(status);
+    dp
+}
+
+#[tokio::test]
+async fn list_disputes_asks_for_one_intents_disputes_page_by_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/disputes"))
+        .and(query_param_is_missing("starting_after"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![dispute_body("dp_3Second", "pi_3Disputed", "lost")],
+            true,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/disputes"))
+        .and(query_param("starting_after", "dp_3Second"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![dispute_body("dp_3First", "pi_3Disputed", "won")],
+            false,
+        )))
+        .mount(&server)
+        .await;
+    let disputes = provider(&server)
+        .list_disputes("pi_3Disputed")
+        .await
+        .expect("listed");
+    let read: Vec<(&str, paybridge::domain::DisputeStatus)> = disputes
+        .iter()
+        .map(|d| (d.dispute.id.as_str(), d.dispute.status))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            ("dp_3Second", paybridge::domain::DisputeStatus::Lost),
+            ("dp_3First", paybridge::domain::DisputeStatus::Won),
+        ]
+    );
+    assert_eq!(disputes[0].dispute.amount, 1000);
+    assert_eq!(disputes[0].dispute.reason, "general");
+    assert_eq!(disputes[0].dispute.evidence_due_by, Some(1_723_679_999_000));
+    assert!(disputes[0].dispute.is_charge_refundable);
+    let reqs = received(&server).await;
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(req.method.as_str(), "GET");
+        assert_eq!(req.url.path(), "/v1/disputes");
+        assert!(req.body.is_empty());
+        assert_common_headers(req);
+        assert_eq!(header(req, "idempotency-key"), None);
+    }
+    assert_eq!(
+        query(&reqs[0]),
+        map(&[("payment_intent", "pi_3Disputed"), ("limit", "100")])
+    );
+    assert_eq!(
+        query(&reqs[1]),
+        map(&[
+            ("payment_intent", "pi_3Disputed"),
+            ("limit", "100"),
+            ("starting_after", "dp_3Second"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_dispute_of_an_unknown_status_is_unexpected() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/disputes"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list_body(
+            vec![dispute_body("dp_3Odd", "pi_3Odd", "reopened")],
+            false,
+        )))
+        .mount(&server)
+        .await;
+    let error = provider(&server)
+        .list_disputes("pi_3Odd")
+        .await
+        .expect_err("unknown status");
+    assert!(matches!(error, ProviderError::Unexpected(_)), "{error:?}");
 }

@@ -9,11 +9,7 @@ use paybridge::domain::{EventSource, PaymentStatus, StatusChange};
 use crate::support::{self, Db};
 
 fn change(from: PaymentStatus, to: PaymentStatus) -> StatusChange {
-    StatusChange {
-        from,
-        to,
-        last_payment_error: None,
-    }
+    StatusChange::status_only(from, to, None)
 }
 
 async fn transient_payments_are_counted_by_status_with_the_oldest_change(db: Db) {

@@ -224,22 +224,22 @@ async fn postgres_every_committed_change_is_announced_to_other_replicas() {
                 .expect("insert")
         );
     }
-    let change = StatusChange {
-        from: PaymentStatus::Creating,
-        to: PaymentStatus::RequiresPaymentMethod,
-        last_payment_error: None,
-    };
+    let change = StatusChange::status_only(
+        PaymentStatus::Creating,
+        PaymentStatus::RequiresPaymentMethod,
+        None,
+    );
     let now = support::events::now() * 1000;
     let attached = writer
         .attach_intent(&payment.id, "pi_announced", Some("secret"), &change, now)
         .await
         .expect("attach");
     assert_eq!(attached.status, PaymentStatus::RequiresPaymentMethod);
-    let cancel = StatusChange {
-        from: PaymentStatus::RequiresPaymentMethod,
-        to: PaymentStatus::Canceled,
-        last_payment_error: None,
-    };
+    let cancel = StatusChange::status_only(
+        PaymentStatus::RequiresPaymentMethod,
+        PaymentStatus::Canceled,
+        None,
+    );
     let (_, changed) = writer
         .apply_change(&payment.id, &cancel, EventSource::Cancel, now)
         .await

@@ -82,6 +82,7 @@ impl ChangeFeed for Store {
             "select payment_event_id, source, from_status, to_status, created_at \
              from payment_event \
              where payment_id = $1 and payment_event_id > $2 and refund_id is null \
+               and dispute_id is null \
              order by payment_event_id",
         )
         .bind(payment_id)

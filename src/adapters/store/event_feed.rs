@@ -37,6 +37,7 @@ struct FeedRow {
     source: String,
     created_at: i64,
     refund_id: Option<String>,
+    dispute_id: Option<String>,
     object: String,
 }
 
@@ -44,9 +45,14 @@ impl TryFrom<FeedRow> for FeedEvent {
     type Error = StoreError;
 
     fn try_from(row: FeedRow) -> Result<FeedEvent, StoreError> {
-        let object = match row.refund_id {
-            None => FeedObject::Payment(Box::new(payment_row::payment_from_json(&row.object)?)),
-            Some(_) => FeedObject::Refund(Box::new(refunds::refund_from_json(&row.object)?)),
+        let object = match (row.refund_id, row.dispute_id) {
+            (Some(_), _) => FeedObject::Refund(Box::new(refunds::refund_from_json(&row.object)?)),
+            (None, Some(_)) => {
+                FeedObject::Dispute(Box::new(payment_row::payment_from_json(&row.object)?))
+            }
+            (None, None) => {
+                FeedObject::Payment(Box::new(payment_row::payment_from_json(&row.object)?))
+            }
         };
         Ok(FeedEvent {
             position: FeedPosition {
@@ -78,11 +84,13 @@ impl EventFeed for Store {
             [Backend::Sqlite, Backend::Postgres].map(|backend| {
                 format!(
                     "select payment_event_id, commit_group, tenant, source, created_at, refund_id, \
-                         object \
+                         dispute_id, object \
                      from payment_event \
                      where tenant = $1 \
                        and (commit_group > $2 or (commit_group = $2 and payment_event_id > $3)) \
-                       and (($4 = 1 and refund_id is null) or ($5 = 1 and refund_id is not null)) \
+                       and (($4 = 1 and refund_id is null and dispute_id is null) \
+                            or ($5 = 1 and refund_id is not null) \
+                            or ($7 = 1 and dispute_id is not null)) \
                        {} \
                      order by commit_group, payment_event_id \
                      limit $6",
@@ -104,6 +112,7 @@ impl EventFeed for Store {
                 .bind(wanted(FeedEventType::PaymentUpdated))
                 .bind(wanted(FeedEventType::RefundUpdated))
                 .bind(i64::from(limit))
+                .bind(wanted(FeedEventType::DisputeUpdated))
                 .fetch_all(&self.read)
                 .await?;
         rows.into_iter().map(FeedEvent::try_from).collect()

@@ -22,6 +22,7 @@
 //! ([`sqlite_create_writes`]).
 
 mod budget_shares;
+mod captures;
 mod change_feed;
 mod customers;
 mod event_feed;
@@ -262,6 +263,8 @@ enum Transition {
         from: Option<RefundStatus>,
         to: RefundStatus,
     },
+    /// A change of the payment's dispute (the payment's status unchanged).
+    Dispute,
 }
 
 impl Transition {
@@ -269,6 +272,7 @@ impl Transition {
         match self {
             Transition::Payment { from, .. } => from.map(PaymentStatus::as_str),
             Transition::Refund { from, .. } => from.map(RefundStatus::as_str),
+            Transition::Dispute => None,
         }
     }
 
@@ -276,6 +280,7 @@ impl Transition {
         match self {
             Transition::Payment { to, .. } => to.as_str(),
             Transition::Refund { to, .. } => to.as_str(),
+            Transition::Dispute => "dispute",
         }
     }
 }
@@ -388,6 +393,16 @@ impl Store {
             let family = match change.transition {
                 Transition::Payment { .. } => &metrics.transitions,
                 Transition::Refund { .. } => &metrics.refund_transitions,
+                Transition::Dispute => {
+                    metrics
+                        .dispute_changes
+                        .get_or_create(&crate::metrics::SourceLabels {
+                            source: change.source.as_str(),
+                        })
+                        .inc();
+                    self.announce_committed(change.payment_id);
+                    continue;
+                }
             };
             family
                 .get_or_create(&crate::metrics::TransitionLabels {

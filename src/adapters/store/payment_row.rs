@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 
 use super::{Backend, SqlValue, json_of_row, parse_status};
 use crate::app::ports::StoreError;
-use crate::domain::{LastPaymentError, Payment};
+use crate::domain::{
+    CancellationReason, CaptureMethod, Dispute, DisputeStatus, LastPaymentError, Payment,
+};
 
 /// Declares the `payment` row once: the struct sqlx reads rows into, the column list of the
 /// insert, and the values bound to it, in one order. A new column is a line here, its two
 /// migrations, and its place in the conversions below.
 macro_rules! payment_row {
-    ($($column:ident: $type:ty,)*) => {
+    ($($(#[$meta:meta])* $column:ident: $type:ty,)*) => {
         /// One `payment` row as the database holds it (or as an event's `object` recorded it:
         /// the client secret left out).
         #[derive(Debug, sqlx::FromRow, serde::Deserialize)]
         pub(super) struct PaymentRow {
-            $($column: $type,)*
+            $($(#[$meta])* $column: $type,)*
         }
 
         impl PaymentRow {
@@ -77,6 +79,20 @@ payment_row! {
     amount_received: i64,
     amount_refunded: i64,
     amount_refund_pending: i64,
+    // Issue 17; `serde(default)`: events recorded before it carry no such column.
+    #[serde(default)]
+    capture_method: Option<String>,
+    #[serde(default)]
+    amount_capturable: i64,
+    capture_before: Option<i64>,
+    cancellation_reason: Option<String>,
+    dispute_id: Option<String>,
+    dispute_status: Option<String>,
+    dispute_reason: Option<String>,
+    dispute_amount: Option<i64>,
+    dispute_evidence_due_by: Option<i64>,
+    dispute_is_charge_refundable: Option<i64>,
+    dispute_last_event_created: Option<i64>,
 }
 
 impl PaymentRow {
@@ -109,6 +125,7 @@ impl TryFrom<&Payment> for PaymentRow {
 
     fn try_from(payment: &Payment) -> Result<PaymentRow, StoreError> {
         let error = payment.last_payment_error.clone().unwrap_or_default();
+        let dispute = payment.dispute.as_ref();
         Ok(PaymentRow {
             payment_id: payment.id.clone(),
             tenant: payment.tenant.clone(),
@@ -132,6 +149,19 @@ impl TryFrom<&Payment> for PaymentRow {
             amount_received: payment.amount_received,
             amount_refunded: payment.amount_refunded,
             amount_refund_pending: payment.amount_refund_pending,
+            capture_method: Some(payment.capture_method.as_str().to_owned()),
+            amount_capturable: payment.amount_capturable,
+            capture_before: payment.capture_before,
+            cancellation_reason: payment
+                .cancellation_reason
+                .map(|reason| reason.as_str().to_owned()),
+            dispute_id: dispute.map(|d| d.id.clone()),
+            dispute_status: dispute.map(|d| d.status.as_str().to_owned()),
+            dispute_reason: dispute.map(|d| d.reason.clone()),
+            dispute_amount: dispute.map(|d| d.amount),
+            dispute_evidence_due_by: dispute.and_then(|d| d.evidence_due_by),
+            dispute_is_charge_refundable: dispute.map(|d| i64::from(d.is_charge_refundable)),
+            dispute_last_event_created: payment.dispute_last_event_created,
         })
     }
 }
@@ -148,7 +178,40 @@ impl TryFrom<PaymentRow> for Payment {
             code: row.last_payment_error_code,
             message: row.last_payment_error_message,
         });
+        let capture_method = match row.capture_method.as_deref() {
+            None => CaptureMethod::Automatic,
+            Some(text) => text
+                .parse()
+                .map_err(|()| StoreError::Corrupt(format!("capture_method {text:?}")))?,
+        };
+        let cancellation_reason = row
+            .cancellation_reason
+            .as_deref()
+            .map(|text| {
+                text.parse::<CancellationReason>()
+                    .map_err(|()| StoreError::Corrupt(format!("cancellation_reason {text:?}")))
+            })
+            .transpose()?;
+        let dispute = match (row.dispute_id, row.dispute_status.as_deref()) {
+            (Some(id), Some(status)) => Some(Dispute {
+                id,
+                status: status
+                    .parse::<DisputeStatus>()
+                    .map_err(|()| StoreError::Corrupt(format!("dispute_status {status:?}")))?,
+                reason: row.dispute_reason.unwrap_or_default(),
+                amount: row.dispute_amount.unwrap_or_default(),
+                evidence_due_by: row.dispute_evidence_due_by,
+                is_charge_refundable: row.dispute_is_charge_refundable == Some(1),
+            }),
+            _ => None,
+        };
         Ok(Payment {
+            capture_method,
+            amount_capturable: row.amount_capturable,
+            capture_before: row.capture_before,
+            cancellation_reason,
+            dispute,
+            dispute_last_event_created: row.dispute_last_event_created,
             status: parse_status(&row.status)?,
             metadata,
             last_payment_error,

@@ -104,8 +104,9 @@ static INSERT_FIELDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
 });
 
 /// The assignment that records what a payment received when `new_status` (a parameter) is
-/// `succeeded`, in the update that moves it there. Issue 17: Stripe's `amount_received` instead of
-/// the amount.
+/// `succeeded`, in the update that moves a payment from `creating` there (an intent just created
+/// has captured nothing unless it succeeded whole; later changes write Stripe's
+/// `amount_received`, see [`super::WriteTx::set_status`]).
 fn set_amount_received(new_status: &str) -> String {
     format!(
         "amount_received = case when {new_status} = 'succeeded' then amount else amount_received end"
@@ -354,17 +355,16 @@ impl super::WriteTx<'_> {
         now: i64,
         event_created: Option<i64>,
     ) -> Result<bool, StoreError> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "update payment set status = $1, last_payment_error_code = $2, \
-                 last_payment_error_message = $3, updated_at = $4, \
-                 last_event_created = coalesce($5, last_event_created), {} \
-                 where payment_id = $6 and status = $7",
-                set_amount_received("$1")
-            )
-        });
+        // What was received is Stripe's `amount_received` (less than the amount after a partial
+        // capture), written as the payment succeeds.
+        const SQL: &str = "update payment set status = $1, last_payment_error_code = $2, \
+             last_payment_error_message = $3, updated_at = $4, \
+             last_event_created = coalesce($5, last_event_created), \
+             amount_received = case when $1 = 'succeeded' then $8 else amount_received end, \
+             amount_capturable = $9, capture_before = $10, cancellation_reason = $11 \
+             where payment_id = $6 and status = $7";
         let error = change.last_payment_error.clone().unwrap_or_default();
-        let updated = sqlx::query(&SQL)
+        let updated = sqlx::query(SQL)
             .bind(change.to.as_str())
             .bind(error.code)
             .bind(error.message)
@@ -372,6 +372,10 @@ impl super::WriteTx<'_> {
             .bind(event_created)
             .bind(payment_id)
             .bind(change.from.as_str())
+            .bind(change.amount_received)
+            .bind(change.amount_capturable)
+            .bind(change.capture_before)
+            .bind(change.cancellation_reason.map(|reason| reason.as_str()))
             .execute(self.conn())
             .await?
             .rows_affected();
@@ -408,6 +412,12 @@ mod tests {
             amount_received: 0,
             amount_refunded: 0,
             amount_refund_pending: 0,
+            capture_method: crate::domain::CaptureMethod::Automatic,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            dispute: None,
+            dispute_last_event_created: None,
         }
     }
 

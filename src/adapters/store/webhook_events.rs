@@ -81,6 +81,16 @@ impl WebhookEventLog for Store {
                 )
                 .await?
             }
+            (Some(WebhookChange::Dispute(update)), _) => {
+                tx.set_dispute(
+                    update,
+                    EventSource::Webhook,
+                    Some(event.stripe_event_id),
+                    Some(event.event_created),
+                    now,
+                )
+                .await?
+            }
             (Some(WebhookChange::Payment(_)), None) | (None, _) => true,
         };
         if !applied {

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use stripe_shared::{PaymentIntent, PaymentIntentStatus, Refund};
 
 use super::transport::StripeHttpError;
-use crate::app::ports::{LastPaymentError, ProviderError, ProviderIntent, ProviderRefund};
-use crate::domain::{PaymentStatus, RefundReason, RefundStatus};
+use crate::app::ports::{
+    LastPaymentError, ProviderCharge, ProviderDispute, ProviderError, ProviderIntent,
+    ProviderRefund,
+};
+use crate::domain::{Dispute, DisputeStatus, PaymentStatus, RefundReason, RefundStatus};
 
 /// Stripe's PaymentIntent status onto the local status.
 ///
@@ -42,6 +45,16 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
             .or(e.decline_code.clone()),
         message: e.message.clone(),
     });
+    // Only an expanded charge says when its authorization lapses.
+    let capture_before = match &pi.latest_charge {
+        Some(stripe_types::Expandable::Object(charge)) => charge
+            .payment_method_details
+            .as_ref()
+            .and_then(|details| details.card.as_ref())
+            .and_then(|card| card.capture_before)
+            .map(|seconds| seconds.saturating_mul(1000)),
+        _ => None,
+    };
     Ok(ProviderIntent {
         id: pi.id.as_str().to_owned(),
         status,
@@ -50,6 +63,17 @@ pub(crate) fn to_provider_intent(pi: PaymentIntent) -> Result<ProviderIntent, Pr
         client_secret: pi.client_secret,
         metadata: pi.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         last_payment_error,
+        amount_received: pi.amount_received,
+        amount_capturable: pi.amount_capturable,
+        capture_before,
+        cancellation_reason: pi
+            .cancellation_reason
+            .as_ref()
+            .map(|reason| reason.as_str().to_owned()),
+        latest_charge: pi
+            .latest_charge
+            .as_ref()
+            .map(|charge| charge.id().as_str().to_owned()),
     })
 }
 
@@ -99,8 +123,145 @@ pub(crate) fn to_provider_refund(refund: Refund) -> Result<ProviderRefund, Provi
         status,
         reason: refund.reason.as_ref().and_then(map_refund_reason),
         failure_reason: refund.failure_reason,
+        releases_uncaptured: matches!(
+            refund.reason,
+            Some(stripe_shared::RefundReason::ExpiredUncapturedCharge)
+        ),
         metadata: refund.metadata.unwrap_or_default().into_iter().collect(),
         created: refund.created,
+    })
+}
+
+/// Stripe's Dispute status onto ours; each of Stripe's eight values is named.
+pub(crate) fn map_dispute_status(status: &str) -> Result<DisputeStatus, ProviderError> {
+    status
+        .parse()
+        .map_err(|()| ProviderError::Unexpected(format!("unknown Dispute status `{status}`")))
+}
+
+/// A Dispute as paybridge reads it: the fields it keeps, by serde (Stripe adds fields to
+/// disputes often; evidence and balance transactions are not read).
+#[derive(serde::Deserialize)]
+pub(crate) struct DisputeObject {
+    id: String,
+    object: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    reason: String,
+    is_charge_refundable: bool,
+    #[serde(default)]
+    payment_intent: Option<serde_json::Value>,
+    #[serde(default)]
+    charge: Option<serde_json::Value>,
+    #[serde(default)]
+    evidence_details: Option<EvidenceDetails>,
+}
+
+/// The id of an expandable field: the id itself, or the expanded object's `id`.
+fn expandable_id(
+    value: Option<serde_json::Value>,
+    field: &str,
+) -> Result<Option<String>, ProviderError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(id)) => Ok(Some(id)),
+        Some(serde_json::Value::Object(object)) => match object.get("id") {
+            Some(serde_json::Value::String(id)) => Ok(Some(id.clone())),
+            _ => Err(ProviderError::Unexpected(format!(
+                "an expanded {field} has no id"
+            ))),
+        },
+        Some(_) => Err(ProviderError::Unexpected(format!(
+            "{field} is neither an id nor an object"
+        ))),
+    }
+}
+
+/// A Charge as paybridge reads it, by serde: its intent, and when an authorization lapses.
+#[derive(serde::Deserialize)]
+pub(crate) struct ChargeObject {
+    id: String,
+    object: String,
+    #[serde(default)]
+    payment_intent: Option<serde_json::Value>,
+    #[serde(default)]
+    payment_method_details: Option<ChargeMethodDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChargeMethodDetails {
+    #[serde(default)]
+    card: Option<ChargeCard>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChargeCard {
+    #[serde(default)]
+    capture_before: Option<i64>,
+}
+
+/// The fields of a Charge paybridge reads.
+pub(crate) const CHARGE_REQUIRED: &[(&str, Kind)] =
+    &[("id", Kind::String), ("object", Kind::String)];
+
+pub(crate) fn to_provider_charge(object: ChargeObject) -> Result<ProviderCharge, ProviderError> {
+    if object.object != "charge" {
+        return Err(ProviderError::Unexpected(format!(
+            "not a Charge: object `{}`",
+            object.object
+        )));
+    }
+    Ok(ProviderCharge {
+        payment_intent: expandable_id(object.payment_intent, "payment_intent")?,
+        capture_before: object
+            .payment_method_details
+            .and_then(|details| details.card)
+            .and_then(|card| card.capture_before)
+            .map(|seconds| seconds.saturating_mul(1000)),
+        id: object.id,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct EvidenceDetails {
+    #[serde(default)]
+    due_by: Option<i64>,
+}
+
+/// The fields of a Dispute paybridge reads.
+pub(crate) const DISPUTE_REQUIRED: &[(&str, Kind)] = &[
+    ("id", Kind::String),
+    ("object", Kind::String),
+    ("amount", Kind::Integer),
+    ("currency", Kind::String),
+    ("status", Kind::String),
+    ("reason", Kind::String),
+    ("is_charge_refundable", Kind::Bool),
+];
+
+pub(crate) fn to_provider_dispute(object: DisputeObject) -> Result<ProviderDispute, ProviderError> {
+    if object.object != "dispute" || !object.id.starts_with("dp_") {
+        return Err(ProviderError::Unexpected(format!(
+            "not a Dispute: object `{}`",
+            object.object
+        )));
+    }
+    Ok(ProviderDispute {
+        payment_intent: expandable_id(object.payment_intent, "payment_intent")?,
+        charge: expandable_id(object.charge, "charge")?,
+        currency: object.currency.to_ascii_lowercase(),
+        dispute: Dispute {
+            status: map_dispute_status(&object.status)?,
+            id: object.id,
+            reason: object.reason,
+            amount: object.amount,
+            evidence_due_by: object
+                .evidence_details
+                .and_then(|details| details.due_by)
+                .map(|seconds| seconds.saturating_mul(1000)),
+            is_charge_refundable: object.is_charge_refundable,
+        },
     })
 }
 

@@ -6,15 +6,21 @@
 //! | call | request | form fields | `Idempotency-Key` |
 //! |---|---|---|---|
 //! | `create_customer` | `POST /v1/customers` | `email`, `name` (if any), `metadata[k]` | the request's key |
-//! | `create_payment_intent` | `POST /v1/payment_intents` | `amount`, `currency`, `customer` (if any), `description` (if any), `metadata[k]` | the request's key |
+//! | `create_payment_intent` | `POST /v1/payment_intents` | `amount`, `currency`, `capture_method=manual` (if manual), `customer` (if any), `description` (if any), `metadata[k]` | the request's key |
 //! | `retrieve_payment_intent` | `GET /v1/payment_intents/{id}` | none | none |
 //! | `cancel_payment_intent` | `POST /v1/payment_intents/{id}/cancel` | none (empty body) | the given key |
+//! | `capture_payment_intent` | `POST /v1/payment_intents/{id}/capture` | `amount_to_capture` | the given key |
+//! | `retrieve_charge` | `GET /v1/charges/{id}` | none | none |
+//! | `list_disputes` | `GET /v1/disputes?limit=100&payment_intent=…[&starting_after=…]` | none | none |
 //! | `create_refund` | `POST /v1/refunds` | `amount`, `payment_intent`, `reason` (if any), `metadata[k]` | the request's key |
 //! | `retrieve_refund` | `GET /v1/refunds/{id}` | none | none |
 //! | `list_refunds` | `GET /v1/refunds?limit=100&payment_intent=…[&starting_after=…]` | none | none |
 //! | `list_recent_refunds` | `GET /v1/refunds?created[gte]=…&limit=…[&starting_after=…]` | none | none |
 //!
-//! Lists are read page by page (`starting_after` the last id while `has_more`).
+//! Lists are read page by page (`starting_after` the last id while `has_more`). Disputes are
+//! read with serde, field by field (`mapping::DisputeObject`), not as async-stripe's whole
+//! Dispute: paybridge keeps only its status, reason, amount, evidence deadline and
+//! refundability.
 //!
 //! PaymentIntents are created unconfirmed (no `confirm`), without `payment_method_types` or
 //! `automatic_payment_methods`: since API version 2023-08-16 Stripe enables automatic payment
@@ -36,22 +42,43 @@ use secrecy::{ExposeSecret, SecretString};
 use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
-    CancelPaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
+    CancelPaymentIntent, CapturePaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
 };
 use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, RetrieveRefund};
 use url::Url;
 
 use self::mapping::{
-    CUSTOMER_REQUIRED, Kind, PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure,
-    explain_parse_failure, map_http_error, to_provider_intent, to_provider_refund,
+    CHARGE_REQUIRED, CUSTOMER_REQUIRED, ChargeObject, DISPUTE_REQUIRED, DisputeObject, Kind,
+    PAYMENT_INTENT_REQUIRED, REFUND_REQUIRED, explain_list_parse_failure, explain_parse_failure,
+    map_http_error, to_provider_charge, to_provider_dispute, to_provider_intent,
+    to_provider_refund,
 };
 pub use self::transport::{ConnectionStats, PooledStripeClient, StripeHttpError};
 use self::transport::{HttpSettings, RecordingClient, RetryPolicy};
 use crate::app::ports::{
-    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderError, ProviderIntent,
-    ProviderRefund,
+    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderCharge, ProviderDispute,
+    ProviderError, ProviderIntent, ProviderRefund,
 };
-use crate::domain::RefundReason;
+use crate::domain::{CaptureMethod, RefundReason};
+
+/// `GET /v1/disputes` of one PaymentIntent, one page, its answer read as plain JSON (then by
+/// serde): async-stripe's Dispute requires far more than paybridge reads.
+#[derive(Debug, serde::Serialize)]
+struct ListDisputes<'a> {
+    limit: u32,
+    payment_intent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting_after: Option<&'a str>,
+}
+
+impl StripeRequest for ListDisputes<'_> {
+    type Output = miniserde::json::Value;
+
+    fn build(&self) -> stripe_client_core::RequestBuilder {
+        stripe_client_core::RequestBuilder::new(stripe_client_core::StripeMethod::Get, "/disputes")
+            .query(self)
+    }
+}
 
 /// Stripe's API base.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -380,6 +407,83 @@ impl StripeProvider {
     }
 }
 
+/// `GET /v1/charges/{id}`, its answer read as plain JSON (then by serde): paybridge reads only a
+/// charge's intent and its authorization's deadline.
+#[derive(Debug)]
+struct RetrieveChargeJson<'a>(&'a str);
+
+impl StripeRequest for RetrieveChargeJson<'_> {
+    type Output = miniserde::json::Value;
+
+    fn build(&self) -> stripe_client_core::RequestBuilder {
+        stripe_client_core::RequestBuilder::new(
+            stripe_client_core::StripeMethod::Get,
+            format!("/charges/{}", self.0),
+        )
+    }
+}
+
+impl StripeProvider {
+    /// Reads a list of disputes page by page (all of them, at most [`MAX_LIST_PAGES`] pages).
+    async fn list_dispute_pages(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderDispute>, ProviderError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            data: Vec<serde_json::Value>,
+            has_more: bool,
+        }
+        let mut disputes = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let page = ListDisputes {
+                limit: LIST_PAGE_LIMIT,
+                payment_intent,
+                starting_after: after.as_deref(),
+            };
+            let value = page
+                .customize()
+                .send(&self.client)
+                .await
+                .map_err(map_http_error)?;
+            let text = miniserde::json::to_string(&value);
+            let page: Page = serde_json::from_str(&text).map_err(|_| {
+                explain_list_parse_failure(
+                    "list of Disputes",
+                    Some(text.as_bytes()),
+                    DISPUTE_REQUIRED,
+                )
+            })?;
+            let mut last = None;
+            for item in page.data {
+                let object: DisputeObject = serde_json::from_value(item.clone()).map_err(|_| {
+                    explain_parse_failure(
+                        "Dispute",
+                        Some(item.to_string().as_bytes()),
+                        DISPUTE_REQUIRED,
+                    )
+                })?;
+                let dispute = to_provider_dispute(object)?;
+                last = Some(dispute.dispute.id.clone());
+                disputes.push(dispute);
+            }
+            match last {
+                Some(last) if page.has_more => after = Some(last),
+                None if page.has_more => {
+                    return Err(ProviderError::Unexpected(
+                        "Stripe sent an empty page of Disputes that has more".to_owned(),
+                    ));
+                }
+                _ => return Ok(disputes),
+            }
+        }
+        Err(ProviderError::Unexpected(format!(
+            "Stripe's list of Disputes did not end within {MAX_LIST_PAGES} pages"
+        )))
+    }
+}
+
 fn create_refund_reason(reason: RefundReason) -> CreateRefundReason {
     match reason {
         RefundReason::RequestedByCustomer => CreateRefundReason::RequestedByCustomer,
@@ -435,6 +539,9 @@ impl PaymentProvider for StripeProvider {
         }
         if let Some(description) = intent.description {
             request = request.description(description);
+        }
+        if intent.capture_method == CaptureMethod::Manual {
+            request = request.capture_method(stripe_shared::PaymentIntentCaptureMethod::Manual);
         }
         if !intent.metadata.is_empty() {
             request = request.metadata(intent.metadata.into_iter().collect::<HashMap<_, _>>());
@@ -508,6 +615,48 @@ impl PaymentProvider for StripeProvider {
         }
         self.list_refund_pages(ListRefund::new().payment_intent(payment_intent), usize::MAX)
             .await
+    }
+
+    #[tracing::instrument(skip_all, fields(payment_intent = %id, amount_to_capture, status))]
+    async fn capture_payment_intent(
+        &self,
+        id: &str,
+        amount_to_capture: i64,
+        idempotency_key: &str,
+    ) -> Result<ProviderIntent, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        let strategy = idempotent(idempotency_key)?;
+        let request = CapturePaymentIntent::new(id).amount_to_capture(amount_to_capture);
+        self.send_intent(&request, strategy).await
+    }
+
+    #[tracing::instrument(skip_all, fields(charge = %id))]
+    async fn retrieve_charge(&self, id: &str) -> Result<ProviderCharge, ProviderError> {
+        if !valid_object_id(id) {
+            return Err(ProviderError::NotFound);
+        }
+        let value = RetrieveChargeJson(id)
+            .customize()
+            .send(&self.client)
+            .await
+            .map_err(map_http_error)?;
+        let text = miniserde::json::to_string(&value);
+        let object: ChargeObject = serde_json::from_str(&text)
+            .map_err(|_| explain_parse_failure("Charge", Some(text.as_bytes()), CHARGE_REQUIRED))?;
+        to_provider_charge(object)
+    }
+
+    #[tracing::instrument(skip_all, fields(payment_intent = %payment_intent))]
+    async fn list_disputes(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderDispute>, ProviderError> {
+        if !valid_object_id(payment_intent) {
+            return Err(ProviderError::NotFound);
+        }
+        self.list_dispute_pages(payment_intent).await
     }
 
     #[tracing::instrument(skip_all, fields(created_since = created_since, limit = limit, refunds))]

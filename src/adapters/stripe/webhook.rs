@@ -152,12 +152,22 @@ pub const REFUND_EVENT_TYPES: [&str; 4] = [
 /// The event that carries a Charge whose refunds changed.
 pub const CHARGE_REFUNDED: &str = "charge.refunded";
 
+/// The event types that carry a Dispute.
+pub const DISPUTE_EVENT_TYPES: [&str; 5] = [
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+];
+
 /// What an applied event type carries.
 #[derive(Clone, Copy)]
 enum Carries {
     PaymentIntent,
     Refund,
     Charge,
+    Dispute,
 }
 
 /// The applied type `event_type` names (a `'static` label) and what its object is.
@@ -171,6 +181,7 @@ fn applied(event_type: &str) -> Option<(&'static str, Carries)> {
     known(&APPLIED_EVENT_TYPES, Carries::PaymentIntent)
         .or_else(|| known(&REFUND_EVENT_TYPES, Carries::Refund))
         .or_else(|| known(&[CHARGE_REFUNDED], Carries::Charge))
+        .or_else(|| known(&DISPUTE_EVENT_TYPES, Carries::Dispute))
 }
 
 /// Parses a verified event's payload.
@@ -193,7 +204,7 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
         return Err("event id is not an evt_ id".to_owned());
     }
     let applied = applied(&envelope.event_type);
-    let (mut intent, mut refund, mut refunded_intent) = (None, None, None);
+    let (mut intent, mut refund, mut refunded_intent, mut dispute) = (None, None, None, None);
     match applied.map(|(_, carries)| carries) {
         // The same parsers (and status mappings) as the API client's answers.
         Some(Carries::PaymentIntent) => {
@@ -215,6 +226,15 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
                 .map_err(|_| format!("{} carries no Refund", envelope.event_type))?;
             refund = Some(to_provider_refund(parsed).map_err(|e| e.to_string())?);
         }
+        Some(Carries::Dispute) => {
+            let object: super::mapping::DisputeObject =
+                serde_json::from_value(envelope.data.object.clone())
+                    .map_err(|e| format!("{} carries no Dispute: {e}", envelope.event_type))?;
+            dispute = Some(
+                super::mapping::to_provider_dispute(object)
+                    .map_err(|e| format!("{}: {e}", envelope.event_type))?,
+            );
+        }
         Some(Carries::Charge) => {
             refunded_intent = charge_payment_intent(&envelope.data.object)
                 .map_err(|why| format!("{} carries no Charge: {why}", envelope.event_type))?;
@@ -228,6 +248,7 @@ pub fn parse_event(payload: &[u8]) -> Result<ProviderEvent, String> {
         intent,
         refund,
         refunded_intent,
+        dispute,
         type_label: applied.map_or("other", |(label, _)| label),
     })
 }
@@ -342,6 +363,7 @@ mod tests {
 
     const REFUND: &str = include_str!("../../../tests/fixtures/stripe/refund.json");
     const CHARGE: &str = include_str!("../../../tests/fixtures/stripe/charge.json");
+    const DISPUTE: &str = include_str!("../../../tests/fixtures/stripe/dispute.json");
 
     /// An event of `event_type` around `object`, as Stripe sends it.
     fn payload(event_type: &str, object: serde_json::Value) -> Vec<u8> {
@@ -385,9 +407,39 @@ mod tests {
                     failure_reason: None,
                     metadata: Default::default(),
                     created: 1_234_567_890,
+                    releases_uncaptured: false,
                 }
             );
         }
+    }
+
+    #[test]
+    fn dispute_events_carry_stripes_example_dispute() {
+        let mut dispute = fixture(DISPUTE);
+        dispute["payment_intent"] = "pi_3Disputed".into();
+        for event_type in DISPUTE_EVENT_TYPES {
+            let event = parse_event(&payload(event_type, dispute.clone())).expect("parses");
+            assert_eq!(event.type_label, event_type);
+            assert_eq!(
+                event.dispute.expect("a dispute"),
+                crate::app::ports::ProviderDispute {
+                    payment_intent: Some("pi_3Disputed".to_owned()),
+                    charge: Some("ch_1PgafuB7WZ01zgkWXYmPNZs8".to_owned()),
+                    currency: "usd".to_owned(),
+                    dispute: crate::domain::Dispute {
+                        id: "dp_1Pgc71B7WZ01zgkWMevJiAUx".to_owned(),
+                        status: crate::domain::DisputeStatus::WarningNeedsResponse,
+                        reason: "general".to_owned(),
+                        amount: 1000,
+                        evidence_due_by: Some(1_723_679_999_000),
+                        is_charge_refundable: true,
+                    },
+                }
+            );
+        }
+        let mut unknown = fixture(DISPUTE);
+        unknown["status"] = "reopened".into();
+        assert!(parse_event(&payload("charge.dispute.updated", unknown)).is_err());
     }
 
     #[test]

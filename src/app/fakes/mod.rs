@@ -82,6 +82,7 @@ pub(crate) fn command(key: &str, invoice: &str, amount: i64) -> CreatePaymentCom
         metadata: Metadata::parse([("order".to_owned(), "o-1".to_owned())]).expect("metadata"),
         success_url: None,
         failure_url: None,
+        capture_method: crate::domain::CaptureMethod::Automatic,
         hosted_page: None,
     }
 }

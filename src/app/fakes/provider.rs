@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::app::ports::{
-    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderError, ProviderEvent,
-    ProviderIntent, ProviderRefund, WebhookRefused, WebhookVerification,
+    NewCustomer, NewPaymentIntent, NewRefund, PaymentProvider, ProviderDispute, ProviderError,
+    ProviderEvent, ProviderIntent, ProviderRefund, WebhookRefused, WebhookVerification,
 };
 use crate::domain::{PAYMENT_ID_METADATA_KEY, PaymentStatus, RefundReason, RefundStatus};
 
@@ -32,6 +32,8 @@ struct ProviderState {
     next_refund_create: Option<NextRefundCreate>,
     /// The status new refunds start in (`None`: `Succeeded`, as card refunds usually do).
     new_refund_status: Option<RefundStatus>,
+    /// Every dispute, oldest first.
+    disputes: Vec<ProviderDispute>,
 }
 
 /// The parameters of a refund create that Stripe compares when a key is used again.
@@ -74,11 +76,24 @@ impl FakeProvider {
         lock(&self.state).intents[intent_id].clone()
     }
 
-    /// Changes the intent at the provider (the customer paid, say).
+    /// Changes the intent at the provider (the customer paid, say). An intent that succeeded
+    /// without saying what it received received its amount, as Stripe's automatic capture does.
     pub(crate) fn update_intent(&self, intent_id: &str, change: impl FnOnce(&mut ProviderIntent)) {
         let mut state = lock(&self.state);
         let intent = state.intents.get_mut(intent_id).expect("a known intent");
         change(intent);
+        if intent.status == PaymentStatus::Succeeded && intent.amount_received == 0 {
+            intent.amount_received = intent.amount;
+        }
+    }
+
+    /// Opens or changes a dispute at the provider (replacing one of the same id).
+    pub(crate) fn put_dispute(&self, dispute: ProviderDispute) {
+        let mut state = lock(&self.state);
+        state
+            .disputes
+            .retain(|d| d.dispute.id != dispute.dispute.id);
+        state.disputes.push(dispute);
     }
 
     /// Makes the next `create_refund` fail with `error` before it reaches the provider (once).
@@ -193,6 +208,11 @@ impl PaymentProvider for FakeProvider {
             client_secret: Some(format!("{id}_secret_fake")),
             metadata: intent.metadata,
             last_payment_error: None,
+            amount_received: 0,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            latest_charge: None,
         };
         state
             .created_by_key
@@ -292,6 +312,57 @@ impl PaymentProvider for FakeProvider {
             .cloned()
             .collect())
     }
+
+    async fn capture_payment_intent(
+        &self,
+        id: &str,
+        amount_to_capture: i64,
+        idempotency_key: &str,
+    ) -> Result<ProviderIntent, ProviderError> {
+        let mut state = self.call(format!(
+            "capture_payment_intent {idempotency_key} {amount_to_capture}"
+        ))?;
+        let intent = state.intents.get_mut(id).ok_or(ProviderError::NotFound)?;
+        match intent.status {
+            // The same capture again: Stripe answers it again.
+            PaymentStatus::Succeeded if intent.amount_received == amount_to_capture => {}
+            PaymentStatus::RequiresCapture if amount_to_capture <= intent.amount_capturable => {
+                intent.status = PaymentStatus::Succeeded;
+                intent.amount_received = amount_to_capture;
+                intent.amount_capturable = 0;
+            }
+            _ => {
+                return Err(rejected(
+                    "payment_intent_unexpected_state",
+                    "This PaymentIntent could not be captured.",
+                ));
+            }
+        }
+        Ok(intent.clone())
+    }
+
+    async fn retrieve_charge(
+        &self,
+        id: &str,
+    ) -> Result<crate::app::ports::ProviderCharge, ProviderError> {
+        // The fake's intents have no charges.
+        drop(self.call(format!("retrieve_charge {id}"))?);
+        Err(ProviderError::NotFound)
+    }
+
+    async fn list_disputes(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<ProviderDispute>, ProviderError> {
+        let state = self.call(format!("list_disputes {payment_intent}"))?;
+        Ok(state
+            .disputes
+            .iter()
+            .rev()
+            .filter(|d| d.payment_intent.as_deref() == Some(payment_intent))
+            .cloned()
+            .collect())
+    }
 }
 
 impl ProviderState {
@@ -359,6 +430,7 @@ impl ProviderState {
             failure_reason: None,
             metadata: asked.metadata.clone(),
             created: now_seconds(),
+            releases_uncaptured: false,
         };
         self.refunds.push(refund.clone());
         Ok(refund)
@@ -427,6 +499,7 @@ mod tests {
         let provider = FakeProvider::default();
         let intent = provider
             .create_payment_intent(NewPaymentIntent {
+                capture_method: crate::domain::CaptureMethod::Automatic,
                 amount,
                 currency: "eur".to_owned(),
                 customer: None,
@@ -583,6 +656,7 @@ mod tests {
         let (provider, pi) = paid(1000).await;
         let other = provider
             .create_payment_intent(NewPaymentIntent {
+                capture_method: crate::domain::CaptureMethod::Automatic,
                 amount: 500,
                 currency: "eur".to_owned(),
                 customer: None,

@@ -49,6 +49,12 @@ impl FakeFeed {
             amount_received: 0,
             amount_refunded: 0,
             amount_refund_pending: 0,
+            capture_method: crate::domain::CaptureMethod::Automatic,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            dispute: None,
+            dispute_last_event_created: None,
         };
         events.push(FeedEvent {
             position,

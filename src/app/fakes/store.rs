@@ -17,6 +17,7 @@ use crate::domain::{EventSource, Payment, PaymentStatus, Refund, StatusChange};
 
 use super::lock;
 
+mod captures;
 mod links;
 mod pushes;
 mod refunds;
@@ -48,6 +49,10 @@ struct StoreState {
     feed_horizon: Option<FeedPosition>,
     /// Each tenant's push delivery.
     push_deliveries: HashMap<String, crate::app::ports::PushDelivery>,
+    /// Captures by payment id, with their (tenant, key).
+    captures: BTreeMap<String, (crate::app::ports::CaptureRecord, String)>,
+    /// When each payment's open dispute was last read.
+    dispute_checks: HashMap<String, i64>,
     /// Hosted page links: token hash → (payment id, expires at).
     links: HashMap<String, (String, i64)>,
 }
@@ -80,6 +85,7 @@ impl StoreState {
         let tenant = match &object {
             FeedObject::Payment(payment) => payment.tenant.clone(),
             FeedObject::Refund(refund) => refund.tenant.clone(),
+            FeedObject::Dispute(payment) => payment.tenant.clone(),
         };
         self.feed.push(FeedEvent {
             position: FeedPosition {
@@ -112,7 +118,12 @@ impl StoreState {
                 payment.status = change.to;
                 payment.last_payment_error = change.last_payment_error.clone();
                 payment.updated_at = now;
-                record_received(payment);
+                if change.to == PaymentStatus::Succeeded {
+                    payment.amount_received = change.amount_received;
+                }
+                payment.amount_capturable = change.amount_capturable;
+                payment.capture_before = change.capture_before;
+                payment.cancellation_reason = change.cancellation_reason;
                 true
             }
             _ => false,
@@ -120,7 +131,7 @@ impl StoreState {
     }
 }
 
-/// What a payment received, recorded as it succeeds (issue 17: Stripe's `amount_received`).
+/// What a payment created succeeded at once received: its amount.
 fn record_received(payment: &mut Payment) {
     if payment.status == PaymentStatus::Succeeded {
         payment.amount_received = payment.amount;
@@ -429,6 +440,13 @@ impl WebhookEventLog for FakeStore {
                 }
                 Some(refund.payment_id)
             }
+            (Some(WebhookChange::Dispute(update)), _) => {
+                if !state.set_dispute(update, EventSource::Webhook, Some(event.event_created), now)
+                {
+                    return Ok(EventRecorded::Conflict);
+                }
+                Some(update.payment_id.to_owned())
+            }
             (Some(WebhookChange::Payment(_)), None) | (None, _) => None,
         };
         if let Some(payment_id) = changed_payment {
@@ -566,6 +584,7 @@ impl EventFeed for FakeStore {
             let kind = match event.object {
                 FeedObject::Payment(_) => FeedEventType::PaymentUpdated,
                 FeedObject::Refund(_) => FeedEventType::RefundUpdated,
+                FeedObject::Dispute(_) => FeedEventType::DisputeUpdated,
             };
             types.is_empty() || types.contains(&kind)
         };

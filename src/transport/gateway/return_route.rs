@@ -93,6 +93,7 @@ pub(super) async fn payment_return(State(state): State<Arc<GatewayState>>, uri: 
     match outcome {
         pb::ReturnOutcome::Succeeded
         | pb::ReturnOutcome::Processing
+        | pb::ReturnOutcome::Authorized
         | pb::ReturnOutcome::Failed
         | pb::ReturnOutcome::Canceled => {}
         pb::ReturnOutcome::Rejected | pb::ReturnOutcome::Unspecified => {

@@ -5,13 +5,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::app::ports::ListCursor;
 use crate::app::{
-    CreatePaymentCommand, CreatedPayment, HostedPage, IssuedLink, ListPaymentsQuery, VerifiedReturn,
+    CaptureCommand, CreatePaymentCommand, CreatedPayment, HostedPage, IssuedLink,
+    ListPaymentsQuery, VerifiedReturn,
 };
 use crate::app::{DEFAULT_PAGE_SIZE, EventOutcome, MAX_PAGE_SIZE};
 use crate::domain::{
-    Customer, CustomerName, Description, Email, FieldViolation, IdempotencyKey, InvoiceId, LinkTtl,
-    Metadata, Money, Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery,
-    ReturnQueryField, StripeCustomerId, ValidationError,
+    Amount, CancellationReason, CaptureMethod, Customer, CustomerName, Description, Dispute,
+    DisputeStatus, Email, FieldViolation, IdempotencyKey, InvoiceId, LinkTtl, Metadata, Money,
+    Payment, PaymentId, PaymentStatus, RedirectUrl, ReturnOutcome, ReturnQuery, ReturnQueryField,
+    StripeCustomerId, ValidationError,
 };
 use crate::pb::v1 as pb;
 use crate::tenants::Tenant;
@@ -31,6 +33,7 @@ pub(super) fn create_command(
         Metadata::parse(request.metadata),
         optional_redirect("success_url", &request.success_url, allowed),
         optional_redirect("failure_url", &request.failure_url, allowed),
+        capture_method(request.capture_method),
         hosted_page(request.hosted_page, request.hosted_page_ttl),
     ) {
         (
@@ -42,6 +45,7 @@ pub(super) fn create_command(
             Ok(metadata),
             Ok(success_url),
             Ok(failure_url),
+            Ok(capture_method),
             Ok(hosted_page),
         ) => Ok(CreatePaymentCommand {
             idempotency_key,
@@ -52,6 +56,7 @@ pub(super) fn create_command(
             metadata,
             success_url,
             failure_url,
+            capture_method,
             hosted_page,
         }),
         (
@@ -63,6 +68,7 @@ pub(super) fn create_command(
             metadata,
             success_url,
             failure_url,
+            capture_method,
             hosted_page,
         ) => Err(ValidationError::collect([
             idempotency_key.err(),
@@ -73,7 +79,91 @@ pub(super) fn create_command(
             metadata.err(),
             success_url.err(),
             failure_url.err(),
+            capture_method.err(),
             hosted_page.err(),
+        ])),
+    }
+}
+
+/// Unspecified is automatic.
+fn capture_method(raw: i32) -> Result<CaptureMethod, FieldViolation> {
+    match pb::CaptureMethod::try_from(raw) {
+        Ok(pb::CaptureMethod::Unspecified | pb::CaptureMethod::Automatic) => {
+            Ok(CaptureMethod::Automatic)
+        }
+        Ok(pb::CaptureMethod::Manual) => Ok(CaptureMethod::Manual),
+        Err(_) => Err(FieldViolation::new(
+            "capture_method",
+            "unknown capture method",
+        )),
+    }
+}
+
+fn capture_method_to_proto(method: CaptureMethod) -> pb::CaptureMethod {
+    match method {
+        CaptureMethod::Automatic => pb::CaptureMethod::Automatic,
+        CaptureMethod::Manual => pb::CaptureMethod::Manual,
+    }
+}
+
+fn cancellation_reason_to_proto(reason: Option<CancellationReason>) -> pb::CancellationReason {
+    match reason {
+        None => pb::CancellationReason::Unspecified,
+        Some(CancellationReason::Requested) => pb::CancellationReason::Requested,
+        Some(CancellationReason::AuthorizationExpired) => {
+            pb::CancellationReason::AuthorizationExpired
+        }
+        Some(CancellationReason::Other) => pb::CancellationReason::Other,
+    }
+}
+
+fn dispute_status_to_proto(status: DisputeStatus) -> pb::DisputeStatus {
+    match status {
+        DisputeStatus::WarningNeedsResponse => pb::DisputeStatus::WarningNeedsResponse,
+        DisputeStatus::WarningUnderReview => pb::DisputeStatus::WarningUnderReview,
+        DisputeStatus::WarningClosed => pb::DisputeStatus::WarningClosed,
+        DisputeStatus::NeedsResponse => pb::DisputeStatus::NeedsResponse,
+        DisputeStatus::UnderReview => pb::DisputeStatus::UnderReview,
+        DisputeStatus::Won => pb::DisputeStatus::Won,
+        DisputeStatus::Lost => pb::DisputeStatus::Lost,
+        DisputeStatus::Prevented => pb::DisputeStatus::Prevented,
+    }
+}
+
+fn dispute_to_proto(dispute: Dispute) -> pb::Dispute {
+    pb::Dispute {
+        status: dispute_status_to_proto(dispute.status).into(),
+        evidence_due_by: dispute.evidence_due_by.map(timestamp),
+        id: dispute.id,
+        reason: dispute.reason,
+        amount: dispute.amount,
+        is_charge_refundable: dispute.is_charge_refundable,
+    }
+}
+
+/// Parses CapturePayment.
+pub(super) fn capture_command(
+    request: pb::CapturePaymentRequest,
+) -> Result<CaptureCommand, ValidationError> {
+    let amount = if request.amount == 0 {
+        Ok(None)
+    } else {
+        Amount::parse(request.amount).map(Some)
+    };
+    match (
+        IdempotencyKey::parse(&request.idempotency_key),
+        PaymentId::parse_field(&request.payment_id, "payment_id"),
+        amount,
+    ) {
+        (Ok(idempotency_key), Ok(payment_id), Ok(amount)) => Ok(CaptureCommand {
+            idempotency_key,
+            payment_id,
+            amount,
+        }),
+        (key, id, amount) => Err(ValidationError::collect([
+            key.err(),
+            id.err(),
+            amount.err(),
         ])),
     }
 }
@@ -282,6 +372,11 @@ pub(super) fn payment_to_proto(payment: Payment) -> pb::Payment {
         amount_received: payment.amount_received,
         amount_refunded: payment.amount_refunded,
         amount_refund_pending: payment.amount_refund_pending,
+        capture_method: capture_method_to_proto(payment.capture_method).into(),
+        amount_capturable: payment.amount_capturable,
+        capture_before: payment.capture_before.map(timestamp),
+        dispute: payment.dispute.map(dispute_to_proto),
+        cancellation_reason: cancellation_reason_to_proto(payment.cancellation_reason).into(),
     }
 }
 
@@ -343,6 +438,7 @@ fn outcome_to_proto(outcome: ReturnOutcome) -> pb::ReturnOutcome {
     match outcome {
         ReturnOutcome::Succeeded => pb::ReturnOutcome::Succeeded,
         ReturnOutcome::Processing => pb::ReturnOutcome::Processing,
+        ReturnOutcome::Authorized => pb::ReturnOutcome::Authorized,
         ReturnOutcome::Failed => pb::ReturnOutcome::Failed,
         ReturnOutcome::Canceled => pb::ReturnOutcome::Canceled,
         ReturnOutcome::Rejected => pb::ReturnOutcome::Rejected,

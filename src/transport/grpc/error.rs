@@ -37,6 +37,10 @@ impl From<AppError> for Status {
             }
             AppError::CursorExpired => precondition(&error, "CURSOR_EXPIRED", "after_cursor"),
             AppError::NotCancelable { .. } => precondition(&error, "NOT_CANCELABLE", "id"),
+            AppError::NotCapturable { .. } => precondition(&error, "NOT_CAPTURABLE", "payment_id"),
+            AppError::PaymentDisputed { .. } => {
+                precondition(&error, "PAYMENT_DISPUTED", "payment_id")
+            }
             AppError::PaymentNotOpen { .. } => {
                 precondition(&error, "PAYMENT_NOT_OPEN", "payment_id")
             }

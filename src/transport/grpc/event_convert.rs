@@ -42,6 +42,7 @@ pub(super) fn event_types(raw: &[i32]) -> Result<Vec<FeedEventType>, FieldViolat
         .map(|raw| match pb::EventType::try_from(*raw) {
             Ok(pb::EventType::PaymentUpdated) => Ok(FeedEventType::PaymentUpdated),
             Ok(pb::EventType::RefundUpdated) => Ok(FeedEventType::RefundUpdated),
+            Ok(pb::EventType::DisputeUpdated) => Ok(FeedEventType::DisputeUpdated),
             Ok(pb::EventType::Unspecified) | Err(_) => {
                 Err(FieldViolation::new("types", "unknown event type"))
             }
@@ -59,6 +60,7 @@ fn source_to_proto(source: EventSource) -> pb::EventSource {
         EventSource::Refresh => pb::EventSource::Refresh,
         EventSource::Refund => pb::EventSource::Refund,
         EventSource::External => pb::EventSource::External,
+        EventSource::Capture => pb::EventSource::Capture,
     }
 }
 
@@ -67,6 +69,7 @@ pub fn event_to_proto(event: FeedEvent) -> pb::Event {
     let kind = match event_type(&event) {
         FeedEventType::PaymentUpdated => pb::EventType::PaymentUpdated,
         FeedEventType::RefundUpdated => pb::EventType::RefundUpdated,
+        FeedEventType::DisputeUpdated => pb::EventType::DisputeUpdated,
     };
     pb::Event {
         id: event_id(&event),
@@ -77,6 +80,7 @@ pub fn event_to_proto(event: FeedEvent) -> pb::Event {
         object: Some(match event.object {
             FeedObject::Payment(payment) => pb::event::Object::Payment(payment_to_proto(*payment)),
             FeedObject::Refund(refund) => pb::event::Object::Refund(refund_to_proto(*refund)),
+            FeedObject::Dispute(payment) => pb::event::Object::Payment(payment_to_proto(*payment)),
         }),
     }
 }

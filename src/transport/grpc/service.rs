@@ -114,6 +114,23 @@ impl pb::payment_service_server::PaymentService for PaymentGrpcService {
         Ok(Response::new(payment))
     }
 
+    async fn capture_payment(
+        &self,
+        request: Request<pb::CapturePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let tenants = self.tenants.current();
+        let tenant = authenticate(&tenants, &request)?;
+        let command =
+            convert::capture_command(request.into_inner()).map_err(crate::app::AppError::from)?;
+        let payment = self
+            .payments
+            .capture_payment(tenant.id().as_str(), command)
+            .await?;
+        let payment = convert::payment_to_proto(payment);
+        record_payment(&payment);
+        Ok(Response::new(payment))
+    }
+
     async fn verify_return(
         &self,
         request: Request<pb::VerifyReturnRequest>,

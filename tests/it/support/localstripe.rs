@@ -332,6 +332,47 @@ impl LocalStripe {
         assert_eq!(rule["status"], status, "{rule}");
     }
 
+    /// A charge as the fake holds it.
+    pub async fn charge(&self, id: &str) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/charges/{id}"),
+            SECRET_KEY,
+            &[],
+        )
+        .await
+    }
+
+    /// Lapses the authorization of an intent awaiting capture (Stripe cancels it); returns the
+    /// intent.
+    pub async fn expire_authorization(&self, intent_id: &str) -> Value {
+        let response = self
+            .http
+            .post(format!(
+                "{}/_test/payment_intents/{intent_id}/expire_authorization",
+                self.base_url
+            ))
+            .send()
+            .await
+            .expect("localstripe expire_authorization");
+        assert!(response.status().is_success(), "{response:?}");
+        response.json().await.expect("intent JSON")
+    }
+
+    /// Opens a dispute (`{"payment_intent": …}`) or changes one (`{"dispute": "dp_…"}`) through
+    /// `/_test/disputes`; the fake records the `charge.dispute.*` event. Returns the dispute.
+    pub async fn dispute(&self, change: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/_test/disputes", self.base_url))
+            .json(&change)
+            .send()
+            .await
+            .expect("localstripe /_test/disputes");
+        assert!(response.status().is_success(), "{response:?}");
+        response.json().await.expect("dispute JSON")
+    }
+
     /// The events of one type the fake made, newest first.
     pub async fn events_of_type(&self, event_type: &str) -> Vec<Value> {
         let list = self

@@ -667,5 +667,11 @@ pub fn creating_payment(invoice_id: &str) -> paybridge::domain::Payment {
         amount_received: 0,
         amount_refunded: 0,
         amount_refund_pending: 0,
+        capture_method: paybridge::domain::CaptureMethod::Automatic,
+        amount_capturable: 0,
+        capture_before: None,
+        cancellation_reason: None,
+        dispute: None,
+        dispute_last_event_created: None,
     }
 }

@@ -324,6 +324,12 @@ mod tests {
             amount_received: amount,
             amount_refunded: 0,
             amount_refund_pending: 0,
+            capture_method: crate::domain::CaptureMethod::Automatic,
+            amount_capturable: 0,
+            capture_before: None,
+            cancellation_reason: None,
+            dispute: None,
+            dispute_last_event_created: None,
         };
         store.put(payment);
         "pay_refunded".to_owned()

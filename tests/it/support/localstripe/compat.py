@@ -225,7 +225,7 @@ def _fix_payment_intent(self, obj, expand):
     received = 0
     if isinstance(charge, R.StripeObject) and charge.status == 'succeeded' \
             and charge.captured:
-        received = charge.amount
+        received = _amount_captured(charge)
     obj['amount_received'] = received
     if status == 'processing':
         obj['processing'] = {'type': 'card', 'card': {}}
@@ -265,14 +265,17 @@ def _charge_outcome(self):
     return None
 
 
+# How long the fake's card authorizations hold (seconds): see _fix_charge.
+_AUTHORIZATION_VALIDITY = 6 * 24 * 3600
+
+
 def _fix_charge(self, obj, expand):
     pm = _lookup_pm(self.payment_method)
     card = _card_of(pm)
     succeeded = self.status == 'succeeded'
     obj.pop('invoice', None)
-    obj.setdefault('amount_captured',
-                   self.amount if succeeded and self.captured else 0)
-    obj['amount_captured'] = self.amount if succeeded and self.captured else 0
+    obj['amount_captured'] = _amount_captured(self) \
+        if succeeded and self.captured else 0
     obj.setdefault('application', None)
     obj.setdefault('application_fee', None)
     obj.setdefault('application_fee_amount', None)
@@ -312,6 +315,12 @@ def _fix_charge(self, obj, expand):
             'three_d_secure': None,
             'wallet': None,
         }}
+        if succeeded and not self.captured:
+            # An authorization awaiting capture says when it lapses. Stripe's is
+            # usually 7 days; the fake says 6, so that a test tells Stripe's
+            # deadline from a client's own 7-day assumption.
+            obj['payment_method_details']['card']['capture_before'] = \
+                self.created + _AUTHORIZATION_VALIDITY
     elif pm is not None and getattr(pm, 'type', None) == 'sepa_debit':
         obj['payment_method_details'] = {'type': 'sepa_debit',
                                          'sepa_debit': dict(pm.sepa_debit)}
@@ -725,6 +734,10 @@ _orig_pi_confirm_internal = R.PaymentIntent._confirm
 
 def _pi_confirm_internal(self, on_failure_now):
     _orig_pi_confirm_internal(self, on_failure_now)
+    if self.status == 'requires_capture':
+        # Stripe tells an authorization by this event; stock localstripe sends none.
+        R.schedule_webhook(
+            R.Event('payment_intent.amount_capturable_updated', self))
     if self.next_action is not None:
         ctx = _ctx.get() or {}
         return_url = getattr(self, '_compat_return_url', None)
@@ -767,6 +780,57 @@ def _charge_raise_failure(self):
 
 
 R.PaymentIntent._report_failure = _pi_report_failure
+
+
+def _amount_captured(charge):
+    """What a captured charge took: all of it, or what a partial capture
+    asked for (`amount_to_capture`)."""
+    return getattr(charge, '_compat_amount_captured', None) or charge.amount
+
+
+def _charge_capture(self, amount, on_success=None):
+    """Stock localstripe makes a Refund of the uncaptured rest; Stripe (this
+    API version) releases it instead: `amount_captured` is what was taken,
+    `amount_refunded` stays 0, and no refund event is sent."""
+    if amount is None:
+        amount = self.amount
+    amount = R.try_convert_to_int(amount)
+    if not isinstance(amount, int) or isinstance(amount, bool) or \
+            not 0 < amount <= self.amount:
+        raise _bad_param('amount_to_capture',
+                         'The amount to capture must be a positive integer '
+                         'no greater than the amount capturable.')
+    if self.captured or self.status != 'succeeded':
+        raise UserError(400, 'This PaymentIntent could not be captured '
+                             'because it has a status of %s.' % (
+                                 'succeeded' if self.captured
+                                 else self.status),
+                        {'code': 'payment_intent_unexpected_state'})
+
+    def on_success_capture():
+        self.captured = True
+        self._compat_amount_captured = amount
+        if on_success:
+            on_success()
+
+    self._trigger_payment(on_success=on_success_capture)
+
+
+R.Charge._capture = _charge_capture
+
+
+def _pi_capture(cls, id, amount_to_capture=None, **kwargs):
+    if kwargs:
+        raise _unknown_params(kwargs)
+    obj = cls._api_retrieve(id)
+    if obj.status != 'requires_capture':
+        raise _unexpected_state(obj, 'capture')
+    obj.latest_charge._capture(amount=amount_to_capture,
+                               on_success=obj._on_success)
+    return obj
+
+
+R.PaymentIntent._api_capture = classmethod(_pi_capture)
 R.Charge._raise_failure = _charge_raise_failure
 
 
@@ -788,6 +852,7 @@ def _pi_cancel(cls, id, cancellation_reason=None, **kwargs):
     obj.next_action = None
     obj.cancellation_reason = cancellation_reason
     obj.canceled_at = int(time.time())
+    R.schedule_webhook(R.Event('payment_intent.canceled', obj))
     return obj
 
 
@@ -812,6 +877,7 @@ R.PaymentIntent._api_cancel = classmethod(_pi_cancel)
 _REPOINT = {
     ('POST', '/v1/payment_intents/{id}/confirm'): R.PaymentIntent._api_confirm,
     ('POST', '/v1/payment_intents/{id}/cancel'): R.PaymentIntent._api_cancel,
+    ('POST', '/v1/payment_intents/{id}/capture'): R.PaymentIntent._api_capture,
     ('POST', '/v1/payment_intents/{id}/_authenticate'):
         R.PaymentIntent._api_authenticate,
 }
@@ -1030,7 +1096,7 @@ def _refund_create(cls, charge=None, payment_intent=None, amount=None,
         raise UserError(400, 'Charge %s has not succeeded and cannot be '
                              'refunded.' % charge_obj.id, {'param': 'charge'})
 
-    remaining = charge_obj.amount - charge_obj.amount_refunded
+    remaining = _amount_captured(charge_obj) - charge_obj.amount_refunded
     if remaining <= 0:
         raise UserError(400, 'Charge %s has already been refunded.'
                         % charge_obj.id,
@@ -1226,6 +1292,164 @@ R.Refund._api_update = classmethod(_refund_update)
 R.Refund._api_list_all = classmethod(_refund_list)
 R.Refund._api_cancel = classmethod(_refund_cancel)
 _EXTRA_ROUTES = [('POST', '/v1/refunds/{id}/cancel', R.Refund._api_cancel)]
+
+
+# ---------------------------------------------------------------------------
+# Disputes (stock localstripe has none): opened, changed and closed through
+# /_test/disputes, each change sending Stripe's charge.dispute.* event; listed
+# by GET /v1/disputes?payment_intent=….
+# ---------------------------------------------------------------------------
+_DISPUTE_STATUSES = ('warning_needs_response', 'warning_under_review',
+                     'warning_closed', 'needs_response', 'under_review',
+                     'won', 'lost', 'prevented')
+_DISPUTE_EVENTS = ('created', 'updated', 'closed', 'funds_withdrawn',
+                   'funds_reinstated')
+
+
+class Dispute(R.StripeObject):
+    object = 'dispute'
+    _id_prefix = 'dp_'
+
+    def __init__(self, charge, status, reason, amount, due_by,
+                 is_charge_refundable):
+        super().__init__()
+        self.amount = amount
+        self.balance_transactions = []
+        self.charge = charge.id
+        self.currency = charge.currency
+        self.evidence = {k: None for k in (
+            'access_activity_log', 'billing_address', 'cancellation_policy',
+            'cancellation_policy_disclosure', 'cancellation_rebuttal',
+            'customer_communication', 'customer_email_address',
+            'customer_name', 'customer_purchase_ip', 'customer_signature',
+            'duplicate_charge_documentation', 'duplicate_charge_explanation',
+            'duplicate_charge_id', 'product_description', 'receipt',
+            'refund_policy', 'refund_policy_disclosure',
+            'refund_refusal_explanation', 'service_date',
+            'service_documentation', 'shipping_address', 'shipping_carrier',
+            'shipping_date', 'shipping_documentation',
+            'shipping_tracking_number', 'uncategorized_file',
+            'uncategorized_text')}
+        self.evidence['enhanced_evidence'] = {}
+        self.evidence_details = {'due_by': due_by, 'has_evidence': False,
+                                 'past_due': False, 'submission_count': 0,
+                                 'enhanced_eligibility': {}}
+        self.is_charge_refundable = is_charge_refundable
+        self.metadata = {}
+        self.payment_intent = charge.payment_intent
+        self.payment_method_details = {
+            'card': {'brand': 'visa',
+                     'case_type': 'inquiry' if status.startswith('warning')
+                     else 'chargeback',
+                     'network_reason_code': '10.4'},
+            'type': 'card'}
+        self.reason = reason
+        self.status = status
+        self.enhanced_eligibility_types = []
+
+
+def _dispute_list(payment_intent=None, charge=None, limit=None,
+                  starting_after=None, **kwargs):
+    if kwargs:
+        raise _unknown_params(kwargs)
+    if limit is not None:
+        lv = R.try_convert_to_int(limit)
+        if not isinstance(lv, int) or not 1 <= lv <= 100:
+            raise _bad_param('limit', 'Invalid limit: must be between 1 and '
+                                      '100')
+    items = [v for k, v in R.store.items() if k.startswith('dispute:')
+             and (payment_intent is None or v.payment_intent == payment_intent)
+             and (charge is None or v.charge == charge)]
+    items.sort(key=lambda d: d.created, reverse=True)
+    li = R.List('/v1/disputes', limit=limit, starting_after=starting_after)
+    li._list = items
+    return li
+
+
+_EXTRA_ROUTES.append(('GET', '/v1/disputes', _dispute_list))
+
+
+async def _dispute_test_endpoint(request):
+    """POST /_test/disputes {payment_intent | dispute, status, reason,
+    amount, evidence_due_by, is_charge_refundable, event}: opens a dispute of
+    a paid intent's charge (or changes one by id) and sends the signed
+    `charge.dispute.<event>` event (created when opened, else updated unless
+    given) to the webhook endpoints; the event is kept in /v1/events."""
+    _ctx.set({'request_id': None, 'idempotency_key': None,
+              'origin': '%s://%s' % (request.scheme, request.host),
+              'replayed': False, 'fault': None})
+    try:
+        body = await request.json()
+        assert isinstance(body, dict)
+    except (AssertionError, ValueError, json.JSONDecodeError):
+        return _json({'error': {'type': 'invalid_request_error',
+                                'message': 'a JSON object is expected'}}, 400)
+    status = body.get('status')
+    event = body.get('event')
+    if status is not None and status not in _DISPUTE_STATUSES:
+        return _json({'error': {'type': 'invalid_request_error',
+                                'message': 'unknown status'}}, 400)
+    if event is not None and event not in _DISPUTE_EVENTS:
+        return _json({'error': {'type': 'invalid_request_error',
+                                'message': 'unknown event'}}, 400)
+    if body.get('dispute'):
+        try:
+            dispute = Dispute._api_retrieve(body['dispute'])
+        except UserError:
+            return _json({'error': {'type': 'invalid_request_error',
+                                    'message': 'no such dispute'}}, 404)
+        for key in ('status', 'reason', 'amount', 'is_charge_refundable'):
+            if body.get(key) is not None:
+                setattr(dispute, key, body[key])
+        if 'evidence_due_by' in body:
+            dispute.evidence_details['due_by'] = body['evidence_due_by']
+        event = event or ('closed' if dispute.status in
+                          ('won', 'lost', 'warning_closed', 'prevented')
+                          else 'updated')
+    else:
+        try:
+            pi = R.PaymentIntent._api_retrieve(body.get('payment_intent'))
+        except (UserError, TypeError):
+            return _json({'error': {'type': 'invalid_request_error',
+                                    'message': 'no such payment intent'}},
+                         404)
+        charge = pi.latest_charge
+        if not isinstance(charge, R.Charge) or not charge.captured:
+            return _json({'error': {'type': 'invalid_request_error',
+                                    'message': 'the intent has no paid '
+                                               'charge'}}, 400)
+        dispute = Dispute(
+            charge, status or 'needs_response',
+            body.get('reason') or 'fraudulent',
+            body.get('amount') or _amount_captured(charge),
+            body.get('evidence_due_by', int(time.time()) + 7 * 86400),
+            bool(body.get('is_charge_refundable', False)))
+        event = event or 'created'
+    R.schedule_webhook(R.Event('charge.dispute.' + event, dispute))
+    return _json(dispute._export())
+
+
+async def _authorization_test_endpoint(request, pi_id):
+    """POST /_test/payment_intents/{id}/expire_authorization: the
+    authorization of an intent awaiting capture lapses; Stripe cancels it
+    (`cancellation_reason` automatic) and sends payment_intent.canceled."""
+    _ctx.set({'request_id': None, 'idempotency_key': None,
+              'origin': '%s://%s' % (request.scheme, request.host),
+              'replayed': False, 'fault': None})
+    try:
+        pi = R.PaymentIntent._api_retrieve(pi_id)
+    except UserError:
+        return _json({'error': {'type': 'invalid_request_error',
+                                'message': 'no such payment intent'}}, 404)
+    if pi.status != 'requires_capture':
+        return _json({'error': {'type': 'invalid_request_error',
+                                'message': 'the intent awaits no capture'}},
+                     400)
+    pi._canceled = True
+    pi.cancellation_reason = 'automatic'
+    pi.canceled_at = int(time.time())
+    R.schedule_webhook(R.Event('payment_intent.canceled', pi))
+    return _json(pi._export())
 
 
 async def _form_or_json(request):
@@ -1529,6 +1753,12 @@ async def _test_endpoint(request):
         resp = await _refund_test_endpoint(request, path)
         if resp is not None:
             return resp
+    if path == '/_test/disputes' and method == 'POST':
+        return await _dispute_test_endpoint(request)
+    m = re.match(r'^/_test/payment_intents/([A-Za-z0-9_]+)/expire_authorization$',
+                 path)
+    if m and method == 'POST':
+        return await _authorization_test_endpoint(request, m.group(1))
     if path == '/_test/health':
         return _json({'ok': True})
     return _json({'error': {'type': 'invalid_request_error',

@@ -6,7 +6,7 @@
 Starts compat.py (twice, to check isolation), drives the flows paybridge uses
 over plain HTTP, and checks:
   * every top-level key of resources.{payment_intent,charge,customer,
-    payment_method,event,refund} in Stripe's fixtures3.json is present in
+    payment_method,event,refund,dispute} in Stripe's fixtures3.json is present in
     every such object the layer returned, with the same JSON type (null only
     where the fixture has null, or where the key is listed in NULLABLE below
     because no value makes sense here); nested objects are checked the same
@@ -16,6 +16,9 @@ over plain HTTP, and checks:
   * refunds: create/retrieve/list/update/cancel, over-refund refusals,
     idempotent replay, pending/failed/canceled refunds through /_test/refunds,
     refund.* / charge.refunded / charge.refund.updated webhooks;
+  * manual capture (partial, no refund of the rest, the authorization's
+    capture_before, its events), expire_authorization, /_test/disputes with
+    charge.dispute.* events, GET /v1/disputes;
   * /_test/requests counting and /_test/faults injection;
   * no pickle file is written; two instances do not share state.
 Exits non-zero on any gap. Stdlib only.
@@ -41,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..', '..'))
 KEY = 'sk_test_selfcheck'
 RESOURCES = ('payment_intent', 'charge', 'customer', 'payment_method', 'event',
-             'refund')
+             'refund', 'dispute')
 
 # Paths (dotted, * wildcard) where the layer may answer null although the
 # fixture shows a value: the value makes no sense for this object's state
@@ -74,6 +77,7 @@ NULLABLE = {
     ],
     'event': ['request.id', 'request.idempotency_key'],
     'refund': [],
+    'dispute': [],
 }
 # Paths whose contents are free-form or another resource; only their own
 # presence/type is checked, not their keys.
@@ -85,6 +89,7 @@ NO_RECURSE = {
     'payment_method': ['metadata'],
     'event': ['data.object'],
     'refund': ['metadata'],
+    'dispute': ['metadata', 'evidence', 'evidence_details.enhanced_eligibility'],
 }
 
 
@@ -99,6 +104,7 @@ ID_OR_NULL = {
     'event': [],
     'refund': ['charge', 'payment_intent', 'balance_transaction',
                'failure_balance_transaction', 'customer', 'payment_method'],
+    'dispute': ['charge', 'payment_intent'],
 }
 FORBIDDEN = {
     'payment_intent': ['charges', 'invoice'],
@@ -107,6 +113,7 @@ FORBIDDEN = {
     'payment_method': [],
     'event': [],
     'refund': ['date'],
+    'dispute': [],
 }
 
 
@@ -674,6 +681,9 @@ def run(c, s, s2):
     # -- refunds ----------------------------------------------------------
     refund_checks(c, s, sink, pm)
 
+    # -- manual capture and disputes -------------------------------------
+    capture_dispute_checks(c, s, pm)
+
     # -- events / webhooks ------------------------------------------------
     st, _, evs = R('GET', '/v1/events', [('limit', '100')])
     ok(st == 200 and evs.get('data'), 'list events', st)
@@ -708,6 +718,117 @@ def run(c, s, s2):
     # -- no persistence / isolation ---------------------------------------
     st, _, v = s2.request('GET', '/v1/customers/' + cus['id'])
     ok(st == 404, 'second instance does not see the first one\'s data', st)
+
+
+def capture_dispute_checks(c, s, pm):
+    """capture_method=manual, /capture with amount_to_capture, the
+    amount_capturable_updated and canceled events, /_test/payment_intents/
+    {id}/expire_authorization, /_test/disputes and GET /v1/disputes."""
+    R = s.request
+    ok = c.check
+
+    def events_about(event_type, object_id):
+        st, _, evs = R('GET', '/v1/events', [('type', event_type),
+                                             ('limit', '100')])
+        return [e for e in evs.get('data', [])
+                if e['data']['object'].get('id') == object_id]
+
+    def authorized(amount):
+        st, _, p = R('POST', '/v1/payment_intents', [
+            ('amount', str(amount)), ('currency', 'eur'),
+            ('capture_method', 'manual'), ('payment_method', pm['id']),
+            ('confirm', 'true')])
+        assert st == 200, (st, p)
+        return p
+
+    p = authorized(1000)
+    ok(p['status'] == 'requires_capture' and p['amount_capturable'] == 1000
+       and p['amount_received'] == 0 and p['capture_method'] == 'manual',
+       'manual: a confirmed intent awaits capture, 1000 capturable', p)
+    ok(len(events_about('payment_intent.amount_capturable_updated',
+                        p['id'])) == 1,
+       'manual: payment_intent.amount_capturable_updated sent')
+    st, _, ch = R('GET', '/v1/charges/' + p['latest_charge'])
+    before = ch['payment_method_details']['card'].get('capture_before')
+    ok(ch['captured'] is False and isinstance(before, int) and
+       abs(before - (ch['created'] + 6 * 86400)) < 5,
+       'manual: the uncaptured charge says capture_before (6 days)', ch)
+    c.collect('capture.charge.uncaptured', ch)
+    st, _, r = R('POST', '/v1/refunds', [('payment_intent', p['id'])])
+    ok(st == 400, 'manual: an uncaptured intent is not refundable', (st, r))
+    st, _, big = R('POST', '/v1/payment_intents/%s/capture' % p['id'],
+                   [('amount_to_capture', '1001')])
+    ok(st == 400, 'capture above the amount -> 400', (st, big))
+    st, _, cap = R('POST', '/v1/payment_intents/%s/capture' % p['id'],
+                   [('amount_to_capture', '600')],
+                   headers={'Idempotency-Key': 'cap-%d' % time.time_ns()})
+    ok(st == 200 and cap['status'] == 'succeeded' and
+       cap['amount_received'] == 600 and cap['amount_capturable'] == 0,
+       'capture 600 of 1000: succeeded, amount_received 600', cap)
+    c.collect('capture.intent', cap)
+    st, _, ch = R('GET', '/v1/charges/' + p['latest_charge'])
+    ok(ch['amount_captured'] == 600 and ch['amount_refunded'] == 0 and
+       'capture_before' not in ch['payment_method_details']['card'],
+       'capture: the rest released without a refund', ch)
+    st, _, refs = R('GET', '/v1/refunds', [('payment_intent', p['id'])])
+    ok(refs.get('data') == [], 'capture: no Refund of the rest', refs)
+    st, _, again = R('POST', '/v1/payment_intents/%s/capture' % p['id'])
+    ok(st == 400 and again['error'].get('code') ==
+       'payment_intent_unexpected_state', 'capture twice -> 400', again)
+    st, _, over = R('POST', '/v1/refunds', [('payment_intent', p['id']),
+                                            ('amount', '601')])
+    ok(st == 400 and over['error'].get('code') == 'amount_too_large',
+       'refunds stop at what was captured', over)
+
+    v = authorized(700)
+    st, _, voided = R('POST', '/v1/payment_intents/%s/cancel' % v['id'])
+    ok(st == 200 and voided['status'] == 'canceled' and
+       len(events_about('payment_intent.canceled', v['id'])) == 1,
+       'void: cancel of an authorization sends payment_intent.canceled',
+       voided)
+    x = authorized(800)
+    st, _, lapsed = R('POST', '/_test/payment_intents/%s/expire_authorization'
+                      % x['id'], auth=False)
+    ok(st == 200 and lapsed['status'] == 'canceled' and
+       lapsed['cancellation_reason'] == 'automatic' and
+       len(events_about('payment_intent.canceled', x['id'])) == 1,
+       'expire_authorization: canceled (automatic) with its event', lapsed)
+    st, _, twice = R('POST', '/_test/payment_intents/%s/expire_authorization'
+                     % x['id'], auth=False)
+    ok(st == 400, 'expire_authorization of a canceled intent -> 400')
+
+    st, _, dp = R('POST', '/_test/disputes', auth=False, body=json.dumps({
+        'payment_intent': p['id'], 'status': 'needs_response',
+        'is_charge_refundable': False}))
+    ok(st == 200 and dp['object'] == 'dispute' and
+       dp['id'].startswith('dp_') and dp['amount'] == 600 and
+       dp['payment_intent'] == p['id'] and dp['charge'] == p['latest_charge']
+       and dp['status'] == 'needs_response' and
+       isinstance(dp['evidence_details']['due_by'], int),
+       'dispute opened on the captured amount', dp)
+    c.collect('dispute.opened', dp)
+    R('POST', '/_test/disputes', auth=False, body=json.dumps({
+        'dispute': dp['id'], 'status': 'under_review'}))
+    st, _, lost = R('POST', '/_test/disputes', auth=False, body=json.dumps({
+        'dispute': dp['id'], 'status': 'lost'}))
+    ok(st == 200 and lost['status'] == 'lost', 'dispute lost', lost)
+    kinds = [(t, len(events_about('charge.dispute.' + t, dp['id'])))
+             for t in ('created', 'updated', 'closed')]
+    ok(kinds == [('created', 1), ('updated', 1), ('closed', 1)],
+       'charge.dispute.created, .updated, .closed sent', kinds)
+    for t in ('created', 'closed'):
+        for e in events_about('charge.dispute.' + t, dp['id']):
+            c.collect('dispute.event', e)
+    st, _, listed = R('GET', '/v1/disputes', [('payment_intent', p['id']),
+                                              ('limit', '100')])
+    ok(st == 200 and [d['id'] for d in listed['data']] == [dp['id']] and
+       listed['data'][0]['status'] == 'lost' and listed['has_more'] is False,
+       'GET /v1/disputes?payment_intent=… lists it', listed)
+    st, _, none = R('GET', '/v1/disputes', [('payment_intent', v['id'])])
+    ok(st == 200 and none['data'] == [], 'no disputes of another intent')
+    st, _, bad = R('POST', '/_test/disputes', auth=False, body=json.dumps({
+        'payment_intent': v['id']}))
+    ok(st == 400, 'no dispute of an intent without a captured charge', bad)
 
 
 def refund_checks(c, s, sink, pm):
