@@ -63,6 +63,12 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}: {self.kinds()}"
         return found[0]
 
+    def settings(self) -> dict[str, Any]:
+        """The ConfigMap of the processes' settings (not the Grafana dashboard's)."""
+        found = [c for c in self.all("ConfigMap") if "grafana_dashboard" not in c["metadata"].get("labels", {})]
+        assert len(found) == 1, f"expected one settings ConfigMap, found {len(found)}: {self.kinds()}"
+        return found[0]
+
     def maybe(self, kind: str) -> dict[str, Any] | None:
         found = self.all(kind)
         assert len(found) <= 1

@@ -31,12 +31,10 @@ from conftest import (
 
 OLDEST, NEWEST = kube_version_range()
 # Custom resources have no schema in kubernetes-validate; these are the only ones the chart makes.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate")}
-
-
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 VALUE_SETS = ["default", "production"]
 
@@ -238,7 +236,7 @@ def test_the_gateway_talks_to_the_core_over_its_socket_on_a_shared_memory_volume
 
 def test_probes(any_render):
     core = any_render.container("core")
-    tls = "PAYBRIDGE_GRPC_TLS_CERT" in any_render.one("ConfigMap")["data"]
+    tls = "PAYBRIDGE_GRPC_TLS_CERT" in any_render.settings()["data"]
     for probe in ("startupProbe", "readinessProbe"):
         if tls:
             # The kubelet's gRPC probe speaks no TLS; the gateway's /readyz asks the core's health.
@@ -465,17 +463,17 @@ def test_the_return_url_defaults_to_the_first_ingress_host():
 
 def test_the_public_url_defaults_to_the_first_ingress_host_and_can_be_set():
     rendered = render({"ingress": {"enabled": True, "hosts": ["pay.example.org", "pay.example.net"]}})
-    assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://pay.example.org"
+    assert rendered.settings()["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://pay.example.org"
     rendered = render(
         {
             "ingress": {"enabled": True, "hosts": ["pay.example.org"]},
             "core": {"publicUrl": "https://checkout.example.org/payments"},
         }
     )
-    assert rendered.one("ConfigMap")["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://checkout.example.org/payments"
+    assert rendered.settings()["data"]["PAYBRIDGE_PUBLIC_URL"] == "https://checkout.example.org/payments"
     # Without an ingress or a publicUrl the binary takes the origin of PAYBRIDGE_RETURN_URL.
     rendered = render({"core": {"returnUrl": "https://pay.example.org/payment/return"}})
-    assert "PAYBRIDGE_PUBLIC_URL" not in rendered.one("ConfigMap")["data"]
+    assert "PAYBRIDGE_PUBLIC_URL" not in rendered.settings()["data"]
 
 
 @pytest.mark.parametrize(
@@ -535,15 +533,15 @@ def test_metrics_are_scraped(default_render, production_render):
 
 
 def test_the_stripe_budget_and_the_reconciler_lease_are_configured(default_render, production_render):
-    default = default_render.one("ConfigMap")["data"]
+    default = default_render.settings()["data"]
     assert default["PAYBRIDGE_STRIPE_MAX_RPS"] == "20"
     assert default["PAYBRIDGE_RECONCILE_INTERVAL"] == "5s"
     assert default["PAYBRIDGE_RECONCILE_LEASE"] == "8s"
     # The account's budget, shared by the replicas: it does not grow with the HPA.
-    assert production_render.one("ConfigMap")["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "80"
+    assert production_render.settings()["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "80"
     custom = render({"stripe": {"maxRps": 25}, "core": {"reconcile": {"lease": "12s"}}})
-    assert custom.one("ConfigMap")["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "25"
-    assert custom.one("ConfigMap")["data"]["PAYBRIDGE_RECONCILE_LEASE"] == "12s"
+    assert custom.settings()["data"]["PAYBRIDGE_STRIPE_MAX_RPS"] == "25"
+    assert custom.settings()["data"]["PAYBRIDGE_RECONCILE_LEASE"] == "12s"
 
 
 def test_the_gateways_limits_and_trusted_proxies_are_configured(default_render, production_render):
@@ -572,7 +570,7 @@ def test_the_production_values_fit_postgresqls_default_connection_limit(producti
     LISTEN connection; the migration Job holds one of each too."""
     hpa = production_render.one("HorizontalPodAutoscaler")
     surge = production_render.one("Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-    pool = int(production_render.one("ConfigMap")["data"]["PAYBRIDGE_DATABASE_MAX_CONNECTIONS"])
+    pool = int(production_render.settings()["data"]["PAYBRIDGE_DATABASE_MAX_CONNECTIONS"])
     pods = hpa["spec"]["maxReplicas"] + surge
     needed = pods * (pool + 1) + 2
     assert needed <= POSTGRES_DEFAULT_CONNECTIONS, (
@@ -595,7 +593,7 @@ def test_the_notes_name_only_objects_the_chart_makes(default_render, production_
     assert "job/" not in default_render.notes  # SQLite: no migration Job
     # The webhook endpoint's API version and events.
     assert "2026-09-30.endive" in production_render.notes
-    for event in ("payment_intent.succeeded", "refund.updated", "charge.refunded"):
+    for event in ("payment_intent.succeeded", "refund.updated", "charge.refunded", "charge.dispute.closed"):
         assert event in production_render.notes
 
 
@@ -610,6 +608,7 @@ ALERTS = [
     "PaybridgeReconcilerFailing",
     "PaybridgeGatewayErrors",
     "PaybridgeCoreNotReady",
+    "PaybridgeAuthorizationsExpiring",
     "PaybridgePushBacklog",
     "PaybridgePushEventsGivenUp",
 ]
@@ -747,7 +746,7 @@ def volumes_of(rendered: Rendered) -> dict[str, dict[str, Any]]:
 
 
 def test_tls_is_off_by_default_and_the_files_are_followed(default_render):
-    config = default_render.one("ConfigMap")["data"]
+    config = default_render.settings()["data"]
     assert not any(name in config for name in TLS_ENV)
     assert config["PAYBRIDGE_RELOAD_INTERVAL"] == "5s"
     assert default_render.maybe("Certificate") is None
@@ -759,7 +758,7 @@ def test_tls_is_off_by_default_and_the_files_are_followed(default_render):
 
 def test_tls_from_an_existing_secret_mounts_it_whole_for_renewals():
     rendered = render({"core": {"tls": {"enabled": True, "existingSecret": "core-grpc-cert"}}})
-    config = rendered.one("ConfigMap")["data"]
+    config = rendered.settings()["data"]
     assert config["PAYBRIDGE_GRPC_TLS_CERT"] == "/etc/paybridge/grpc-tls/tls.crt"
     assert config["PAYBRIDGE_GRPC_TLS_KEY"] == "/etc/paybridge/grpc-tls/tls.key"
     assert "PAYBRIDGE_GRPC_TLS_CLIENT_CA" not in config
@@ -788,7 +787,7 @@ def test_tls_from_cert_manager_covers_the_core_services_names(production_render)
     assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
     assert spec["usages"] == ["server auth"]
     assert spec["privateKey"]["rotationPolicy"] == "Always"
-    config = production_render.one("ConfigMap")["data"]
+    config = production_render.settings()["data"]
     # Client certificates are checked against the CA cert-manager writes beside the certificate.
     assert config["PAYBRIDGE_GRPC_TLS_CLIENT_CA"] == "/etc/paybridge/grpc-tls/ca.crt"
 
@@ -808,7 +807,7 @@ def test_more_dns_names_and_a_client_ca_of_its_own():
     spec = rendered.one("Certificate")["spec"]
     assert spec["dnsNames"][-1] == "payments.internal"
     assert spec["issuerRef"]["kind"] == "Issuer"
-    config = rendered.one("ConfigMap")["data"]
+    config = rendered.settings()["data"]
     assert config["PAYBRIDGE_GRPC_TLS_CLIENT_CA"] == "/etc/paybridge/grpc-client-ca/bundle.pem"
     assert volumes_of(rendered)["grpc-client-ca"]["secret"]["secretName"] == "tenant-ca"
     mounts = {m["name"]: m["mountPath"] for m in rendered.container("core")["volumeMounts"]}
