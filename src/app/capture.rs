@@ -3,7 +3,7 @@
 //! payment), then Stripe with a key derived from the payment id, the answer recorded; a retry
 //! with the same key or the reconciler finishes what a crash or a lost answer left.
 
-use sha2::{Digest, Sha256};
+use super::fingerprint::Fingerprint;
 
 use super::create::observation_of;
 use super::ports::{CaptureRecord, ProviderError, StoreError};
@@ -26,18 +26,15 @@ impl CaptureCommand {
     /// A digest of what the request asks for, to tell a replay from a different request under
     /// the same key ("all that is capturable" kept as asked).
     fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut part = |text: &str| {
-            hasher.update((text.len() as u64).to_be_bytes());
-            hasher.update(text.as_bytes());
-        };
+        let mut fingerprint = Fingerprint::default();
+        let mut part = |text: &str| fingerprint.part(text);
         part("capture");
         part(self.payment_id.as_str());
         match self.amount {
             Some(amount) => part(&amount.minor_units().to_string()),
             None => part("all-capturable"),
         }
-        hex::encode(hasher.finalize())
+        fingerprint.finish()
     }
 }
 

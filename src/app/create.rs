@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use super::fingerprint::Fingerprint;
+
 use super::ports::{NewCustomer, NewPaymentIntent, ProviderError, StoreError};
 use super::{AppError, IssuedLink, Payments, now_millis};
 use crate::domain::{
@@ -35,11 +37,8 @@ impl CreatePaymentCommand {
     /// A digest of everything the request asks for, to tell a replay from a different request
     /// under the same key. Each part is length-prefixed so that no two requests collide.
     fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut part = |text: &str| {
-            hasher.update((text.len() as u64).to_be_bytes());
-            hasher.update(text.as_bytes());
-        };
+        let mut fingerprint = Fingerprint::default();
+        let mut part = |text: &str| fingerprint.part(text);
         part(self.invoice_id.as_str());
         part(&self.money.amount().minor_units().to_string());
         part(self.money.currency().as_str());
@@ -67,7 +66,7 @@ impl CreatePaymentCommand {
         if self.capture_method == CaptureMethod::Manual {
             part("capture-manual");
         }
-        hex::encode(hasher.finalize())
+        fingerprint.finish()
     }
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod events;
 #[cfg(test)]
 mod fakes;
+mod fingerprint;
 mod locks;
 mod payment_link;
 pub mod ports;

@@ -3,7 +3,7 @@
 //! on the payment), then Stripe with a key derived from the refund id, the answer recorded; a
 //! retry, the reconciler or the webhook echo finishes what a crash or a lost answer left.
 
-use sha2::{Digest, Sha256};
+use super::fingerprint::Fingerprint;
 
 use super::ports::{
     ListCursor, NewRefund, ProviderError, ProviderRefund, RefundListQuery, RefundUpdate, StoreError,
@@ -30,11 +30,8 @@ impl RefundCommand {
     /// A digest of everything the request asks for, to tell a replay from a different request
     /// under the same key. "All that remains" is kept as asked, not as the amount it came to.
     fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut part = |text: &str| {
-            hasher.update((text.len() as u64).to_be_bytes());
-            hasher.update(text.as_bytes());
-        };
+        let mut fingerprint = Fingerprint::default();
+        let mut part = |text: &str| fingerprint.part(text);
         part("refund");
         part(self.payment_id.as_str());
         match self.amount {
@@ -46,7 +43,7 @@ impl RefundCommand {
             part(key);
             part(value);
         }
-        hex::encode(hasher.finalize())
+        fingerprint.finish()
     }
 }
 

@@ -477,15 +477,28 @@ async fn kill_9_of_the_pushing_replica_mid_push_sends_the_event_again_after_its_
         Some(running) => running,
         None => second.start().await,
     };
-    // More events meanwhile.
-    second
-        .client()
-        .create_invoice_payment(as_tenant(
-            BILLING_TOKEN,
-            create_request("k-2", "inv-crash-2"),
-        ))
-        .await
-        .expect("created");
+    // More events meanwhile. On PostgreSQL the Stripe budget is shared: a replica that joined
+    // just before the kill may hold no share until the killed one's lease lapses, and answers
+    // UNAVAILABLE meanwhile; a client retries with the same key, as this one does.
+    eventually(Duration::from_secs(30), || async {
+        second
+            .client()
+            .create_invoice_payment(as_tenant(
+                BILLING_TOKEN,
+                create_request("k-2", "inv-crash-2"),
+            ))
+            .await
+            .map_err(|status| {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::Unavailable,
+                    "created: {status:?}"
+                );
+                status
+            })
+    })
+    .await
+    .expect("created");
 
     let feed = eventually(Duration::from_secs(60), || async {
         let count = crate::support::count_rows(
