@@ -409,35 +409,43 @@ async fn a_dispute_opened_updated_and_lost_follows_its_signed_events_and_guards_
         pb::StripeEventResult::Ignored
     );
 
-    // The feed shows each change of the dispute.
-    let events = app
-        .client
-        .clone()
-        .list_events(as_tenant(
-            BILLING_TOKEN,
-            pb::ListEventsRequest {
-                after_cursor: String::new(),
-                page_size: 100,
-                types: vec![pb::EventType::DisputeUpdated.into()],
-            },
-        ))
-        .await
-        .expect("events")
-        .into_inner()
-        .events;
-    let statuses: Vec<pb::DisputeStatus> = events
-        .iter()
-        .map(|event| match &event.object {
-            Some(pb::event::Object::Payment(payment)) => {
-                payment.dispute.as_ref().expect("dispute").status()
-            }
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(
-        statuses,
-        [pb::DisputeStatus::NeedsResponse, pb::DisputeStatus::Lost]
-    );
+    // The feed shows each change of the dispute (on PostgreSQL an event joins the feed shortly
+    // after its commit, once no older transaction is open).
+    let wanted = [pb::DisputeStatus::NeedsResponse, pb::DisputeStatus::Lost];
+    let statuses = eventually(Duration::from_secs(10), || async {
+        let events = app
+            .client
+            .clone()
+            .list_events(as_tenant(
+                BILLING_TOKEN,
+                pb::ListEventsRequest {
+                    after_cursor: String::new(),
+                    page_size: 100,
+                    types: vec![pb::EventType::DisputeUpdated.into()],
+                },
+            ))
+            .await
+            .expect("events")
+            .into_inner()
+            .events;
+        let statuses: Vec<pb::DisputeStatus> = events
+            .iter()
+            .map(|event| match &event.object {
+                Some(pb::event::Object::Payment(payment)) => {
+                    payment.dispute.as_ref().expect("dispute").status()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        if statuses.len() < wanted.len() {
+            Err(statuses)
+        } else {
+            Ok(statuses)
+        }
+    })
+    .await
+    .unwrap_or_else(|seen| seen);
+    assert_eq!(statuses, wanted);
 }
 
 async fn a_lost_dispute_whose_webhooks_were_lost_is_found_by_the_reconciler(db: Db) {
