@@ -234,20 +234,12 @@ mod tests {
         let mut command = crate::app::fakes::command("k-1", "inv-1", 4200);
         command.capture_method = crate::domain::CaptureMethod::Manual;
         let created = harness.submit(command).await.expect("created");
-        let intent_id = created
-            .payment
-            .stripe_payment_intent_id
-            .clone()
-            .expect("intent");
-        harness.provider.update_intent(&intent_id, |intent| {
-            intent.status = PaymentStatus::RequiresCapture;
-            intent.amount_capturable = 4200;
-        });
         harness
-            .payments
-            .get_payment("billing", &created.payment.id, true)
+            .refreshed_after(&created, |intent| {
+                intent.status = PaymentStatus::RequiresCapture;
+                intent.amount_capturable = 4200;
+            })
             .await
-            .expect("refreshed")
     }
 
     fn command(key: &str, payment: &Payment, amount: i64) -> CaptureCommand {

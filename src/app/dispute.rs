@@ -150,19 +150,10 @@ mod tests {
     async fn the_sweep_finds_an_open_dispute_lost_at_stripe_and_leaves_a_closed_one() {
         let harness = Harness::new();
         let created = harness.create("k-1", "inv-1").await;
-        let intent_id = created
-            .payment
-            .stripe_payment_intent_id
-            .clone()
-            .expect("intent");
-        harness.provider.update_intent(&intent_id, |intent| {
-            intent.status = PaymentStatus::Succeeded
-        });
         let mut payment = harness
-            .payments
-            .get_payment("billing", &created.payment.id, true)
-            .await
-            .expect("refreshed");
+            .refreshed_after(&created, |intent| intent.status = PaymentStatus::Succeeded)
+            .await;
+        let intent_id = payment.stripe_payment_intent_id.clone().expect("intent");
         payment.dispute = Some(dispute(DisputeStatus::NeedsResponse));
         harness.store.put(payment.clone());
         harness.provider.put_dispute(ProviderDispute {

@@ -528,19 +528,9 @@ mod tests {
     /// A payment of 4200 that succeeded (its intent paid and the change recorded).
     async fn succeeded(harness: &Harness, key: &str) -> Payment {
         let created = harness.create(key, &format!("inv-{key}")).await;
-        let intent_id = created
-            .payment
-            .stripe_payment_intent_id
-            .clone()
-            .expect("intent");
-        harness.provider.update_intent(&intent_id, |intent| {
-            intent.status = PaymentStatus::Succeeded
-        });
         harness
-            .payments
-            .get_payment("billing", &created.payment.id, true)
+            .refreshed_after(&created, |intent| intent.status = PaymentStatus::Succeeded)
             .await
-            .expect("refreshed")
     }
 
     fn command(key: &str, payment: &Payment, amount: i64) -> RefundCommand {

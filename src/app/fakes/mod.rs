@@ -68,6 +68,25 @@ impl Harness {
             .await
             .expect("created")
     }
+
+    /// Changes the created payment's intent at the fake Stripe (as the customer's payment
+    /// would), then reads the payment with `refresh`, so that it takes the intent's state.
+    pub(crate) async fn refreshed_after(
+        &self,
+        created: &CreatedPayment,
+        change: impl FnOnce(&mut crate::app::ports::ProviderIntent),
+    ) -> crate::domain::Payment {
+        let intent_id = created
+            .payment
+            .stripe_payment_intent_id
+            .as_deref()
+            .expect("intent");
+        self.provider.update_intent(intent_id, change);
+        self.payments
+            .get_payment("billing", &created.payment.id, true)
+            .await
+            .expect("refreshed")
+    }
 }
 
 /// A CreateInvoicePayment request in USD with one metadata entry.
